@@ -1,0 +1,1 @@
+"""routeproxy.defaults: this directory ships inside the package (see pyproject.toml), so an installed proxy has its defaults."""

@@ -1,0 +1,5 @@
+import sys
+
+from routeproxy.cli import main
+
+sys.exit(main())

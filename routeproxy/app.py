@@ -1,0 +1,215 @@
+"""create_app(settings) -> Starlette. Handlers read as a short pipeline; resources live in the lifespan state."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from routeproxy.classify import Classifier, load_rules
+from routeproxy.config import Settings, Tier, load_settings
+from routeproxy.errors import PayloadTooLarge, RouteproxyError, error_envelope
+from routeproxy.logs import configure_logging, preview
+from routeproxy.parse import check_content_type, parse_chat_body, pop_hints
+from routeproxy.relay import Exchange, RelayResult
+from routeproxy.route import RouteDecision, Router, explain, response_headers
+from routeproxy.upstream import UpstreamPool
+
+log = structlog.get_logger("routeproxy")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+@dataclass(slots=True)
+class Resources:
+    settings: Settings
+    router: Router
+    pool: UpstreamPool
+
+    def routing_now(self) -> tuple[bool, float]:
+        """(enabled, ab_test_ratio) in force now."""
+        return self.settings.routing.enabled, self.settings.routing.ab_test_ratio
+
+
+def _resources(request: Request) -> Resources:
+    resources: Resources = request.state.resources
+    return resources
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the request body is {declared} bytes; the limit is {limit}", code="payload_too_large")
+    parts: list[bytes] = []
+    size = 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes", code="payload_too_large")
+        parts.append(part)
+    return b"".join(parts)
+
+
+def _request_id(request: Request) -> str:
+    given = request.headers.get("x-request-id")
+    return given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+async def chat_completions(request: Request) -> Response | Exchange:
+    started = time.perf_counter()
+    resources = _resources(request)
+    settings = resources.settings
+    request_id = _request_id(request)
+    try:
+        check_content_type(request.headers.get("content-type"))
+        body = parse_chat_body(await _read_body(request, settings.server.max_body_bytes))
+        hints = pop_hints(body, request.headers)
+        enabled, ratio = resources.routing_now()
+        decision = resources.router.route(body, hints, request.headers, enabled=enabled, ab_test_ratio=ratio)
+    except RouteproxyError as exc:
+        log.info("request_rejected", request_id=request_id, status=exc.status_code, error=exc.message)
+        return _error_response(exc, request_id)
+
+    tier = settings.tiers[decision.tier]
+    body["model"] = tier.upstream_model
+    payload = orjson.dumps(body)
+    extra = [
+        (name.encode(), value.encode("utf-8", "replace"))
+        for name, value in response_headers(decision, tier.model).items()
+    ]
+    extra.append((b"x-request-id", request_id.encode()))
+    overhead_ms = (time.perf_counter() - started) * 1000
+    extra.append((b"x-routeproxy-overhead-ms", f"{overhead_ms:.3f}".encode()))
+
+    def finish(result: RelayResult) -> None:
+        _log_request(resources, decision, result, request_id, body_stream=bool(body.get("stream")))
+
+    return Exchange(resources.pool, decision.tier, payload, request.headers.raw, extra, started, finish)
+
+
+def _log_request(
+    resources: Resources, decision: RouteDecision, result: RelayResult, request_id: str, *, body_stream: bool
+) -> None:
+    fields: dict[str, Any] = {
+        "request_id": request_id,
+        "tier": decision.tier.label,
+        "complexity": decision.complexity.name if decision.complexity else None,
+        "reason": decision.reason,
+        "status": result.status,
+        "latency_ms": round(result.end_s * 1000, 2),
+        "stream": body_stream,
+    }
+    if decision.ab_draw is not None:
+        fields["ab_draw"] = round(decision.ab_draw, 2)
+        fields["ab_ratio"] = decision.ab_ratio
+    if result.ttfb_s is not None and result.stream:
+        fields["ttfb_ms"] = round(result.ttfb_s * 1000, 2)
+    if decision.classification is not None:
+        shown = preview(decision.classification.query, resources.settings.routing.log_preview_chars)
+        if shown is not None:
+            fields["query"] = shown
+    if result.disconnected:
+        fields["disconnected"] = True
+    if result.upstream_error:
+        log.warning("route", upstream_error=result.upstream_error, **fields)
+    elif decision.classify_error:
+        log.error("route", classify_error=decision.classify_error, **fields)
+    else:
+        log.info("route", **fields)
+
+
+def _error_response(exc: RouteproxyError, request_id: str) -> Response:
+    return Response(
+        exc.body(),
+        status_code=exc.status_code,
+        media_type="application/json",
+        headers={"x-request-id": request_id},
+    )
+
+
+async def list_models(request: Request) -> Response:
+    settings = _resources(request).settings
+    names = [settings.routing.auto_model, *(settings.tiers[tier].model for tier in Tier)]
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [{"id": name, "object": "model", "created": 0, "owned_by": "routeproxy"} for name in names],
+        }
+    )
+
+
+async def explain_route(request: Request) -> Response:
+    """The decision for a chat request, without calling an upstream."""
+    resources = _resources(request)
+    try:
+        check_content_type(request.headers.get("content-type"))
+        body = parse_chat_body(await _read_body(request, resources.settings.server.max_body_bytes))
+        hints = pop_hints(body, request.headers)
+        enabled, ratio = resources.routing_now()
+        decision = resources.router.route(body, hints, request.headers, enabled=enabled, ab_test_ratio=ratio)
+    except RouteproxyError as exc:
+        return _error_response(exc, _request_id(request))
+    return JSONResponse(explain(decision, resources.settings, enabled=enabled, ab_test_ratio=ratio))
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error_type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    return JSONResponse(error_envelope(message, error_type), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected_error", path=request.url.path)
+    return JSONResponse(error_envelope("internal error in routeproxy", "internal_error"), status_code=500)
+
+
+def create_app(settings: Settings) -> Starlette:
+    # Built here, not in the lifespan: a bad rule set fails at start with a clear ConfigError.
+    router = Router(settings, Classifier(load_rules(settings.routing.rules)))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        pool = UpstreamPool(settings.tiers)
+        try:
+            yield {"resources": Resources(settings=settings, router=router, pool=pool)}
+        finally:
+            await pool.aclose()
+
+    routes = [
+        # The SDKs append chat/completions to base_url; a base_url without /v1 gives /chat/completions.
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/models", list_models, methods=["GET"]),
+        Route("/v1/model-routing/explain", explain_route, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _unexpected_error},
+    )
+
+
+def app_from_environment() -> Starlette:
+    """The factory uvicorn's worker processes call (``--workers N``): settings from ROUTEPROXY_CONFIG and env."""
+    settings = load_settings()
+    configure_logging(settings.logging)
+    return create_app(settings)

@@ -1,0 +1,372 @@
+"""The `routeproxy` command: a thin mapping of flags onto settings. With config.py, the only reader of the
+environment (it also writes the effective overrides there for ``--workers N`` child processes)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from routeproxy.config import SETTINGS_BY_KEY, Settings, Tier, load_settings
+from routeproxy.errors import ConfigError
+
+
+def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Settings:
+    return load_settings(getattr(args, "config", None), overrides=overrides or {})
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from routeproxy.app import create_app
+    from routeproxy.logs import configure_logging
+
+    overrides: dict[str, Any] = {}
+    for key, value in (
+        ("server.host", args.host),
+        ("server.port", args.port),
+        ("server.workers", args.workers),
+        ("simulator.speed", args.speed),
+    ):
+        if value is not None:
+            overrides[key] = value
+    settings = _settings(args, overrides)
+    configure_logging(settings.logging)
+    if args.simulate:
+        overrides.update(_start_simulators(settings))
+        settings = _settings(args, overrides)
+    else:
+        for tier, config in settings.tiers.items():
+            if config.api_key_env and config.api_key is None:
+                raise ConfigError(
+                    f"tiers.{tier}.api_key names the environment variable {config.api_key_env}, which is not set "
+                    f"(export it, or run with --simulate for the built-in simulated upstreams)"
+                )
+    options: dict[str, Any] = {
+        "host": settings.server.host,
+        "port": settings.server.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "access_log": False,  # one structured line per request comes from the app itself
+        "server_header": False,
+        "log_level": settings.logging.level,
+    }
+    if settings.server.workers == 1:
+        uvicorn.run(create_app(settings), **options)
+    else:
+        # Child processes build their own app from the environment: hand them the same inputs.
+        if args.config:
+            os.environ["ROUTEPROXY_CONFIG"] = str(Path(args.config).resolve())
+        for key, value in overrides.items():
+            env = SETTINGS_BY_KEY[key].env
+            if env:
+                os.environ[env] = "" if value is None else str(value)
+        uvicorn.run("routeproxy.app:app_from_environment", factory=True, workers=settings.server.workers, **options)
+    return 0
+
+
+def _start_simulators(settings: Settings) -> dict[str, Any]:
+    """One simulated upstream per tier on a free loopback port; the tiers are pointed at them."""
+    import structlog
+
+    from routeproxy.simulator import create_simulator_app, seed_profile
+    from routeproxy.threadserver import ThreadedServer
+
+    overrides: dict[str, Any] = {}
+    for tier in Tier:
+        profile = seed_profile(tier, settings.tiers[tier].model, speed=settings.simulator.speed)
+        server = ThreadedServer(create_simulator_app(profile), host="127.0.0.1", port=0).start()
+        overrides[f"tiers.{tier}.base_url"] = f"{server.url}/v1"
+        overrides[f"tiers.{tier}.kind"] = "vllm"
+        overrides[f"tiers.{tier}.api_key"] = None
+        structlog.get_logger("routeproxy").info(
+            "simulated_upstream",
+            tier=tier.value,
+            model=profile.model,
+            url=server.url,
+            speed=settings.simulator.speed,
+            note="built-in simulator (demo/load-test upstream), not a real model",
+        )
+    return overrides
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from routeproxy.simulator import Dialect, create_simulator_app, seed_profile
+
+    tier = Tier(args.tier)
+    model = args.model or _settings(args).tiers[tier].model
+    profile = seed_profile(tier, model, speed=args.speed, dialect=Dialect(args.dialect))
+    changes: dict[str, Any] = {}
+    if args.ttft is not None:
+        changes["ttft_s"] = args.ttft
+    if args.tokens_per_second is not None:
+        changes["tokens_per_s"] = args.tokens_per_second
+    if args.tokens is not None:
+        changes["answer_tokens"] = args.tokens
+    if args.api_key is not None:
+        changes["api_key"] = args.api_key
+    if args.keepalive is not None:
+        changes["keepalive_s"] = args.keepalive
+    if changes:
+        from dataclasses import replace
+
+        profile = replace(profile, **changes)
+    print(
+        f"routeproxy simulator (a demo/load-test upstream, not a model): {profile.model} as {profile.dialect} "
+        f"on http://{args.host}:{args.port}/v1",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        create_simulator_app(profile),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+    )
+    return 0
+
+
+def _explain_body(prompt: str, query_type: str | None, entities: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": "auto", "messages": [{"role": "user", "content": prompt}]}
+    if query_type:
+        body["query_type"] = query_type
+    if entities:
+        try:
+            parsed = orjson.loads(entities)
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"--entities is not valid JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise ConfigError('--entities must be a JSON object, e.g. \'{"breed": "Ross 308"}\'')
+        body["entities"] = parsed
+    return body
+
+
+def _decide(router: Any, settings: Settings, body: dict[str, Any], headers: dict[str, str]) -> Any:
+    from routeproxy.parse import parse_chat_body, pop_hints
+
+    body = parse_chat_body(orjson.dumps(body))
+    hints = pop_hints(body, headers)
+    return router.route(
+        body,
+        hints,
+        headers,
+        enabled=settings.routing.enabled,
+        ab_test_ratio=settings.routing.ab_test_ratio,
+    )
+
+
+def _router(settings: Settings) -> Any:
+    from routeproxy.classify import Classifier, load_rules
+    from routeproxy.route import Router
+
+    return Router(settings, Classifier(load_rules(settings.routing.rules)))
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from routeproxy.route import explain
+
+    settings = _settings(args, _routing_overrides(args))
+    decision = _decide(_router(settings), settings, _explain_body(args.prompt, args.query_type, args.entities), {})
+    result = explain(decision, settings, enabled=settings.routing.enabled, ab_test_ratio=settings.routing.ab_test_ratio)
+    if args.json:
+        print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    complexity = (result["complexity"] or "-").upper()
+    print(f"ROUTE -> {result['label'].upper()} ({complexity}) {result['model']}")
+    print(f"  reason:  {result['reason']}")
+    print(f"  score:   {result['score']}")
+    if result["ab_draw"] is not None:
+        print(f"  A/B:     draw {result['ab_draw']:.4f} vs ratio {result['ab_test_ratio']:.2f}")
+    if not result["routing_enabled"]:
+        print("  routing is disabled (ENABLE_MODEL_ROUTING=false): every `auto` request goes to the large tier")
+    for signal in result["signals"]:
+        print(f"  signal:  {signal['name']}:{signal['detail']} ({signal['weight']:+.2f})")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """JSON lines in, one decision per line out: replay logged traffic against this config."""
+    from routeproxy.errors import RouteproxyError
+
+    settings = _settings(args, _routing_overrides(args))
+    router = _router(settings)
+    status = 0
+    for number, line in enumerate(sys.stdin, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = orjson.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("each line must be a JSON object")
+            body: dict[str, Any] = {"model": "auto", "messages": record.get("messages")}
+            for field in ("query_type", "entities", "user"):
+                if record.get(field) is not None:
+                    body[field] = record[field]
+            decision = _decide(router, settings, body, {})
+        except (orjson.JSONDecodeError, ValueError, RouteproxyError) as exc:
+            print(f"routeproxy classify: line {number}: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        out = {
+            "id": record.get("id"),
+            "tier": decision.tier.value,
+            "model": settings.tiers[decision.tier].model,
+            "complexity": None if decision.complexity is None else decision.complexity.value,
+            "score": None if decision.score is None else round(decision.score, 4),
+            "reason": decision.reason,
+        }
+        sys.stdout.write(orjson.dumps(out).decode() + "\n")
+    return status
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from routeproxy.classify import Classifier, load_rules
+    from routeproxy.evaluate import evaluate, format_report, load_examples, report_as_dict
+
+    settings = _settings(args, _routing_overrides(args))
+    classifier = Classifier(load_rules(settings.routing.rules))
+    report = evaluate(classifier, load_examples(args.file), random_draws=args.random_draws)
+    if args.json:
+        print(orjson.dumps(report_as_dict(report), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(format_report(report))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from routeproxy.classify import Classifier, load_rules
+    from routeproxy.evaluate import bench_classifier
+
+    settings = _settings(args, _routing_overrides(args))
+    print(bench_classifier(Classifier(load_rules(settings.routing.rules))))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _router(settings)  # loads and validates the rule set too
+    print(f"config OK: {settings.source}")
+    print(
+        f"  routing: enabled={settings.routing.enabled} ab_test_ratio={settings.routing.ab_test_ratio} "
+        f"rules={settings.routing.rules}"
+    )
+    for tier, config in settings.tiers.items():
+        key = "set" if config.api_key else ("unset" if config.api_key_env is None else f"${config.api_key_env} unset")
+        print(f"  {tier.label}: {config.model} via {config.kind} at {config.base_url} (api key {key})")
+    print(f"  counters: {'redis ' + settings.counters.redis_url if settings.counters.redis_url else 'in-memory'}")
+    return 0
+
+
+def _routing_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "rules", None):
+        overrides["routing.rules"] = args.rules
+    if getattr(args, "ratio", None) is not None:
+        overrides["routing.ab_test_ratio"] = args.ratio
+    if getattr(args, "enable_routing", False):
+        overrides["routing.enabled"] = True
+    return overrides
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="routeproxy", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.description = "OpenAI-compatible proxy that routes each prompt to a small or a large model."
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument("--config", help="YAML config file (default: $ROUTEPROXY_CONFIG or config/routeproxy.yaml)")
+        return sub
+
+    def with_routing(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument("--rules", help="rule set: general, poultry, or a YAML path (overrides routing.rules)")
+        sub.add_argument("--ratio", type=float, help="ab_test_ratio to use (overrides AB_TEST_RATIO)")
+        sub.add_argument("--enable-routing", action="store_true", help="act as if ENABLE_MODEL_ROUTING=true")
+        return sub
+
+    serve = with_config(commands.add_parser("serve", help="run the proxy"))
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int)
+    serve.add_argument(
+        "--simulate",
+        action="store_true",
+        help="start the built-in simulated 3B/8B upstreams (demo and load tests; no GPU, no network)",
+    )
+    serve.add_argument("--speed", type=float, help="with --simulate: divide simulated latencies by this factor")
+    serve.set_defaults(handler=cmd_serve)
+
+    simulate = with_config(commands.add_parser("simulate", help="run a simulated OpenAI-compatible upstream"))
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=8101)
+    simulate.add_argument(
+        "--tier",
+        choices=[tier.value for tier in Tier],
+        default="small",
+        help="latency profile and default model: small ~2.5 s, large ~4.5 s per answer",
+    )
+    simulate.add_argument("--model", help="served model name (default: the tier's model from config)")
+    simulate.add_argument("--dialect", default="vllm", choices=["vllm", "tgi", "tgi-legacy", "hf"])
+    simulate.add_argument("--speed", type=float, default=1.0, help="divide every delay by this factor")
+    simulate.add_argument("--ttft", type=float, help="seconds to the first token")
+    simulate.add_argument("--tokens-per-second", type=float)
+    simulate.add_argument("--tokens", type=int, help="tokens in a typical answer")
+    simulate.add_argument("--api-key", help="require this bearer key")
+    simulate.add_argument("--keepalive", type=float, help="TGI-style ':' comment after this many idle seconds")
+    simulate.set_defaults(handler=cmd_simulate)
+
+    explain_cmd = with_routing(
+        with_config(commands.add_parser("explain", help="show the routing decision for a prompt"))
+    )
+    explain_cmd.add_argument("prompt")
+    explain_cmd.add_argument("--query-type", help="the seed's query_type hint, e.g. genetics_performance")
+    explain_cmd.add_argument("--entities", help='the seed\'s entities hint as JSON, e.g. \'{"breed": "Ross 308"}\'')
+    explain_cmd.add_argument("--json", action="store_true")
+    explain_cmd.set_defaults(handler=cmd_explain)
+
+    classify_cmd = with_routing(
+        with_config(
+            commands.add_parser(
+                "classify",
+                help="decisions for JSON lines on stdin ({id, messages, query_type?, entities?, user?})",
+            )
+        )
+    )
+    classify_cmd.set_defaults(handler=cmd_classify)
+
+    eval_cmd = with_routing(with_config(commands.add_parser("eval", help="router metrics on a labelled JSONL file")))
+    eval_cmd.add_argument("file")
+    eval_cmd.add_argument("--json", action="store_true")
+    eval_cmd.add_argument("--random-draws", type=int, default=300, help="random routers for the random band")
+    eval_cmd.set_defaults(handler=cmd_eval)
+
+    bench = with_routing(with_config(commands.add_parser("bench", help="benchmarks (now: classification speed)")))
+    bench.set_defaults(handler=cmd_bench)
+
+    check = with_config(commands.add_parser("check-config", help="validate the configuration and rule set"))
+    check.set_defaults(handler=cmd_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.handler(args)
+    except ConfigError as exc:
+        print(f"routeproxy: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,573 @@
+"""YAML + environment -> frozen, validated settings.
+
+Every setting is declared once in ``SETTINGS`` with its YAML key, its environment variable, its default and
+its help text. The README's settings table is generated from (and tested against) that declaration.
+
+Precedence, highest first: explicit overrides (CLI flags) > environment > YAML file > default.
+Nothing outside this module and ``cli.py`` reads the environment.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from routeproxy.errors import ConfigError
+
+
+class Tier(enum.StrEnum):
+    SMALL = "small"
+    LARGE = "large"
+
+    @property
+    def label(self) -> str:
+        """The seed's names for the tiers, used in stats and logs."""
+        return "3b" if self is Tier.SMALL else "8b"
+
+    @property
+    def other(self) -> Tier:
+        return Tier.LARGE if self is Tier.SMALL else Tier.SMALL
+
+
+class UpstreamKind(enum.StrEnum):
+    VLLM = "vllm"
+    TGI = "tgi"
+    HF = "hf"
+
+
+class StickyKey(enum.StrEnum):
+    QUERY = "query"
+    USER = "user"
+    HEADER = "header"
+
+
+# -- converters: str (from the environment) or YAML value -> typed value; ValueError names the problem --
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _ratio(value: Any) -> float:
+    number = _float(value)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError("expected a number from 0.0 to 1.0")
+    return number
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("expected a number") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError("expected a finite number")
+    return number
+
+
+def _positive(value: Any) -> float:
+    number = _float(value)
+    if number <= 0:
+        raise ValueError("expected a number above 0")
+    return number
+
+
+def _non_negative(value: Any) -> float:
+    number = _float(value)
+    if number < 0:
+        raise ValueError("expected a number of 0 or more")
+    return number
+
+
+def _optional_seconds(value: Any) -> float | None:
+    """A timeout: seconds above 0, or none/0 for no limit."""
+    if value is None or str(value).strip().lower() in {"", "none", "null", "0", "0.0"}:
+        return None
+    return _positive(value)
+
+
+def _int_in(low: int, high: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError("expected a whole number")
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+        if not low <= number <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}")
+        return number
+
+    return convert
+
+
+def _text(value: Any) -> str:
+    if value is None or isinstance(value, (dict, list)):
+        raise ValueError("expected a string")
+    text = str(value).strip()
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+def _optional_text(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return _text(value)
+
+
+def _url(value: Any) -> str:
+    text = _text(value).rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", text):
+        raise ValueError("expected an http:// or https:// URL")
+    return text
+
+
+def _redis_url(value: Any) -> str | None:
+    text = _optional_text(value)
+    if text is not None and not re.match(r"^(redis|rediss|unix)://", text):
+        raise ValueError("expected a redis://, rediss:// or unix:// URL")
+    return text
+
+
+def _choice(enum_type: type[enum.StrEnum]) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        text = _text(value).lower()
+        try:
+            return enum_type(text)
+        except ValueError:
+            allowed = ", ".join(member.value for member in enum_type)
+            raise ValueError(f"expected one of: {allowed}") from None
+
+    return convert
+
+
+def _one_of(*allowed: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        text = _text(value).lower()
+        if text not in allowed:
+            raise ValueError(f"expected one of: {', '.join(allowed)}")
+        return text
+
+    return convert
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    key: str
+    env: str | None
+    default: Any
+    convert: Callable[[Any], Any]
+    help: str
+
+
+def _tier_settings(tier: Tier, env_prefix: str, model: str, cost: float) -> tuple[Setting, ...]:
+    size = tier.label.upper()
+    return (
+        Setting(
+            f"tiers.{tier}.model",
+            f"{env_prefix}_NAME",
+            model,
+            _text,
+            f"Model id sent upstream for the {size} tier (vLLM: a served name; HF: org/repo[:policy]).",
+        ),
+        Setting(
+            f"tiers.{tier}.base_url",
+            f"{env_prefix}_BASE_URL",
+            "https://router.huggingface.co/v1",
+            _url,
+            f"OpenAI-compatible base URL of the {size} upstream, up to and including /v1.",
+        ),
+        Setting(
+            f"tiers.{tier}.api_key",
+            f"{env_prefix}_API_KEY",
+            "${HF_TOKEN}",
+            _optional_text,
+            f"Bearer key sent to the {size} upstream instead of the client's; ${{VAR}} names an env var.",
+        ),
+        Setting(
+            f"tiers.{tier}.kind",
+            f"{env_prefix}_KIND",
+            UpstreamKind.HF,
+            _choice(UpstreamKind),
+            f'Upstream dialect of the {size} tier: vllm, tgi (model sent as "tgi") or hf.',
+        ),
+        Setting(
+            f"tiers.{tier}.connect_timeout",
+            f"{env_prefix}_CONNECT_TIMEOUT",
+            5.0,
+            _positive,
+            f"Seconds to open a connection to the {size} upstream.",
+        ),
+        Setting(
+            f"tiers.{tier}.first_byte_timeout",
+            f"{env_prefix}_FIRST_BYTE_TIMEOUT",
+            600.0,
+            _optional_seconds,
+            f"Seconds to wait for the {size} upstream's response headers (0 = none).",
+        ),
+        Setting(
+            f"tiers.{tier}.idle_timeout",
+            f"{env_prefix}_IDLE_TIMEOUT",
+            600.0,
+            _optional_seconds,
+            f"Longest gap in seconds between two body chunks from the {size} upstream (0 = none).",
+        ),
+        Setting(
+            f"tiers.{tier}.relative_cost",
+            f"{env_prefix}_RELATIVE_COST",
+            cost,
+            _non_negative,
+            f"Cost of one {size} request relative to the others, for estimated_cost_savings_pct.",
+        ),
+    )
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("server.host", "ROUTEPROXY_HOST", "127.0.0.1", _text, "Address to listen on."),
+    Setting("server.port", "ROUTEPROXY_PORT", 8001, _int_in(0, 65535), "Port to listen on (the seed's 8001)."),
+    Setting("server.workers", "ROUTEPROXY_WORKERS", 1, _int_in(1, 256), "Worker processes."),
+    Setting(
+        "server.max_body_bytes",
+        "ROUTEPROXY_MAX_BODY_BYTES",
+        10 * 1024 * 1024,
+        _int_in(1024, 2**31),
+        "Largest request body accepted, in bytes (413 above it).",
+    ),
+    Setting(
+        "routing.enabled",
+        "ENABLE_MODEL_ROUTING",
+        False,
+        _bool,
+        "Route `auto` requests by complexity; when false every `auto` request goes to the large tier.",
+    ),
+    Setting(
+        "routing.ab_test_ratio",
+        "AB_TEST_RATIO",
+        0.5,
+        _ratio,
+        "Share of MEDIUM queries sent to the small tier (0.0 = all large, 1.0 = all small).",
+    ),
+    Setting(
+        "routing.sticky_key",
+        "ROUTEPROXY_STICKY_KEY",
+        StickyKey.QUERY,
+        _choice(StickyKey),
+        "What the MEDIUM A/B draw hashes: the query text, the OpenAI `user` field, or a header.",
+    ),
+    Setting(
+        "routing.sticky_header",
+        "ROUTEPROXY_STICKY_HEADER",
+        "x-routeproxy-session",
+        _text,
+        "Header hashed when sticky_key is `header`.",
+    ),
+    Setting(
+        "routing.rules",
+        "ROUTEPROXY_RULES",
+        "general",
+        _text,
+        "Classifier rule set: a built-in name (general, poultry) or a path to a rules YAML file.",
+    ),
+    Setting(
+        "routing.auto_model",
+        "ROUTEPROXY_AUTO_MODEL",
+        "auto",
+        _text,
+        "The model name clients send to ask for routing.",
+    ),
+    Setting(
+        "routing.log_preview_chars",
+        "ROUTEPROXY_LOG_PREVIEW_CHARS",
+        60,
+        _int_in(0, 10_000),
+        "Characters of the query shown in logs (0 = none).",
+    ),
+    *_tier_settings(Tier.SMALL, "MODEL_3B", "meta-llama/Llama-3.2-3B-Instruct", 0.375),
+    *_tier_settings(Tier.LARGE, "MODEL_8B", "meta-llama/Llama-3.1-8B-Instruct", 1.0),
+    Setting(
+        "counters.redis_url",
+        "REDIS_URL",
+        None,
+        _redis_url,
+        "Redis for counters shared by all replicas (redis://, rediss://, unix://); unset = in-memory.",
+    ),
+    Setting(
+        "counters.namespace",
+        "ROUTEPROXY_REDIS_NAMESPACE",
+        "routeproxy",
+        _text,
+        "Prefix of every Redis key, so several deployments can share one Redis.",
+    ),
+    Setting(
+        "counters.baseline_latency_ms",
+        "ROUTEPROXY_BASELINE_LATENCY_MS",
+        4500.0,
+        _optional_seconds,
+        "Baseline for latency_improvement_pct (the seed's 4500); 0 = measure it from the large tier.",
+    ),
+    Setting(
+        "logging.format",
+        "ROUTEPROXY_LOG_FORMAT",
+        "auto",
+        _one_of("auto", "json", "console"),
+        "Log lines as JSON, readable console lines, or auto (console on a terminal, else JSON).",
+    ),
+    Setting(
+        "logging.level",
+        "ROUTEPROXY_LOG_LEVEL",
+        "info",
+        _one_of("debug", "info", "warning", "error"),
+        "Lowest log level written.",
+    ),
+    Setting(
+        "simulator.speed",
+        "ROUTEPROXY_SIM_SPEED",
+        1.0,
+        _positive,
+        "serve --simulate: divides the simulated latencies (10 = ten times faster than the seed's).",
+    ),
+)
+
+SETTINGS_BY_KEY: Mapping[str, Setting] = {setting.key: setting for setting in SETTINGS}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str
+    port: int
+    workers: int
+    max_body_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    enabled: bool
+    ab_test_ratio: float
+    sticky_key: StickyKey
+    sticky_header: str
+    rules: str
+    auto_model: str
+    log_preview_chars: int
+
+
+@dataclass(frozen=True, slots=True)
+class TierConfig:
+    tier: Tier
+    model: str
+    base_url: str
+    api_key: str | None
+    api_key_env: str | None  # the variable the key was read from, to name it when it is unset
+    kind: UpstreamKind
+    connect_timeout: float
+    first_byte_timeout: float | None
+    idle_timeout: float | None
+    relative_cost: float
+
+    @property
+    def upstream_model(self) -> str:
+        """What goes in the upstream request's `model` field (TGI takes "tgi" for its base model)."""
+        return "tgi" if self.kind is UpstreamKind.TGI else self.model
+
+
+@dataclass(frozen=True, slots=True)
+class CounterConfig:
+    redis_url: str | None
+    namespace: str
+    baseline_latency_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    format: str
+    level: str
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorConfig:
+    speed: float
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    server: ServerConfig
+    routing: RoutingConfig
+    tiers: Mapping[Tier, TierConfig]
+    counters: CounterConfig
+    logging: LogConfig
+    simulator: SimulatorConfig
+    source: str = "defaults"
+    values: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def tier_for_model(self, model: str) -> Tier | None:
+        for tier, config in self.tiers.items():
+            if config.model == model:
+                return tier
+        return None
+
+
+_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+def default_config_path() -> Path | None:
+    """./config/routeproxy.yaml when the working directory has one, else the copy shipped in the package."""
+    local = Path("config/routeproxy.yaml")
+    if local.is_file():
+        return local
+    shipped = resources.files("routeproxy.defaults").joinpath("routeproxy.yaml")
+    return Path(str(shipped)) if shipped.is_file() else None
+
+
+def config_dir() -> Path:
+    """The shipped config/ directory (built-in rule sets and examples)."""
+    return Path(str(resources.files("routeproxy.defaults")))
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for name, value in tree.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, Mapping) and key not in SETTINGS_BY_KEY:
+            yield from _flatten(value, f"{key}.")
+        else:
+            yield key, value
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    flat: dict[str, Any] = {}
+    for key, value in _flatten(tree):
+        if key not in SETTINGS_BY_KEY:
+            raise ConfigError(f"{path}: unknown setting {key!r}")
+        flat[key] = value
+    return flat
+
+
+def load_settings(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read the YAML file, apply the environment and overrides, validate, and freeze."""
+    environ = os.environ if environ is None else environ
+    overrides = overrides or {}
+    unknown = sorted(set(overrides) - set(SETTINGS_BY_KEY))
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r}")
+    if path is None and environ.get("ROUTEPROXY_CONFIG"):
+        path = environ["ROUTEPROXY_CONFIG"]
+    config_path = Path(path) if path is not None else default_config_path()
+    from_file = read_yaml(config_path) if config_path is not None else {}
+
+    values: dict[str, Any] = {}
+    key_sources: dict[str, str] = {}
+    for setting in SETTINGS:
+        if setting.key in overrides:
+            raw, where = overrides[setting.key], "command line"
+        elif setting.env and setting.env in environ:
+            raw, where = environ[setting.env], f"environment variable {setting.env}"
+        elif setting.key in from_file:
+            raw, where = from_file[setting.key], str(config_path)
+        else:
+            raw, where = setting.default, "default"
+        try:
+            values[setting.key] = setting.convert(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{setting.key} = {raw!r} (from {where}): {exc}") from None
+        key_sources[setting.key] = where
+
+    tiers = {tier: _tier_config(tier, values, environ) for tier in Tier}
+    if tiers[Tier.SMALL].model == tiers[Tier.LARGE].model:
+        raise ConfigError(
+            f"tiers.small.model and tiers.large.model are both {tiers[Tier.SMALL].model!r}: "
+            "a pinned request could not tell the tiers apart"
+        )
+    if values["routing.auto_model"] in (tiers[Tier.SMALL].model, tiers[Tier.LARGE].model):
+        raise ConfigError(f"routing.auto_model = {values['routing.auto_model']!r} is also a tier's model id")
+    return Settings(
+        server=ServerConfig(
+            host=values["server.host"],
+            port=values["server.port"],
+            workers=values["server.workers"],
+            max_body_bytes=values["server.max_body_bytes"],
+        ),
+        routing=RoutingConfig(
+            enabled=values["routing.enabled"],
+            ab_test_ratio=values["routing.ab_test_ratio"],
+            sticky_key=values["routing.sticky_key"],
+            sticky_header=values["routing.sticky_header"].lower(),
+            rules=values["routing.rules"],
+            auto_model=values["routing.auto_model"],
+            log_preview_chars=values["routing.log_preview_chars"],
+        ),
+        tiers=tiers,
+        counters=CounterConfig(
+            redis_url=values["counters.redis_url"],
+            namespace=values["counters.namespace"],
+            baseline_latency_ms=values["counters.baseline_latency_ms"],
+        ),
+        logging=LogConfig(format=values["logging.format"], level=values["logging.level"]),
+        simulator=SimulatorConfig(speed=values["simulator.speed"]),
+        source=str(config_path) if config_path is not None else "defaults",
+        values=values,
+    )
+
+
+def _tier_config(tier: Tier, values: Mapping[str, Any], environ: Mapping[str, str]) -> TierConfig:
+    def get(name: str) -> Any:
+        return values[f"tiers.{tier}.{name}"]
+
+    api_key: str | None = get("api_key")
+    api_key_env = None
+    if api_key is not None and (ref := _ENV_REF.match(api_key)):
+        api_key_env = ref.group(1)
+        api_key = environ.get(api_key_env) or None
+    return TierConfig(
+        tier=tier,
+        model=get("model"),
+        base_url=get("base_url"),
+        api_key=api_key,
+        api_key_env=api_key_env,
+        kind=get("kind"),
+        connect_timeout=get("connect_timeout"),
+        first_byte_timeout=get("first_byte_timeout"),
+        idle_timeout=get("idle_timeout"),
+        relative_cost=get("relative_cost"),
+    )
+
+
+def settings_table() -> str:
+    """The README's settings table, in Markdown."""
+    rows = ["| YAML key | environment variable | default | what it does |", "| --- | --- | --- | --- |"]
+    for setting in SETTINGS:
+        default = setting.default.value if isinstance(setting.default, enum.Enum) else setting.default
+        shown = "unset" if default is None else f"`{default}`"
+        rows.append(f"| `{setting.key}` | `{setting.env}` | {shown} | {setting.help} |")
+    return "\n".join(rows)

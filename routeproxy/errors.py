@@ -1,0 +1,96 @@
+"""The exception tree and OpenAI's error envelope.
+
+    RouteproxyError
+    ├── ConfigError            a setting has a bad value (raised at start, never per request)
+    ├── InvalidRequest         400: the client's request cannot be proxied
+    │   ├── PayloadTooLarge    413
+    │   └── UnsupportedMediaType 415
+    ├── Unauthorized           401
+    ├── Forbidden              403
+    ├── Overloaded             429
+    └── UpstreamError          the chosen upstream could not give an answer
+        ├── UpstreamUnavailable 502: refused, reset, DNS, protocol error
+        └── UpstreamTimeout     504: connect, first byte or idle gap too long
+
+An upstream's own 4xx/5xx answer is not an error here: it is relayed as it came.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import orjson
+
+
+class RouteproxyError(Exception):
+    status_code: ClassVar[int] = 500
+    error_type: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def envelope(self) -> dict[str, object]:
+        return error_envelope(self.message, self.error_type, param=self.param, code=self.code)
+
+    def body(self) -> bytes:
+        return orjson.dumps(self.envelope())
+
+
+class ConfigError(RouteproxyError):
+    error_type = "config_error"
+
+
+class InvalidRequest(RouteproxyError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status_code = 413
+
+
+class UnsupportedMediaType(InvalidRequest):
+    status_code = 415
+
+
+class Unauthorized(RouteproxyError):
+    status_code = 401
+    error_type = "authentication_error"
+
+
+class Forbidden(RouteproxyError):
+    status_code = 403
+    error_type = "permission_error"
+
+
+class Overloaded(RouteproxyError):
+    status_code = 429
+    error_type = "rate_limit_error"
+
+
+class UpstreamError(RouteproxyError):
+    status_code = 502
+    error_type = "upstream_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status_code = 502
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code = 504
+    error_type = "upstream_timeout"
+
+
+def error_envelope(
+    message: str, error_type: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, object]:
+    """OpenAI's shape, which the SDKs turn into the best client errors (PROTOCOLS.md 4.3)."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+class ModelNotFound(InvalidRequest):
+    status_code = 404

@@ -1,0 +1,236 @@
+"""The exchange with the upstream, as an ASGI callable: send the request, relay the answer, note the outcome.
+
+Streams are relayed as the upstream sends them: each upstream chunk is passed on at once, unparsed and
+unchanged. One exception keeps clients safe: bytes after the last complete SSE event (``\\n\\n``) are held until
+the event completes. A client cannot act on half an event anyway, and if the upstream then breaks, the client
+gets one well-formed ``data: {"error": …}`` event instead of half a JSON line (which the OpenAI SDK would choke
+on). vLLM and TGI write whole events per chunk, so in practice nothing is held.
+
+While the exchange runs, a watcher listens for the client's ``http.disconnect``; when it comes, the upstream
+request is cancelled and its connection closed, so vLLM stops generating.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+import orjson
+from starlette.types import Message, Receive, Scope, Send
+
+from routeproxy.config import Tier
+from routeproxy.errors import RouteproxyError, UpstreamError
+from routeproxy.upstream import RawHeaders, UpstreamPool, UpstreamResponse
+
+_EVENT_END = (b"\n\n", b"\r\n\r\n", b"\r\r")
+
+
+@dataclass(slots=True)
+class RelayResult:
+    """What happened, for counters and the request's log line."""
+
+    status: int = 0
+    stream: bool = False
+    ttfb_s: float | None = None  # request start -> first body byte from upstream
+    end_s: float = 0.0
+    upstream_error: str | None = None
+    disconnected: bool = False
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    bytes_relayed: int = 0
+
+
+def error_response_messages(error: RouteproxyError, headers: RawHeaders) -> tuple[Message, Message]:
+    body = error.body()
+    start: Message = {
+        "type": "http.response.start",
+        "status": error.status_code,
+        "headers": [
+            *headers,
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+    }
+    return start, {"type": "http.response.body", "body": body, "more_body": False}
+
+
+class Exchange:
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        tier: Tier,
+        body: bytes,
+        client_headers: RawHeaders,
+        extra_headers: RawHeaders,
+        started: float,
+        on_finish: Callable[[RelayResult], None],
+    ) -> None:
+        self.pool = pool
+        self.tier = tier
+        self.body = body
+        self.client_headers = client_headers
+        self.extra_headers = extra_headers
+        self.started = started
+        self.on_finish = on_finish
+        self.result = RelayResult()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        result = self.result
+        try:
+            async with anyio.create_task_group() as group:
+
+                async def watch_disconnect() -> None:
+                    while True:
+                        message = await receive()
+                        if message["type"] == "http.disconnect":
+                            result.disconnected = True
+                            group.cancel_scope.cancel()
+                            return
+
+                group.start_soon(watch_disconnect)
+                try:
+                    await self._exchange(send)
+                except OSError:
+                    # The client's socket went away under a send (uvicorn raises ClientDisconnected).
+                    result.disconnected = True
+                finally:
+                    group.cancel_scope.cancel()
+        finally:
+            result.end_s = time.perf_counter() - self.started
+            self.on_finish(result)
+
+    async def _exchange(self, send: Send) -> None:
+        result = self.result
+        try:
+            upstream = await self.pool.send(self.tier, self.body, self.client_headers)
+        except UpstreamError as exc:
+            result.upstream_error = exc.message
+            result.status = exc.status_code
+            for message in error_response_messages(exc, self.extra_headers):
+                await send(message)
+            return
+        try:
+            result.status = upstream.status
+            if upstream.content_type.startswith("text/event-stream"):
+                result.stream = True
+                await self._relay_stream(upstream, send)
+            else:
+                await self._relay_whole(upstream, send)
+        finally:
+            await upstream.aclose()
+
+    async def _relay_whole(self, upstream: UpstreamResponse, send: Send) -> None:
+        result = self.result
+        try:
+            body = await upstream.read()
+        except UpstreamError as exc:
+            result.upstream_error = exc.message
+            result.status = exc.status_code
+            for message in error_response_messages(exc, self.extra_headers):
+                await send(message)
+            return
+        result.ttfb_s = time.perf_counter() - self.started
+        result.bytes_relayed = len(body)
+        if upstream.status >= 500:
+            result.upstream_error = f"upstream answered {upstream.status}"
+        elif upstream.status == 200:
+            _note_usage(result, body)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": upstream.status,
+                "headers": [
+                    *upstream.headers,
+                    *self.extra_headers,
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _relay_stream(self, upstream: UpstreamResponse, send: Send) -> None:
+        result = self.result
+        await send(
+            {
+                "type": "http.response.start",
+                "status": upstream.status,
+                # Reverse proxies in front of us (nginx) must not buffer the stream either.
+                "headers": [*upstream.headers, *self.extra_headers, (b"x-accel-buffering", b"no")],
+            }
+        )
+        held = b""
+        last_usage = b""
+        try:
+            async for chunk in upstream.chunks():
+                if result.ttfb_s is None:
+                    result.ttfb_s = time.perf_counter() - self.started
+                if held:
+                    chunk = held + chunk
+                    held = b""
+                if not chunk.endswith(_EVENT_END):
+                    cut = _last_event_end(chunk)
+                    chunk, held = chunk[:cut], chunk[cut:]
+                    if not chunk:
+                        continue
+                if b'"usage"' in chunk:
+                    last_usage = chunk
+                result.bytes_relayed += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamError as exc:
+            # Bytes were relayed already, so the status cannot change: end with one error event the SDKs raise.
+            result.upstream_error = exc.message
+            event = b"data: " + orjson.dumps(exc.envelope()) + b"\n\n"
+            await send({"type": "http.response.body", "body": event, "more_body": False})
+            return
+        if held:
+            # The upstream ended cleanly mid-event: pass its bytes on as they were.
+            result.bytes_relayed += len(held)
+            await send({"type": "http.response.body", "body": held, "more_body": True})
+        if last_usage:
+            _note_stream_usage(result, last_usage)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _last_event_end(data: bytes) -> int:
+    """Index just past the last complete SSE event in ``data`` (0 when there is none)."""
+    best = 0
+    for end in _EVENT_END:
+        position = data.rfind(end)
+        if position >= 0:
+            best = max(best, position + len(end))
+    return best
+
+
+def _note_usage(result: RelayResult, body: bytes) -> None:
+    if b'"usage"' not in body:
+        return
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return
+    if isinstance(document, dict):
+        _take_usage(result, document.get("usage"))
+
+
+def _note_stream_usage(result: RelayResult, chunk: bytes) -> None:
+    """Read token usage from a copy of the stream's last usage-bearing chunk; the stream itself is untouched."""
+    for line in reversed(chunk.splitlines()):
+        if not line.startswith(b"data:") or b'"usage"' not in line:
+            continue
+        try:
+            event = orjson.loads(line[5:])
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(event, dict) and isinstance(event.get("usage"), dict):
+            _take_usage(result, event["usage"])
+            return
+
+
+def _take_usage(result: RelayResult, usage: object) -> None:
+    if not isinstance(usage, dict):
+        return
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if isinstance(prompt, int) and isinstance(completion, int):
+        result.prompt_tokens, result.completion_tokens = prompt, completion

@@ -1,0 +1,174 @@
+"""Pure: a classification + the routing policy -> RouteDecision(tier, model, complexity, reason, A/B draw).
+
+The seed's A/B split hashed the query with Python's ``hash()``, which is salted per process: two replicas, or
+one replica after a restart, would send the same query to different models. ``stable_draw`` uses blake2b of
+the normalised key instead, so the draw is the same everywhere, and a MEDIUM query goes to the small tier when
+``draw < ab_test_ratio``: raising the ratio only ever moves queries from large to small (a monotone ramp).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from routeproxy.classify import Classification, Complexity
+from routeproxy.config import Settings, StickyKey, Tier
+from routeproxy.errors import ModelNotFound
+from routeproxy.parse import Hints
+
+_TWO_TO_64 = float(2**64)
+
+
+def stable_draw(key: str) -> float:
+    """A number in [0, 1) that depends only on the normalised key: case and runs of white space do not count."""
+    normalised = " ".join(key.lower().split())
+    digest = hashlib.blake2b(normalised.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / _TWO_TO_64
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    tier: Tier
+    complexity: Complexity | None
+    reason: str
+    classification: Classification | None = None
+    ab_draw: float | None = None
+    ab_ratio: float | None = None
+    classify_error: str | None = None
+
+    @property
+    def score(self) -> float | None:
+        return None if self.classification is None else self.classification.score
+
+
+def decide(classification: Classification, *, enabled: bool, ab_test_ratio: float, sticky: str) -> RouteDecision:
+    """SIMPLE -> small, COMPLEX -> large, MEDIUM -> small when the sticky key's draw is under the ratio.
+
+    With routing disabled every request goes to the large tier (the seed's baseline), but the complexity is
+    still recorded so the baseline's mix is measured before routing is switched on.
+    """
+    complexity = classification.complexity
+    if not enabled:
+        return RouteDecision(Tier.LARGE, complexity, "routing_disabled", classification)
+    if complexity is Complexity.SIMPLE:
+        return RouteDecision(Tier.SMALL, complexity, _top_signal(classification, "simple"), classification)
+    if complexity is Complexity.COMPLEX:
+        return RouteDecision(Tier.LARGE, complexity, _top_signal(classification, "complex"), classification)
+    draw = stable_draw(sticky)
+    if draw < ab_test_ratio:
+        tier, reason = Tier.SMALL, f"ab:{draw:.2f}<{ab_test_ratio:.2f}"
+    else:
+        tier, reason = Tier.LARGE, f"ab:{draw:.2f}>={ab_test_ratio:.2f}"
+    return RouteDecision(tier, complexity, reason, classification, ab_draw=draw, ab_ratio=ab_test_ratio)
+
+
+def pinned(tier: Tier) -> RouteDecision:
+    return RouteDecision(tier, None, "pinned")
+
+
+def _top_signal(classification: Classification, default: str) -> str:
+    """The signal that pushed hardest towards the class chosen: the most negative weight for SIMPLE."""
+    signals = classification.signals
+    if not signals:
+        return default
+    if classification.complexity is Complexity.SIMPLE:
+        return str(min(signals, key=lambda signal: signal.weight))
+    return str(max(signals, key=lambda signal: signal.weight))
+
+
+class ClassifierLike(Protocol):
+    def classify(
+        self,
+        body: Mapping[str, Any],
+        *,
+        query_type: str | None = None,
+        entities: Mapping[str, Any] | None = None,
+    ) -> Classification: ...
+
+
+class Router:
+    """Turns a parsed request into a decision: pinned by model id, or classified and routed."""
+
+    def __init__(self, settings: Settings, classifier: ClassifierLike) -> None:
+        self.settings = settings
+        self.classifier = classifier
+        self.auto_model = settings.routing.auto_model
+        self._pinned = {config.model: tier for tier, config in settings.tiers.items()}
+
+    def route(
+        self,
+        body: Mapping[str, Any],
+        hints: Hints,
+        headers: Mapping[str, str],
+        *,
+        enabled: bool,
+        ab_test_ratio: float,
+    ) -> RouteDecision:
+        model = body.get("model")
+        if model is not None and model != self.auto_model:
+            tier = self._pinned.get(model)
+            if tier is None:
+                known = ", ".join([self.auto_model, *self._pinned])
+                raise ModelNotFound(
+                    f"The model `{model}` does not exist. Use one of: {known}.",
+                    param="model",
+                    code="model_not_found",
+                )
+            return pinned(tier)
+        try:
+            classification = self.classifier.classify(body, query_type=hints.query_type, entities=hints.entities)
+        except Exception as exc:
+            return RouteDecision(Tier.LARGE, None, "classify_failed", classify_error=repr(exc))
+        return decide(
+            classification,
+            enabled=enabled,
+            ab_test_ratio=ab_test_ratio,
+            sticky=self._sticky_key(body, headers, classification.query),
+        )
+
+    def _sticky_key(self, body: Mapping[str, Any], headers: Mapping[str, str], query: str) -> str:
+        sticky = self.settings.routing.sticky_key
+        if sticky is StickyKey.USER:
+            user = body.get("user")
+            if isinstance(user, str) and user:
+                return "user:" + user
+        elif sticky is StickyKey.HEADER:
+            value = headers.get(self.settings.routing.sticky_header)
+            if value:
+                return "header:" + value
+        return query
+
+
+def explain(decision: RouteDecision, settings: Settings, *, enabled: bool, ab_test_ratio: float) -> dict[str, Any]:
+    """The decision as JSON, for the explain endpoint and `routeproxy explain`."""
+    classification = decision.classification
+    return {
+        "tier": decision.tier.value,
+        "label": decision.tier.label,
+        "model": settings.tiers[decision.tier].model,
+        "complexity": None if decision.complexity is None else decision.complexity.value,
+        "score": None if classification is None else round(classification.score, 4),
+        "reason": decision.reason,
+        "signals": []
+        if classification is None
+        else [
+            {"name": signal.name, "detail": signal.detail, "weight": signal.weight} for signal in classification.signals
+        ],
+        "ab_draw": None if decision.ab_draw is None else round(decision.ab_draw, 4),
+        "ab_test_ratio": ab_test_ratio,
+        "routing_enabled": enabled,
+        "classify_error": decision.classify_error,
+    }
+
+
+def response_headers(decision: RouteDecision, model: str) -> Mapping[str, str]:
+    headers = {
+        "x-routeproxy-tier": decision.tier.value,
+        "x-routeproxy-model": model,
+        "x-routeproxy-reason": decision.reason,
+    }
+    if decision.complexity is not None:
+        headers["x-routeproxy-complexity"] = decision.complexity.value
+    return headers

@@ -12,9 +12,9 @@ import httpx
 import openai
 import pytest
 from conftest import LARGE_MODEL, SMALL_MODEL, ProxyFactory, fast_profile
-from routeproxy.simulator import Dialect, create_simulator_app
 
 from routeproxy.config import Tier
+from routeproxy.simulator import Dialect, create_simulator_app
 from routeproxy.threadserver import ThreadedServer
 
 MESSAGES = [{"role": "user", "content": "How do I improve feed conversion in broilers?"}]

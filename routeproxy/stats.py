@@ -1,0 +1,299 @@
+"""What is counted per outcome, and the stats JSON built from the totals.
+
+``outcome_fields`` turns one finished request into (field, increment) pairs; both counter stores add them
+up under the same field names (the hash fields of ``KEY_LAYOUT_MARKDOWN`` in counters.py). ``render_stats``
+turns totals into the seed's ``/v1/model-routing/stats`` JSON: its keys first, in its order, then extras.
+Latency percentiles come from fixed-bucket histograms, so totals of several replicas add up exactly
+(sum the bucket counts, then interpolate inside the bucket that holds the rank).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from routeproxy.classify import Complexity
+from routeproxy.config import Tier
+
+PINNED = "pinned"  # the complexity slot of requests pinned to a tier by model id
+COMPLEXITY_SLOTS: tuple[str, ...] = (*(c.value for c in Complexity), PINNED)
+TIER_LABELS: tuple[str, ...] = tuple(tier.label for tier in Tier)
+# Upper bounds (ms) of the fixed histogram buckets; the last bucket ("inf") holds everything above.
+BUCKETS_MS: tuple[int, ...] = (
+    50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 2500, 3000, 3500,
+    4000, 4500, 5000, 6000, 7500, 10000, 15000, 20000, 30000, 60000, 120000,
+)  # fmt: skip
+BUCKET_NAMES: tuple[str, ...] = (*(f"le_{bound}" for bound in BUCKETS_MS), "le_inf")
+STATUS_CLASSES: tuple[str, ...] = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One finished proxied request."""
+
+    tier: Tier
+    complexity: Complexity | None  # None when the request was pinned to a tier by model id
+    status: int  # HTTP status the client got (0 if the client disconnected before headers)
+    latency_ms: float  # request start -> last byte relayed
+    ttfb_ms: float | None  # streams: request start -> first body byte from upstream
+    stream: bool
+    upstream_error: bool = False  # the upstream failed (refused / timeout / 5xx / broken stream)
+    fallback: bool = False  # retried on the other tier
+    classify_failed: bool = False
+    disconnected: bool = False  # the client went away before the end
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Counter totals of one A/B period, keyed by the field names of ``KEY_LAYOUT_MARKDOWN``."""
+
+    counts: Mapping[str, int]
+    period: int
+    since: datetime | None
+    replicas: tuple[str, ...]
+    store: str
+    stale: bool = False  # the shared store could not be read: these are this replica's own numbers
+
+    def get(self, metric: str, *scope: str) -> int:
+        return self.counts.get(":".join((metric, *scope)), 0)
+
+    def histogram(self, metric: str, *scope: str) -> list[int]:
+        """Per-bucket counts (not cumulative), one per ``BUCKET_NAMES`` entry."""
+        return [self.counts.get(":".join((metric, *scope, name)), 0) for name in BUCKET_NAMES]
+
+
+def _bucket(value_ms: float) -> str:
+    return BUCKET_NAMES[bisect.bisect_left(BUCKETS_MS, value_ms)]
+
+
+def _status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status <= 599 else "none"
+
+
+def outcome_fields(outcome: Outcome) -> Iterable[tuple[str, int]]:
+    """The (field, increment) pairs one outcome adds."""
+    tier = outcome.tier.label
+    scopes = (tier, f"{tier}:{outcome.complexity.value if outcome.complexity else PINNED}")
+    latency = max(0.0, outcome.latency_ms)
+    bucket = _bucket(latency)
+    for scope in scopes:
+        yield f"requests:{scope}", 1
+        yield f"latency_ms_sum:{scope}", round(latency)
+        yield f"latency_ms_bucket:{scope}:{bucket}", 1
+        if outcome.upstream_error:
+            yield f"errors:{scope}", 1
+        if outcome.fallback:
+            yield f"fallbacks:{scope}", 1
+    yield f"status:{tier}:{_status_class(outcome.status)}", 1
+    if outcome.stream:
+        yield f"streams:{tier}", 1
+        if outcome.ttfb_ms is not None:
+            ttfb = max(0.0, outcome.ttfb_ms)
+            yield f"ttfb_ms_sum:{tier}", round(ttfb)
+            yield f"ttfb_ms_count:{tier}", 1
+            yield f"ttfb_ms_bucket:{tier}:{_bucket(ttfb)}", 1
+    if outcome.disconnected:
+        yield f"disconnects:{tier}", 1
+    if outcome.classify_failed:
+        yield f"classify_failures:{tier}", 1
+    if outcome.prompt_tokens is not None or outcome.completion_tokens is not None:
+        yield f"usage_reports:{tier}", 1
+        yield f"prompt_tokens:{tier}", outcome.prompt_tokens or 0
+        yield f"completion_tokens:{tier}", outcome.completion_tokens or 0
+
+
+def field_count() -> int:
+    """How many distinct fields exist: the bound on the size of any local delta."""
+    per_scope = 4 + len(BUCKET_NAMES)  # requests, latency sum, errors, fallbacks + buckets
+    per_tier = (1 + len(COMPLEXITY_SLOTS)) * per_scope + len(STATUS_CLASSES) + 3 + len(BUCKET_NAMES) + 5
+    return len(TIER_LABELS) * per_tier
+
+
+def _add(counts: dict[str, int], outcome: Outcome) -> None:
+    for name, increment in outcome_fields(outcome):
+        counts[name] = counts.get(name, 0) + increment
+
+
+PERCENTILES: tuple[tuple[str, float], ...] = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
+
+
+def percentile(buckets: Sequence[int], quantile: float) -> float:
+    """Interpolated quantile of a histogram laid out as ``BUCKET_NAMES`` (0 when it is empty).
+
+    Exact to within the width of the bucket that holds the rank; the open last bucket answers its lower bound.
+    """
+    total = sum(buckets)
+    if total == 0:
+        return 0.0
+    rank = quantile * total
+    cumulative = 0
+    for index, count in enumerate(buckets):
+        if count and cumulative + count >= rank:
+            lower = BUCKETS_MS[index - 1] if index > 0 else 0
+            if index == len(BUCKETS_MS):
+                return float(lower)
+            return lower + (BUCKETS_MS[index] - lower) * (rank - cumulative) / count
+        cumulative += count
+    return float(BUCKETS_MS[-1])
+
+
+def _percentiles(buckets: Sequence[int]) -> dict[str, int]:
+    return {name: round(percentile(buckets, quantile)) for name, quantile in PERCENTILES}
+
+
+def _sum_histograms(histograms: Iterable[Sequence[int]]) -> list[int]:
+    return [sum(column) for column in zip(*histograms, strict=True)]
+
+
+def _pct(part: float, whole: float) -> float:
+    return round(part / whole * 100, 1) if whole else 0.0
+
+
+def _avg(total: float, count: int) -> int:
+    return round(total / count) if count else 0
+
+
+def render_stats(
+    snapshot: Snapshot,
+    *,
+    ab_test_ratio: float,
+    routing_enabled: bool,
+    baseline_latency_ms: float | None,
+    relative_cost: Mapping[Tier, float],
+) -> dict[str, Any]:
+    """The seed's stats JSON (same keys, same order), then the extra fields.
+
+    ``baseline_latency_ms`` None means "measure it": the average latency of the large tier.
+    ``estimated_cost_savings_pct`` compares with sending every request to the large tier.
+    """
+    requests = {tier: snapshot.get("requests", tier.label) for tier in Tier}
+    latency_sums = {tier: snapshot.get("latency_ms_sum", tier.label) for tier in Tier}
+    total = sum(requests.values())
+    average = sum(latency_sums.values()) / total if total else 0.0
+    if baseline_latency_ms is None:
+        baseline = _avg(latency_sums[Tier.LARGE], requests[Tier.LARGE])
+    else:
+        baseline = round(baseline_latency_ms)
+    all_large_cost = total * relative_cost[Tier.LARGE]
+    actual_cost = sum(requests[tier] * relative_cost[tier] for tier in Tier)
+    latency_histograms = {tier: snapshot.histogram("latency_ms_bucket", tier.label) for tier in Tier}
+    ttfb_histograms = {tier: snapshot.histogram("ttfb_ms_bucket", tier.label) for tier in Tier}
+    errors = {tier: snapshot.get("errors", tier.label) for tier in Tier}
+    stats: dict[str, Any] = {
+        "total_requests": total,
+        "model_distribution": {
+            tier.label: {
+                "count": requests[tier],
+                "percentage": _pct(requests[tier], total),
+                "avg_latency_ms": _avg(latency_sums[tier], requests[tier]),
+            }
+            for tier in Tier
+        },
+        "average_latency_ms": round(average),
+        "baseline_latency_ms": baseline,
+        "latency_improvement_pct": round((baseline - average) / baseline * 100, 1) if total and baseline else 0.0,
+        "estimated_cost_savings_pct": _pct(all_large_cost - actual_cost, all_large_cost),
+        "ab_test_ratio": ab_test_ratio,
+        "routing_enabled": routing_enabled,
+        "complexity_distribution": {
+            slot: {
+                "count": snapshot.get("requests", Tier.SMALL.label, slot)
+                + snapshot.get("requests", Tier.LARGE.label, slot),
+                "tiers": {tier.label: snapshot.get("requests", tier.label, slot) for tier in Tier},
+                "avg_latency_ms": _avg(
+                    sum(snapshot.get("latency_ms_sum", tier.label, slot) for tier in Tier),
+                    sum(snapshot.get("requests", tier.label, slot) for tier in Tier),
+                ),
+            }
+            for slot in COMPLEXITY_SLOTS
+        },
+        "latency_percentiles_ms": {
+            **{tier.label: _percentiles(latency_histograms[tier]) for tier in Tier},
+            "overall": _percentiles(_sum_histograms(latency_histograms.values())),
+        },
+        "ttfb_percentiles_ms": {
+            **{tier.label: _percentiles(ttfb_histograms[tier]) for tier in Tier},
+            "overall": _percentiles(_sum_histograms(ttfb_histograms.values())),
+        },
+        "streams": {tier.label: snapshot.get("streams", tier.label) for tier in Tier},
+        "upstream_errors": {tier.label: errors[tier] for tier in Tier},
+        "error_rate_pct": {
+            **{tier.label: _pct(errors[tier], requests[tier]) for tier in Tier},
+            "overall": _pct(sum(errors.values()), total),
+        },
+        "fallbacks": {tier.label: snapshot.get("fallbacks", tier.label) for tier in Tier},
+        "classify_failures": sum(snapshot.get("classify_failures", tier.label) for tier in Tier),
+        "disconnects": {tier.label: snapshot.get("disconnects", tier.label) for tier in Tier},
+        "status_classes": {
+            tier.label: {name: snapshot.get("status", tier.label, name) for name in STATUS_CLASSES} for tier in Tier
+        },
+        "tokens": {
+            tier.label: {
+                "requests_with_usage": snapshot.get("usage_reports", tier.label),
+                "prompt": snapshot.get("prompt_tokens", tier.label),
+                "completion": snapshot.get("completion_tokens", tier.label),
+            }
+            for tier in Tier
+        },
+        "replicas": list(snapshot.replicas),
+        "store": snapshot.store,
+        "period": snapshot.period,
+        "counting_since": snapshot.since.isoformat() if snapshot.since else None,
+        "stale": snapshot.stale,
+    }
+    return stats
+
+
+def format_stats_table(stats: Mapping[str, Any]) -> str:
+    """The stats JSON as a short plain-text report, for ``routeproxy stats``."""
+    distribution = stats["model_distribution"]
+    percentiles = stats.get("latency_percentiles_ms", {})
+    errors = stats.get("upstream_errors", {})
+    fallbacks = stats.get("fallbacks", {})
+    rows: list[tuple[str, ...]] = [
+        ("tier", "requests", "share %", "avg ms", "p50", "p95", "p99", "errors", "fallbacks")
+    ]
+    for label, entry in distribution.items():
+        tier_percentiles = percentiles.get(label, {})
+        rows.append((
+            label, str(entry["count"]), f"{entry['percentage']:.1f}", str(entry["avg_latency_ms"]),
+            *(str(tier_percentiles.get(name, "-")) for name, _ in PERCENTILES),
+            str(errors.get(label, "-")), str(fallbacks.get(label, "-")),
+        ))  # fmt: skip
+    overall = percentiles.get("overall", {})
+    rows.append((
+        "all", str(stats["total_requests"]), "100.0" if stats["total_requests"] else "0.0",
+        str(stats["average_latency_ms"]), *(str(overall.get(name, "-")) for name, _ in PERCENTILES),
+        str(sum(errors.values())) if errors else "-", str(sum(fallbacks.values())) if fallbacks else "-",
+    ))  # fmt: skip
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
+    lines.append("")
+    lines.append(
+        f"average latency {stats['average_latency_ms']} ms vs baseline {stats['baseline_latency_ms']} ms: "
+        f"{stats['latency_improvement_pct']:.1f}% better; "
+        f"estimated cost savings {stats['estimated_cost_savings_pct']:.1f}%"
+    )
+    lines.append(
+        f"routing {'enabled' if stats['routing_enabled'] else 'disabled'}, ab_test_ratio {stats['ab_test_ratio']}"
+    )
+    for slot, entry in stats.get("complexity_distribution", {}).items():
+        if entry["count"]:
+            tiers = ", ".join(f"{label} {count}" for label, count in entry["tiers"].items())
+            lines.append(f"{slot}: {entry['count']} ({tiers}), avg {entry['avg_latency_ms']} ms")
+    if "store" in stats:
+        replicas = stats.get("replicas", [])
+        lines.append(
+            f"store {stats['store']}, {len(replicas)} replica(s), counting since {stats.get('counting_since')}"
+            + (
+                " (STALE: the shared store did not answer; these are one replica's numbers)"
+                if stats.get("stale")
+                else ""
+            )
+        )
+    return "\n".join(lines)

@@ -20,7 +20,8 @@ from starlette.routing import Route
 
 from routeproxy.classify import Classifier, load_rules
 from routeproxy.config import Settings, Tier, load_settings
-from routeproxy.errors import PayloadTooLarge, RouteproxyError, error_envelope
+from routeproxy.counters import CounterStore, Outcome, RuntimeConfig, open_store, render_stats
+from routeproxy.errors import Forbidden, InvalidRequest, PayloadTooLarge, RouteproxyError, error_envelope
 from routeproxy.logs import configure_logging, preview
 from routeproxy.parse import check_content_type, parse_chat_body, pop_hints
 from routeproxy.relay import Exchange, RelayResult
@@ -37,10 +38,19 @@ class Resources:
     settings: Settings
     router: Router
     pool: UpstreamPool
+    counters: CounterStore
 
     def routing_now(self) -> tuple[bool, float]:
-        """(enabled, ab_test_ratio) in force now."""
-        return self.settings.routing.enabled, self.settings.routing.ab_test_ratio
+        """(enabled, ab_test_ratio) in force now: the shared runtime config where set, else the settings.
+
+        No I/O: the counter store refreshes its copy of the runtime config in the background.
+        """
+        runtime = self.counters.current_runtime
+        enabled = (
+            self.settings.routing.enabled if runtime.enable_model_routing is None else runtime.enable_model_routing
+        )
+        ratio = self.settings.routing.ab_test_ratio if runtime.ab_test_ratio is None else runtime.ab_test_ratio
+        return enabled, ratio
 
 
 def _resources(request: Request) -> Resources:
@@ -94,6 +104,21 @@ async def chat_completions(request: Request) -> Response | Exchange:
     extra.append((b"x-routeproxy-overhead-ms", f"{overhead_ms:.3f}".encode()))
 
     def finish(result: RelayResult) -> None:
+        resources.counters.record(
+            Outcome(
+                tier=decision.tier,
+                complexity=decision.complexity,
+                status=result.status,
+                latency_ms=result.end_s * 1000,
+                ttfb_ms=None if result.ttfb_s is None or not result.stream else result.ttfb_s * 1000,
+                stream=result.stream,
+                upstream_error=result.upstream_error is not None,
+                classify_failed=decision.classify_error is not None,
+                disconnected=result.disconnected,
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+            )
+        )
         _log_request(resources, decision, result, request_id, body_stream=bool(body.get("stream")))
 
     return Exchange(resources.pool, decision.tier, payload, request.headers.raw, extra, started, finish)
@@ -164,6 +189,94 @@ async def explain_route(request: Request) -> Response:
     return JSONResponse(explain(decision, resources.settings, enabled=enabled, ab_test_ratio=ratio))
 
 
+async def routing_stats(request: Request) -> Response:
+    """The seed's stats JSON, totals across every replica sharing the store."""
+    resources = _resources(request)
+    enabled, ratio = resources.routing_now()
+    snapshot = await resources.counters.snapshot()
+    settings = resources.settings
+    stats = render_stats(
+        snapshot,
+        ab_test_ratio=ratio,
+        routing_enabled=enabled,
+        baseline_latency_ms=settings.counters.baseline_latency_ms,
+        relative_cost={tier: config.relative_cost for tier, config in settings.tiers.items()},
+    )
+    return JSONResponse(stats)
+
+
+def _require_admin(request: Request) -> None:
+    """Reset and runtime changes answer loopback clients only (an admin token is the security issue's)."""
+    host = request.client.host if request.client else ""
+    if not (host.startswith("127.") or host == "::1"):
+        raise Forbidden(f"{request.url.path} answers only clients on this host, not {host or 'unknown'}")
+
+
+async def routing_reset(request: Request) -> Response:
+    resources = _resources(request)
+    try:
+        _require_admin(request)
+        await resources.counters.reset()
+    except RouteproxyError as exc:
+        return _error_response(exc, _request_id(request))
+    log.info("counters_reset", client=request.client.host if request.client else None)
+    return JSONResponse({"reset": True, "store": resources.counters.store_name})
+
+
+def _runtime_json(resources: Resources, shared: RuntimeConfig) -> dict[str, Any]:
+    enabled, ratio = resources.routing_now()
+    return {
+        "ab_test_ratio": ratio,
+        "enable_model_routing": enabled,
+        "shared": {"ab_test_ratio": shared.ab_test_ratio, "enable_model_routing": shared.enable_model_routing},
+        "configured": {
+            "ab_test_ratio": resources.settings.routing.ab_test_ratio,
+            "enable_model_routing": resources.settings.routing.enabled,
+        },
+    }
+
+
+def _parse_runtime_change(raw: bytes) -> RuntimeConfig:
+    try:
+        change = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(change, dict) or not change:
+        raise InvalidRequest('send a JSON object such as {"ab_test_ratio": 0.3, "enable_model_routing": true}')
+    unknown = sorted(set(change) - {"ab_test_ratio", "enable_model_routing"})
+    if unknown:
+        raise InvalidRequest(f"unknown runtime setting {unknown[0]!r}", param=unknown[0])
+    ratio = change.get("ab_test_ratio")
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1):
+        raise InvalidRequest(f"ab_test_ratio must be a number from 0.0 to 1.0, not {ratio!r}", param="ab_test_ratio")
+    enabled = change.get("enable_model_routing")
+    if enabled is not None and not isinstance(enabled, bool):
+        raise InvalidRequest(
+            f"enable_model_routing must be true or false, not {enabled!r}", param="enable_model_routing"
+        )
+    return RuntimeConfig(ab_test_ratio=None if ratio is None else float(ratio), enable_model_routing=enabled)
+
+
+async def routing_config(request: Request) -> Response:
+    """GET: the routing settings in force. PUT: change them for every replica (stored in the shared store)."""
+    resources = _resources(request)
+    if request.method == "GET":
+        return JSONResponse(_runtime_json(resources, await resources.counters.runtime()))
+    try:
+        _require_admin(request)
+        change = _parse_runtime_change(await _read_body(request, 64 * 1024))
+        shared = await resources.counters.set_runtime(change)
+    except RouteproxyError as exc:
+        return _error_response(exc, _request_id(request))
+    log.info(
+        "runtime_config_changed",
+        ab_test_ratio=shared.ab_test_ratio,
+        enable_model_routing=shared.enable_model_routing,
+        client=request.client.host if request.client else None,
+    )
+    return JSONResponse(_runtime_json(resources, shared))
+
+
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -187,9 +300,12 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         pool = UpstreamPool(settings.tiers)
+        counters = open_store(settings.counters)
+        await counters.start()
         try:
-            yield {"resources": Resources(settings=settings, router=router, pool=pool)}
+            yield {"resources": Resources(settings=settings, router=router, pool=pool, counters=counters)}
         finally:
+            await counters.close()  # the last flush: nothing counted is left behind
             await pool.aclose()
 
     routes = [
@@ -199,6 +315,9 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/models", list_models, methods=["GET"]),
         Route("/v1/model-routing/explain", explain_route, methods=["POST"]),
+        Route("/v1/model-routing/stats", routing_stats, methods=["GET"]),
+        Route("/v1/model-routing/reset", routing_reset, methods=["POST"]),
+        Route("/v1/model-routing/config", routing_config, methods=["GET", "PUT"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]
     return Starlette(

@@ -251,6 +251,56 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    """The shared statistics as a table: read from Redis, or from a running proxy when counters are in memory."""
+    import asyncio
+
+    import httpx
+
+    from routeproxy.counters import format_stats_table
+
+    overrides = {"counters.redis_url": args.redis_url} if args.redis_url else {}
+    settings = _settings(args, overrides)
+    if settings.counters.redis_url:
+        stats = asyncio.run(_stats_from_redis(settings))
+    else:
+        url = args.proxy.rstrip("/") + "/v1/model-routing/stats"
+        try:
+            response = httpx.get(url, timeout=10, trust_env=False)
+        except httpx.HTTPError as exc:
+            print(f"routeproxy stats: no REDIS_URL, and the proxy at {url} did not answer: {exc}", file=sys.stderr)
+            return 1
+        if response.status_code != 200:
+            print(f"routeproxy stats: {url} answered {response.status_code}", file=sys.stderr)
+            return 1
+        stats = response.json()
+    if args.json:
+        print(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(format_stats_table(stats))
+    return 0
+
+
+async def _stats_from_redis(settings: Settings) -> dict[str, Any]:
+    from routeproxy.counters import open_store, render_stats
+
+    store = open_store(settings.counters, replica_id="routeproxy-stats-cli")
+    try:
+        snapshot = await store.snapshot()
+        runtime = await store.runtime()
+    finally:
+        await store.close()
+    return render_stats(
+        snapshot,
+        ab_test_ratio=settings.routing.ab_test_ratio if runtime.ab_test_ratio is None else runtime.ab_test_ratio,
+        routing_enabled=settings.routing.enabled
+        if runtime.enable_model_routing is None
+        else runtime.enable_model_routing,
+        baseline_latency_ms=settings.counters.baseline_latency_ms,
+        relative_cost={tier: config.relative_cost for tier, config in settings.tiers.items()},
+    )
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _router(settings)  # loads and validates the rule set too
@@ -350,6 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = with_routing(with_config(commands.add_parser("bench", help="benchmarks (now: classification speed)")))
     bench.set_defaults(handler=cmd_bench)
+
+    stats = with_config(commands.add_parser("stats", help="print the shared routing statistics"))
+    stats.add_argument("--redis-url", help="read this Redis (default: REDIS_URL / counters.redis_url)")
+    stats.add_argument("--proxy", default="http://127.0.0.1:8001", help="without Redis: the proxy to ask")
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(handler=cmd_stats)
 
     check = with_config(commands.add_parser("check-config", help="validate the configuration and rule set"))
     check.set_defaults(handler=cmd_check_config)

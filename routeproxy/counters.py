@@ -43,7 +43,7 @@ from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
 from routeproxy.config import CounterConfig
-from routeproxy.errors import InvalidRequest, RouteproxyError
+from routeproxy.errors import CounterStoreUnavailable, InvalidRequest
 from routeproxy.stats import (
     BUCKETS_MS,
     Outcome,
@@ -58,7 +58,6 @@ __all__ = [
     "BUCKETS_MS",
     "KEY_LAYOUT_MARKDOWN",
     "CounterStore",
-    "CounterStoreUnavailable",
     "MemoryCounterStore",
     "Outcome",
     "RedisCounterStore",
@@ -129,13 +128,6 @@ class RuntimeConfig:
 
     ab_test_ratio: float | None = None
     enable_model_routing: bool | None = None
-
-
-class CounterStoreUnavailable(RouteproxyError):
-    """The shared store did not answer an operation that cannot be deferred (reset, set_runtime)."""
-
-    status_code = 503
-    error_type = "counter_store_unavailable"
 
 
 def _now() -> datetime:

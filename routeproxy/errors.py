@@ -8,6 +8,7 @@
     ├── Unauthorized           401
     ├── Forbidden              403
     ├── Overloaded             429
+    ├── CounterStoreUnavailable 503: the shared store did not answer a reset or a config change
     └── UpstreamError          the chosen upstream could not give an answer
         ├── UpstreamUnavailable 502: refused, reset, DNS, protocol error
         └── UpstreamTimeout     504: connect, first byte or idle gap too long
@@ -94,3 +95,10 @@ def error_envelope(
 
 class ModelNotFound(InvalidRequest):
     status_code = 404
+
+
+class CounterStoreUnavailable(RouteproxyError):
+    """The shared store did not answer an operation that cannot be deferred (reset, set_runtime)."""
+
+    status_code = 503
+    error_type = "counter_store_unavailable"

@@ -5,12 +5,13 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
-from redis_server import redis_server  # noqa: F401  (a real redis-server per test that asks for one)
-from routeproxy.simulator import Dialect, SimProfile, create_simulator_app
+from processes import served  # noqa: F401  (routeproxy processes, stopped after the test)
+from redis_server import persistent_redis_server, redis_server  # noqa: F401  (real redis-servers)
 from starlette.types import Receive, Scope, Send
 
 from routeproxy.app import create_app
 from routeproxy.config import Settings, Tier, load_settings
+from routeproxy.simulator import Dialect, SimProfile, create_simulator_app
 from routeproxy.threadserver import ThreadedServer
 
 SMALL_MODEL = "meta-llama/Llama-3.2-3B-Instruct"

@@ -42,7 +42,9 @@ def test_pgr_curve_and_apgr_by_hand(
     scores: list[float], expected_curve: list[tuple[float, float]], expected_apgr: float
 ) -> None:
     curve = pgr_curve(scores, WEAK, STRONG)
-    assert curve == pytest.approx(expected_curve)
+    assert len(curve) == len(expected_curve)
+    for point, expected in zip(curve, expected_curve, strict=True):
+        assert point == pytest.approx(expected)
     assert apgr(curve) == pytest.approx(expected_apgr)
 
 

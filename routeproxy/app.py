@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
+import signal
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -21,16 +25,28 @@ from starlette.routing import Route
 from routeproxy.classify import Classifier, load_rules
 from routeproxy.config import Settings, Tier, load_settings
 from routeproxy.counters import CounterStore, Outcome, RuntimeConfig, open_store, render_stats
-from routeproxy.errors import Forbidden, InvalidRequest, PayloadTooLarge, RouteproxyError, error_envelope
+from routeproxy.errors import (
+    Forbidden,
+    InvalidRequest,
+    Overloaded,
+    PayloadTooLarge,
+    RouteproxyError,
+    Unauthorized,
+    error_envelope,
+)
 from routeproxy.logs import configure_logging, preview
 from routeproxy.parse import check_content_type, parse_chat_body, pop_hints
 from routeproxy.relay import Exchange, RelayResult
 from routeproxy.route import RouteDecision, Router, explain, response_headers
-from routeproxy.upstream import UpstreamPool
+from routeproxy.upstream import RawHeaders, UpstreamPool
 
 log = structlog.get_logger("routeproxy")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
 
 @dataclass(slots=True)
@@ -39,6 +55,52 @@ class Resources:
     router: Router
     pool: UpstreamPool
     counters: CounterStore
+    client_key_digests: frozenset[bytes] = frozenset()
+    inflight: int = 0
+    draining: bool = False
+
+    def admit(self) -> None:
+        """Count a chat request in, or refuse it when the process is at its limit."""
+        limit = self.settings.server.max_concurrent_requests
+        if self.inflight >= limit:
+            raise Overloaded(
+                f"routeproxy is serving its limit of {limit} concurrent requests; retry shortly",
+                code="too_many_concurrent_requests",
+            )
+        self.inflight += 1
+
+    def release(self) -> None:
+        self.inflight -= 1
+
+    def check_client_key(self, request: Request) -> None:
+        """With client keys configured, /v1/* needs one of them as a bearer token (compared by digest)."""
+        if not self.client_key_digests:
+            return
+        token = _bearer(request)
+        if token is None:
+            raise Unauthorized(
+                "this routeproxy needs an api key: send Authorization: Bearer <key>", code="missing_api_key"
+            )
+        if _digest(token) not in self.client_key_digests:
+            raise Unauthorized("the api key is not valid for this routeproxy", code="invalid_api_key")
+
+    def check_admin(self, request: Request) -> None:
+        """Reset and runtime changes: the admin token when one is set, else loopback clients only."""
+        token = self.settings.server.admin_token
+        if token is not None:
+            given = _bearer(request)
+            if given is None or not hmac.compare_digest(_digest(given), _digest(token)):
+                raise Unauthorized(
+                    f"{request.url.path} needs the admin token: Authorization: Bearer <token>",
+                    code="invalid_admin_token",
+                )
+            return
+        host = request.client.host if request.client else ""
+        if not is_loopback(host):
+            raise Forbidden(
+                f"{request.url.path} answers only clients on this host, not {host or 'unknown'} "
+                "(set ROUTEPROXY_ADMIN_TOKEN to allow others)"
+            )
 
     def routing_now(self) -> tuple[bool, float]:
         """(enabled, ab_test_ratio) in force now: the shared runtime config where set, else the settings.
@@ -51,6 +113,16 @@ class Resources:
         )
         ratio = self.settings.routing.ab_test_ratio if runtime.ab_test_ratio is None else runtime.ab_test_ratio
         return enabled, ratio
+
+
+def is_loopback(host: str) -> bool:
+    return host.startswith("127.") or host in ("::1", "::ffff:127.0.0.1")
+
+
+def _bearer(request: Request) -> str | None:
+    value = request.headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 def _resources(request: Request) -> Resources:
@@ -83,36 +155,54 @@ async def chat_completions(request: Request) -> Response | Exchange:
     settings = resources.settings
     request_id = _request_id(request)
     try:
+        resources.check_client_key(request)
+        resources.admit()
+    except RouteproxyError as exc:
+        log.info("request_rejected", request_id=request_id, status=exc.status_code, error=exc.message)
+        return _error_response(exc, request_id)
+    try:
         check_content_type(request.headers.get("content-type"))
         body = parse_chat_body(await _read_body(request, settings.server.max_body_bytes))
         hints = pop_hints(body, request.headers)
         enabled, ratio = resources.routing_now()
         decision = resources.router.route(body, hints, request.headers, enabled=enabled, ab_test_ratio=ratio)
     except RouteproxyError as exc:
+        resources.release()
         log.info("request_rejected", request_id=request_id, status=exc.status_code, error=exc.message)
         return _error_response(exc, request_id)
+    overhead_header: list[tuple[bytes, bytes]] = []
 
-    tier = settings.tiers[decision.tier]
-    body["model"] = tier.upstream_model
-    payload = orjson.dumps(body)
-    extra = [
-        (name.encode(), value.encode("utf-8", "replace"))
-        for name, value in response_headers(decision, tier.model).items()
-    ]
-    extra.append((b"x-request-id", request_id.encode()))
-    overhead_ms = (time.perf_counter() - started) * 1000
-    extra.append((b"x-routeproxy-overhead-ms", f"{overhead_ms:.3f}".encode()))
+    def prepare(tier: Tier, fallback_reason: str | None) -> tuple[bytes, RawHeaders]:
+        """The request body and the client's extra response headers, for the tier about to be tried."""
+        config = settings.tiers[tier]
+        body["model"] = config.upstream_model
+        payload = orjson.dumps(body)
+        headers = [
+            (name.encode(), value.encode("utf-8", "replace"))
+            for name, value in response_headers(decision, tier, config.model).items()
+        ]
+        headers.append((b"x-request-id", request_id.encode()))
+        if fallback_reason is not None:
+            headers.append((b"x-routeproxy-fallback", fallback_reason.encode()))
+        if not overhead_header:  # time in the proxy before the first upstream request is sent
+            overhead_ms = (time.perf_counter() - started) * 1000
+            overhead_header.append((b"x-routeproxy-overhead-ms", f"{overhead_ms:.3f}".encode()))
+        headers.extend(overhead_header)
+        return payload, headers
 
     def finish(result: RelayResult) -> None:
+        resources.release()
+        tier = result.tier or decision.tier
         resources.counters.record(
             Outcome(
-                tier=decision.tier,
+                tier=tier,
                 complexity=decision.complexity,
                 status=result.status,
                 latency_ms=result.end_s * 1000,
                 ttfb_ms=None if result.ttfb_s is None or not result.stream else result.ttfb_s * 1000,
                 stream=result.stream,
                 upstream_error=result.upstream_error is not None,
+                fallback=result.fallback_reason is not None,
                 classify_failed=decision.classify_error is not None,
                 disconnected=result.disconnected,
                 prompt_tokens=result.prompt_tokens,
@@ -121,15 +211,26 @@ async def chat_completions(request: Request) -> Response | Exchange:
         )
         _log_request(resources, decision, result, request_id, body_stream=bool(body.get("stream")))
 
-    return Exchange(resources.pool, decision.tier, payload, request.headers.raw, extra, started, finish)
+    # A pinned request named its model: it is not switched to the other one behind the client's back.
+    fallback = None if decision.reason == "pinned" else settings.routing.fallback_for(decision.tier)
+    return Exchange(
+        resources.pool,
+        decision.tier,
+        fallback,
+        prepare,
+        request.headers.raw,
+        started,
+        finish,
+    )
 
 
 def _log_request(
     resources: Resources, decision: RouteDecision, result: RelayResult, request_id: str, *, body_stream: bool
 ) -> None:
+    tier = result.tier or decision.tier
     fields: dict[str, Any] = {
         "request_id": request_id,
-        "tier": decision.tier.label,
+        "tier": tier.label,
         "complexity": decision.complexity.name if decision.complexity else None,
         "reason": decision.reason,
         "status": result.status,
@@ -147,6 +248,8 @@ def _log_request(
             fields["query"] = shown
     if result.disconnected:
         fields["disconnected"] = True
+    if result.fallback_reason is not None:
+        fields["fallback"] = result.fallback_reason
     if result.upstream_error:
         log.warning("route", upstream_error=result.upstream_error, **fields)
     elif decision.classify_error:
@@ -156,16 +259,19 @@ def _log_request(
 
 
 def _error_response(exc: RouteproxyError, request_id: str) -> Response:
-    return Response(
-        exc.body(),
-        status_code=exc.status_code,
-        media_type="application/json",
-        headers={"x-request-id": request_id},
-    )
+    headers = {"x-request-id": request_id}
+    if isinstance(exc, Overloaded):
+        headers["retry-after"] = str(exc.retry_after_s)
+    return Response(exc.body(), status_code=exc.status_code, media_type="application/json", headers=headers)
 
 
 async def list_models(request: Request) -> Response:
-    settings = _resources(request).settings
+    resources = _resources(request)
+    try:
+        resources.check_client_key(request)
+    except RouteproxyError as exc:
+        return _error_response(exc, _request_id(request))
+    settings = resources.settings
     names = [settings.routing.auto_model, *(settings.tiers[tier].model for tier in Tier)]
     return JSONResponse(
         {
@@ -179,6 +285,7 @@ async def explain_route(request: Request) -> Response:
     """The decision for a chat request, without calling an upstream."""
     resources = _resources(request)
     try:
+        resources.check_client_key(request)
         check_content_type(request.headers.get("content-type"))
         body = parse_chat_body(await _read_body(request, resources.settings.server.max_body_bytes))
         hints = pop_hints(body, request.headers)
@@ -205,17 +312,10 @@ async def routing_stats(request: Request) -> Response:
     return JSONResponse(stats)
 
 
-def _require_admin(request: Request) -> None:
-    """Reset and runtime changes answer loopback clients only (an admin token is the security issue's)."""
-    host = request.client.host if request.client else ""
-    if not (host.startswith("127.") or host == "::1"):
-        raise Forbidden(f"{request.url.path} answers only clients on this host, not {host or 'unknown'}")
-
-
 async def routing_reset(request: Request) -> Response:
     resources = _resources(request)
     try:
-        _require_admin(request)
+        resources.check_admin(request)
         await resources.counters.reset()
     except RouteproxyError as exc:
         return _error_response(exc, _request_id(request))
@@ -263,7 +363,7 @@ async def routing_config(request: Request) -> Response:
     if request.method == "GET":
         return JSONResponse(_runtime_json(resources, await resources.counters.runtime()))
     try:
-        _require_admin(request)
+        resources.check_admin(request)
         change = _parse_runtime_change(await _read_body(request, 64 * 1024))
         shared = await resources.counters.set_runtime(change)
     except RouteproxyError as exc:
@@ -278,7 +378,54 @@ async def routing_config(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
+    """Liveness only: the process answers."""
     return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Readiness: unready while draining. A shared store that does not answer is reported, not fatal:
+    requests are still served and counted locally until it is back."""
+    resources = _resources(request)
+    counters = resources.counters
+    checks = {
+        "draining": resources.draining,
+        "counters": f"{counters.store_name}: {'ok' if counters.healthy else 'unreachable, counting locally'}",
+        "inflight": resources.inflight,
+    }
+    if resources.draining:
+        return JSONResponse({"status": "unready", "reasons": ["draining"], "checks": checks}, status_code=503)
+    return JSONResponse({"status": "ready", "checks": checks})
+
+
+def _drain_on_signals(resources: Resources) -> Callable[[], None]:
+    """Turn unready the moment SIGTERM or SIGINT arrives, then let uvicorn's own handler do the graceful part
+    (stop accepting, let in-flight requests finish within the drain period, run the lifespan shutdown).
+
+    uvicorn installs its handlers with signal.signal on the main thread before our lifespan starts; we chain
+    onto them. Servers on other threads (tests) have no signal handling to chain onto.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous: dict[signal.Signals, Any] = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(signum)
+        if not callable(handler):
+            continue
+
+        def on_signal(received: int, frame: Any, chained: Callable[..., Any] = handler) -> None:
+            if not resources.draining:
+                resources.draining = True
+                log.info("draining", signal=signal.Signals(received).name, inflight=resources.inflight)
+            chained(received, frame)
+
+        previous[signum] = handler
+        signal.signal(signum, on_signal)
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    return restore
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -299,12 +446,23 @@ def create_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        pool = UpstreamPool(settings.tiers)
+        client_keys = settings.server.api_keys
+        # A routeproxy client key is ours to check and never goes upstream.
+        pool = UpstreamPool(settings.tiers, forward_client_auth=not client_keys)
         counters = open_store(settings.counters)
         await counters.start()
+        resources = Resources(
+            settings=settings,
+            router=router,
+            pool=pool,
+            counters=counters,
+            client_key_digests=frozenset(_digest(key) for key in client_keys),
+        )
+        restore_signals = _drain_on_signals(resources)
         try:
-            yield {"resources": Resources(settings=settings, router=router, pool=pool, counters=counters)}
+            yield {"resources": resources}
         finally:
+            restore_signals()
             await counters.close()  # the last flush: nothing counted is left behind
             await pool.aclose()
 
@@ -319,6 +477,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/model-routing/reset", routing_reset, methods=["POST"]),
         Route("/v1/model-routing/config", routing_config, methods=["GET", "PUT"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
     ]
     return Starlette(
         routes=routes,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,7 +56,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "access_log": False,  # one structured line per request comes from the app itself
         "server_header": False,
         "log_level": settings.logging.level,
+        # On SIGTERM uvicorn stops accepting at once and gives in-flight requests this long to finish.
+        "timeout_graceful_shutdown": settings.server.drain_seconds,
     }
+    # After a graceful shutdown uvicorn restores the handlers it found and raises the signal again; with the
+    # default SIGTERM handler that would end the process with status 143. A drained shutdown is a clean exit.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     if settings.server.workers == 1:
         uvicorn.run(create_app(settings), **options)
     else:
@@ -68,6 +74,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 os.environ[env] = "" if value is None else str(value)
         uvicorn.run("routeproxy.app:app_from_environment", factory=True, workers=settings.server.workers, **options)
     return 0
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _start_simulators(settings: Settings) -> dict[str, Any]:
@@ -188,8 +198,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"  A/B:     draw {result['ab_draw']:.4f} vs ratio {result['ab_test_ratio']:.2f}")
     if not result["routing_enabled"]:
         print("  routing is disabled (ENABLE_MODEL_ROUTING=false): every `auto` request goes to the large tier")
-    for signal in result["signals"]:
-        print(f"  signal:  {signal['name']}:{signal['detail']} ({signal['weight']:+.2f})")
+    for fired in result["signals"]:
+        print(f"  signal:  {fired['name']}:{fired['detail']} ({fired['weight']:+.2f})")
     return 0
 
 
@@ -243,11 +253,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from routeproxy.classify import Classifier, load_rules
-    from routeproxy.evaluate import bench_classifier
+    from routeproxy.bench import DEFAULT_WORKLOADS, BenchOptions, render_json, render_text, run_bench
 
     settings = _settings(args, _routing_overrides(args))
-    print(bench_classifier(Classifier(load_rules(settings.routing.rules))))
+    workloads = list(args.workload or DEFAULT_WORKLOADS)
+    if args.scenario and "scenario" not in workloads:
+        workloads.append("scenario")
+    options = BenchOptions(
+        workloads=tuple(workloads),
+        requests=args.requests,
+        duration=args.duration,
+        concurrency=tuple(args.concurrency or ()),
+        workers=args.workers,
+        redis_url=args.redis_url,
+        upstream=args.upstream,
+        speed=args.speed,
+        rules=settings.routing.rules,
+        small_model=settings.tiers[Tier.SMALL].model,
+        large_model=settings.tiers[Tier.LARGE].model,
+    )
+    try:
+        report = run_bench(options)
+    except ValueError as exc:
+        print(f"routeproxy bench: {exc}", file=sys.stderr)
+        return 2
+    print(render_json(report) if args.json else render_text(report))
     return 0
 
 
@@ -398,7 +428,24 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cmd.add_argument("--random-draws", type=int, default=300, help="random routers for the random band")
     eval_cmd.set_defaults(handler=cmd_eval)
 
-    bench = with_routing(with_config(commands.add_parser("bench", help="benchmarks (now: classification speed)")))
+    bench = with_routing(
+        with_config(commands.add_parser("bench", help="benchmark the proxy against a local upstream; classifier speed"))
+    )
+    bench.add_argument(
+        "--workload",
+        action="append",
+        choices=["latency", "throughput", "stream", "paced", "memory", "classifier", "scenario"],
+        help="repeatable (default: every one but scenario)",
+    )
+    bench.add_argument("--scenario", choices=["seed"], help="also run the seed's query-mix scenario")
+    bench.add_argument("--requests", type=int, help="at most this many requests per run (each workload has a default)")
+    bench.add_argument("--duration", type=float, help="at most this many seconds per run")
+    bench.add_argument("--concurrency", type=int, action="append", help="repeatable (throughput default: 32 and 128)")
+    bench.add_argument("--workers", type=int, default=1, help="also measure throughput with N proxy workers")
+    bench.add_argument("--redis-url", help="count into this Redis (default: in-memory counters)")
+    bench.add_argument("--upstream", help="use this upstream (http://127.0.0.1:PORT[/v1]) instead of starting one")
+    bench.add_argument("--speed", type=float, default=10.0, help="scenario: divide the seed's latencies by this")
+    bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=cmd_bench)
 
     stats = with_config(commands.add_parser("stats", help="print the shared routing statistics"))

@@ -133,6 +133,17 @@ def _optional_text(value: Any) -> str | None:
     return _text(value)
 
 
+def _key_list(value: Any) -> tuple[str, ...]:
+    """Client api keys: a YAML list, or a comma-separated string (the environment's form)."""
+    if value is None:
+        return ()
+    items = value if isinstance(value, list) else str(value).split(",")
+    keys = tuple(str(item).strip() for item in items if str(item).strip())
+    if any(len(key) < 8 for key in keys):
+        raise ValueError("every client api key must be at least 8 characters")
+    return keys
+
+
 def _url(value: Any) -> str:
     text = _text(value).rstrip("/")
     if not re.match(r"^https?://[^/\s]+", text):
@@ -252,6 +263,41 @@ SETTINGS: tuple[Setting, ...] = (
         "Largest request body accepted, in bytes (413 above it).",
     ),
     Setting(
+        "server.max_concurrent_requests",
+        "ROUTEPROXY_MAX_CONCURRENT_REQUESTS",
+        4096,
+        _int_in(1, 1_000_000),
+        "Chat requests one process serves at once; past it, 429 with Retry-After.",
+    ),
+    Setting(
+        "server.drain_seconds",
+        "ROUTEPROXY_DRAIN_SECONDS",
+        30.0,
+        _positive,
+        "On SIGTERM: how long in-flight requests may take to finish before they are cut.",
+    ),
+    Setting(
+        "server.api_keys",
+        "ROUTEPROXY_API_KEYS",
+        None,
+        _key_list,
+        "Client keys (comma-separated); when set, /v1/* needs `Authorization: Bearer <key>`.",
+    ),
+    Setting(
+        "server.api_keys_file",
+        "ROUTEPROXY_API_KEYS_FILE",
+        None,
+        _optional_text,
+        "File of client keys, one per line (# comments allowed), added to server.api_keys.",
+    ),
+    Setting(
+        "server.admin_token",
+        "ROUTEPROXY_ADMIN_TOKEN",
+        None,
+        _optional_text,
+        "Bearer token for reset and runtime config; unset = those answer loopback clients only.",
+    ),
+    Setting(
         "routing.enabled",
         "ENABLE_MODEL_ROUTING",
         False,
@@ -299,6 +345,20 @@ SETTINGS: tuple[Setting, ...] = (
         60,
         _int_in(0, 10_000),
         "Characters of the query shown in logs (0 = none).",
+    ),
+    Setting(
+        "routing.fallback_small_to_large",
+        "ROUTEPROXY_FALLBACK_SMALL_TO_LARGE",
+        True,
+        _bool,
+        "Retry on the large tier when the small one refuses, times out connecting, or answers 502/503/504.",
+    ),
+    Setting(
+        "routing.fallback_large_to_small",
+        "ROUTEPROXY_FALLBACK_LARGE_TO_SMALL",
+        False,
+        _bool,
+        "Retry on the small tier when the large one fails the same way.",
     ),
     *_tier_settings(Tier.SMALL, "MODEL_3B", "meta-llama/Llama-3.2-3B-Instruct", 0.375),
     *_tier_settings(Tier.LARGE, "MODEL_8B", "meta-llama/Llama-3.1-8B-Instruct", 1.0),
@@ -355,6 +415,10 @@ class ServerConfig:
     port: int
     workers: int
     max_body_bytes: int
+    max_concurrent_requests: int
+    drain_seconds: float
+    api_keys: frozenset[str] = field(repr=False)
+    admin_token: str | None = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,6 +430,13 @@ class RoutingConfig:
     rules: str
     auto_model: str
     log_preview_chars: int
+    fallback_small_to_large: bool
+    fallback_large_to_small: bool
+
+    def fallback_for(self, tier: Tier) -> Tier | None:
+        """The tier to retry on when ``tier`` fails before answering, if that fallback is on."""
+        enabled = self.fallback_small_to_large if tier is Tier.SMALL else self.fallback_large_to_small
+        return tier.other if enabled else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,6 +588,10 @@ def load_settings(
             port=values["server.port"],
             workers=values["server.workers"],
             max_body_bytes=values["server.max_body_bytes"],
+            max_concurrent_requests=values["server.max_concurrent_requests"],
+            drain_seconds=values["server.drain_seconds"],
+            api_keys=frozenset(values["server.api_keys"]) | _read_key_file(values["server.api_keys_file"]),
+            admin_token=values["server.admin_token"],
         ),
         routing=RoutingConfig(
             enabled=values["routing.enabled"],
@@ -526,6 +601,8 @@ def load_settings(
             rules=values["routing.rules"],
             auto_model=values["routing.auto_model"],
             log_preview_chars=values["routing.log_preview_chars"],
+            fallback_small_to_large=values["routing.fallback_small_to_large"],
+            fallback_large_to_small=values["routing.fallback_large_to_small"],
         ),
         tiers=tiers,
         counters=CounterConfig(
@@ -538,6 +615,20 @@ def load_settings(
         source=str(config_path) if config_path is not None else "defaults",
         values=values,
     )
+
+
+def _read_key_file(path: str | None) -> frozenset[str]:
+    if path is None:
+        return frozenset()
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"server.api_keys_file = {path!r}: cannot read it ({exc.strerror})") from None
+    keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    try:
+        return frozenset(_key_list(keys))
+    except ValueError as exc:
+        raise ConfigError(f"server.api_keys_file = {path!r}: {exc}") from None
 
 
 def _tier_config(tier: Tier, values: Mapping[str, Any], environ: Mapping[str, str]) -> TierConfig:

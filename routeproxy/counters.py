@@ -198,6 +198,11 @@ class CounterStore(abc.ABC):
         """The last known runtime settings; no I/O (the request path reads this)."""
         return self._runtime
 
+    @property
+    def healthy(self) -> bool:
+        """False while the shared store does not answer (counts then wait locally)."""
+        return True
+
 
 class MemoryCounterStore(CounterStore):
     """Counters of this process only (REDIS_URL unset)."""
@@ -393,6 +398,10 @@ class RedisCounterStore(CounterStore):
         for name, increment in outcome_fields(outcome):
             pending[name] = pending.get(name, 0) + increment
             self._local[name] = self._local.get(name, 0) + increment
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
 
     @property
     def backlog_fields(self) -> int:

@@ -70,11 +70,20 @@ class Forbidden(RouteproxyError):
 class Overloaded(RouteproxyError):
     status_code = 429
     error_type = "rate_limit_error"
+    retry_after_s: ClassVar[int] = 1
 
 
 class UpstreamError(RouteproxyError):
+    """``reason`` names the failure for headers and logs; ``retryable`` is True when the upstream cannot have
+    started on the request (the connection was never made), so another tier may safely be tried."""
+
     status_code = 502
     error_type = "upstream_error"
+
+    def __init__(self, message: str, *, reason: str = "upstream_error", retryable: bool = False) -> None:
+        super().__init__(message, code=reason)
+        self.reason = reason
+        self.retryable = retryable
 
 
 class UpstreamUnavailable(UpstreamError):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import anyio
 import orjson
@@ -25,12 +26,19 @@ from routeproxy.errors import RouteproxyError, UpstreamError
 from routeproxy.upstream import RawHeaders, UpstreamPool, UpstreamResponse
 
 _EVENT_END = (b"\n\n", b"\r\n\r\n", b"\r\r")
+# Statuses that say the upstream did not start on the request, so the other tier may answer it instead.
+FALLBACK_STATUSES = frozenset({502, 503, 504})
+
+# (tier, fallback reason or None) -> (request body for that tier, extra response headers for the client)
+Prepare: TypeAlias = Callable[[Tier, str | None], tuple[bytes, RawHeaders]]
 
 
 @dataclass(slots=True)
 class RelayResult:
     """What happened, for counters and the request's log line."""
 
+    tier: Tier | None = None  # the tier that answered (or failed last)
+    fallback_reason: str | None = None
     status: int = 0
     stream: bool = False
     ttfb_s: float | None = None  # request start -> first body byte from upstream
@@ -57,21 +65,24 @@ def error_response_messages(error: RouteproxyError, headers: RawHeaders) -> tupl
 
 
 class Exchange:
+    """One request's trip upstream: the chosen tier, then at most one fallback tier."""
+
     def __init__(
         self,
         pool: UpstreamPool,
         tier: Tier,
-        body: bytes,
+        fallback: Tier | None,
+        prepare: Prepare,
         client_headers: RawHeaders,
-        extra_headers: RawHeaders,
         started: float,
         on_finish: Callable[[RelayResult], None],
     ) -> None:
         self.pool = pool
         self.tier = tier
-        self.body = body
+        self.fallback = fallback
+        self.prepare = prepare
         self.client_headers = client_headers
-        self.extra_headers = extra_headers
+        self.extra_headers: RawHeaders = []
         self.started = started
         self.on_finish = on_finish
         self.result = RelayResult()
@@ -101,10 +112,32 @@ class Exchange:
             result.end_s = time.perf_counter() - self.started
             self.on_finish(result)
 
+    async def _open(self) -> UpstreamResponse:
+        """Send to the chosen tier; on a failure before the upstream started, once to the fallback tier."""
+        result = self.result
+        tier, reason = self.tier, None
+        while True:
+            body, self.extra_headers = self.prepare(tier, reason)
+            result.tier = tier
+            may_fall_back = self.fallback is not None and tier is not self.fallback
+            try:
+                upstream = await self.pool.send(tier, body, self.client_headers)
+            except UpstreamError as exc:
+                if not (may_fall_back and exc.retryable):
+                    raise
+                reason = exc.reason
+            else:
+                if not (may_fall_back and upstream.status in FALLBACK_STATUSES):
+                    return upstream
+                await upstream.aclose()
+                reason = f"status_{upstream.status}"
+            assert self.fallback is not None
+            tier, result.fallback_reason = self.fallback, reason
+
     async def _exchange(self, send: Send) -> None:
         result = self.result
         try:
-            upstream = await self.pool.send(self.tier, self.body, self.client_headers)
+            upstream = await self._open()
         except UpstreamError as exc:
             result.upstream_error = exc.message
             result.status = exc.status_code

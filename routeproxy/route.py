@@ -163,9 +163,10 @@ def explain(decision: RouteDecision, settings: Settings, *, enabled: bool, ab_te
     }
 
 
-def response_headers(decision: RouteDecision, model: str) -> Mapping[str, str]:
+def response_headers(decision: RouteDecision, tier: Tier, model: str) -> Mapping[str, str]:
+    """The decision as response headers; ``tier`` is the tier that answers (it differs after a fallback)."""
     headers = {
-        "x-routeproxy-tier": decision.tier.value,
+        "x-routeproxy-tier": tier.value,
         "x-routeproxy-model": model,
         "x-routeproxy-reason": decision.reason,
     }

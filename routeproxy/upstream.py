@@ -3,9 +3,11 @@
 Header policy (what crosses the proxy):
 - client -> upstream: everything except hop-by-hop headers, ``host``, ``content-length`` (recomputed for the
   rewritten body), ``accept-encoding`` (we ask for identity, so relayed bytes are the upstream's own and usage can
-  be read from them), our own ``x-routeproxy-*`` hints and the client's ``x-request-id`` (each upstream attempt gets
-  a fresh one: vLLM rejects a duplicate id that is still running). When the tier has an api key it replaces the
-  client's ``authorization``; otherwise the client's credentials pass through (for example a per-user HF token).
+  be read from them), our own ``x-routeproxy-*`` hints, spoofable client-address headers (``forwarded``,
+  ``x-forwarded-*``, ``x-real-ip``) and the client's ``x-request-id`` (each upstream attempt gets a fresh one:
+  vLLM rejects a duplicate id that is still running). When the tier has an api key it replaces the client's
+  ``authorization``. Otherwise the client's credentials pass through (a per-user HF token, say), unless the proxy
+  checks client keys itself: a routeproxy client key never leaves the proxy.
 - upstream -> client: everything except hop-by-hop headers, ``content-length`` and ``content-encoding``
   of a body we re-frame, and any upstream ``x-request-id`` (the client gets its own id back).
 """
@@ -35,7 +37,14 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-_DROP_REQUEST = HOP_BY_HOP | {b"host", b"content-length", b"accept-encoding", b"x-request-id"}
+_DROP_REQUEST = HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"accept-encoding",
+    b"x-request-id",
+    b"forwarded",
+    b"x-real-ip",
+}
 _DROP_RESPONSE = HOP_BY_HOP | {b"content-length", b"x-request-id", b"date", b"server"}
 
 # vLLM's uvicorn closes idle keep-alive connections after 5 s; expiring ours first avoids reusing a connection
@@ -45,13 +54,16 @@ KEEPALIVE_EXPIRY = 4.0
 RawHeaders = list[tuple[bytes, bytes]]
 
 
-def request_headers(client_headers: RawHeaders, tier: TierConfig, request_id: str) -> RawHeaders:
+def request_headers(
+    client_headers: RawHeaders, tier: TierConfig, request_id: str, *, forward_client_auth: bool = True
+) -> RawHeaders:
+    drop_auth = bool(tier.api_key) or not forward_client_auth
     headers = [
         (name, value)
         for name, value in client_headers
         if name not in _DROP_REQUEST
-        and not name.startswith(b"x-routeproxy-")
-        and not (tier.api_key and name == b"authorization")
+        and not name.startswith((b"x-routeproxy-", b"x-forwarded-"))
+        and not (drop_auth and name == b"authorization")
     ]
     if tier.api_key:
         headers.append((b"authorization", b"Bearer " + tier.api_key.encode("latin-1")))
@@ -85,9 +97,13 @@ class UpstreamResponse:
             except StopAsyncIteration:
                 return
             except TimeoutError:
-                raise UpstreamTimeout(f"the {self.tier} upstream sent nothing for {self._idle_timeout:g} s") from None
+                raise UpstreamTimeout(
+                    f"the {self.tier} upstream sent nothing for {self._idle_timeout:g} s", reason="idle_timeout"
+                ) from None
             except httpx.HTTPError as exc:
-                raise UpstreamUnavailable(f"the {self.tier} upstream broke off its response: {exc!r}") from exc
+                raise UpstreamUnavailable(
+                    f"the {self.tier} upstream broke off its response: {exc!r}", reason="broken_response"
+                ) from exc
             if chunk:
                 yield chunk
 
@@ -102,8 +118,9 @@ class UpstreamResponse:
 class UpstreamPool:
     """One HTTP client (connection pool) per tier."""
 
-    def __init__(self, tiers: Mapping[Tier, TierConfig]) -> None:
+    def __init__(self, tiers: Mapping[Tier, TierConfig], *, forward_client_auth: bool = True) -> None:
         self.tiers = tiers
+        self.forward_client_auth = forward_client_auth
         self._clients = {
             tier: httpx.AsyncClient(
                 base_url=config.base_url,
@@ -125,23 +142,32 @@ class UpstreamPool:
             "POST",
             "chat/completions",
             content=body,
-            headers=request_headers(client_headers, config, uuid.uuid4().hex),
+            headers=request_headers(
+                client_headers, config, uuid.uuid4().hex, forward_client_auth=self.forward_client_auth
+            ),
         )
         try:
             async with asyncio.timeout(config.first_byte_timeout):
                 response = await client.send(request, stream=True)
         except TimeoutError:
             raise UpstreamTimeout(
-                f"the {tier} upstream did not answer within {config.first_byte_timeout:g} s"
+                f"the {tier} upstream did not answer within {config.first_byte_timeout:g} s",
+                reason="first_byte_timeout",
             ) from None
         except httpx.ConnectTimeout as exc:
             raise UpstreamTimeout(
-                f"could not connect to the {tier} upstream within {config.connect_timeout:g} s"
+                f"could not connect to the {tier} upstream within {config.connect_timeout:g} s",
+                reason="connect_timeout",
+                retryable=True,
+            ) from exc
+        except httpx.ConnectError as exc:
+            raise UpstreamUnavailable(
+                f"could not connect to the {tier} upstream: {exc}", reason="connect_error", retryable=True
             ) from exc
         except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(f"the {tier} upstream timed out: {exc!r}") from exc
+            raise UpstreamTimeout(f"the {tier} upstream timed out: {exc!r}", reason="timeout") from exc
         except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(f"the {tier} upstream is unavailable: {exc!r}") from exc
+            raise UpstreamUnavailable(f"the {tier} upstream failed: {exc!r}", reason="protocol_error") from exc
         return UpstreamResponse(
             status=response.status_code,
             headers=response_headers(response.headers.raw),

@@ -89,20 +89,31 @@ class Exchange:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         result = self.result
+        sent_last = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal sent_last
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                sent_last = True
+            await send(message)
+
         try:
             async with anyio.create_task_group() as group:
 
                 async def watch_disconnect() -> None:
                     while True:
                         message = await receive()
+                        # Once the response is complete uvicorn answers receive() with http.disconnect at once:
+                        # only a disconnect before the last byte is the client going away.
                         if message["type"] == "http.disconnect":
-                            result.disconnected = True
-                            group.cancel_scope.cancel()
+                            if not sent_last:
+                                result.disconnected = True
+                                group.cancel_scope.cancel()
                             return
 
                 group.start_soon(watch_disconnect)
                 try:
-                    await self._exchange(send)
+                    await self._exchange(send_tracked)
                 except OSError:
                     # The client's socket went away under a send (uvicorn raises ClientDisconnected).
                     result.disconnected = True

@@ -1,0 +1,225 @@
+"""The Prometheus series served on ``GET /metrics``.
+
+Each ``Metrics`` owns its own ``CollectorRegistry`` (never prometheus_client's global one), so several apps in
+one process, as in the tests, keep separate series. The values are this process's only: with
+``--workers N`` every worker has its own, and a scrape reaches one worker; run one worker per pod and let
+Prometheus scrape every pod (the Kubernetes manifests in deploy/ do).
+
+``observe`` is on the request path. Every labelled child is resolved once, at construction, into plain dicts,
+so a call is a few dict look-ups and lock-protected float additions, and every series exists (at zero) from the
+first scrape, which keeps ``rate()`` and ``histogram_quantile()`` in Grafana free of gaps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from routeproxy.classify import Complexity
+from routeproxy.config import Tier
+from routeproxy.stats import BUCKETS_MS, PINNED, STATUS_CLASSES, Outcome
+
+PREFIX = "routeproxy"
+# The classic text format every Prometheus reads; prometheus_client 0.26 labels its output 1.0.0 by default,
+# which is the same text for names like ours (no characters that need escaping).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# The stats histograms' bounds (50 ms .. 120 s), so /metrics and /v1/model-routing/stats bucket alike.
+LATENCY_BUCKETS_S: tuple[float, ...] = tuple(bound / 1000 for bound in BUCKETS_MS)
+OVERHEAD_BUCKETS_S: tuple[float, ...] = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+)  # fmt: skip
+# A typical prompt classifies in about 20 us; a 1 MB message in about 1.4 ms.
+CLASSIFY_BUCKETS_S: tuple[float, ...] = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+)  # fmt: skip
+
+# Every series name /metrics exposes (histograms add _bucket, _sum and _count; counters _total).
+SERIES: tuple[str, ...] = tuple(
+    f"{PREFIX}_{name}"
+    for name in (
+        "requests_total",
+        "rejected_total",
+        "upstream_latency_seconds",
+        "ttfb_seconds",
+        "proxy_overhead_seconds",
+        "classify_seconds",
+        "upstream_errors_total",
+        "fallbacks_total",
+        "disconnects_total",
+        "classify_failures_total",
+        "tokens_total",
+        "redis_errors_total",
+        "counter_flush_lag_seconds",
+        "inflight_requests",
+        "ab_test_ratio",
+        "routing_enabled",
+    )
+)
+
+REJECT_STATUSES: tuple[int, ...] = (400, 401, 403, 404, 413, 415, 429, 503)
+
+_SLOTS: dict[Complexity | None, str] = {**{c: c.value for c in Complexity}, None: PINNED}
+
+
+def status_class(status: int) -> str:
+    """The status class ("2xx" ... "5xx"); "none" when the client left before getting one (status 0)."""
+    return f"{status // 100}xx" if 100 <= status <= 599 else "none"
+
+
+class Metrics:
+    """The proxy's Prometheus series, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+
+        requests = Counter(
+            f"{PREFIX}_requests",
+            "Finished proxied requests, by tier, complexity (pinned = named a tier's model) and status class "
+            "(none = the client left before the response started).",
+            ["tier", "complexity", "status"],
+            registry=registry,
+        )
+        self._requests = {
+            (tier, complexity, status): requests.labels(tier.label, slot, status)
+            for tier in Tier
+            for complexity, slot in _SLOTS.items()
+            for status in STATUS_CLASSES
+        }
+        self._rejected = Counter(
+            f"{PREFIX}_rejected",
+            "Requests the proxy refused before routing (bad request, unknown model, too large...), by status code.",
+            ["status"],
+            registry=registry,
+        )
+        # The proxy's own refusals (errors.py), present at zero from the start; any other status is added on use.
+        self._rejected_by_status = {status: self._rejected.labels(str(status)) for status in REJECT_STATUSES}
+
+        latency = Histogram(
+            f"{PREFIX}_upstream_latency_seconds",
+            "Request start to last byte relayed, by tier.",
+            ["tier"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        ttfb = Histogram(
+            f"{PREFIX}_ttfb_seconds",
+            "Streams: request start to the first body byte from the upstream, by tier.",
+            ["tier"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self._latency = {tier: latency.labels(tier.label) for tier in Tier}
+        self._ttfb = {tier: ttfb.labels(tier.label) for tier in Tier}
+        self._overhead = Histogram(
+            f"{PREFIX}_proxy_overhead_seconds",
+            "Time spent in the proxy before the upstream request was sent.",
+            buckets=OVERHEAD_BUCKETS_S,
+            registry=registry,
+        )
+        self._classify = Histogram(
+            f"{PREFIX}_classify_seconds",
+            "Time to classify a prompt (requests pinned by model id are not classified).",
+            buckets=CLASSIFY_BUCKETS_S,
+            registry=registry,
+        )
+
+        def per_tier(name: str, help_text: str) -> dict[Tier, Counter]:
+            counter = Counter(f"{PREFIX}_{name}", help_text, ["tier"], registry=registry)
+            return {tier: counter.labels(tier.label) for tier in Tier}
+
+        self._errors = per_tier("upstream_errors", "Upstream failures (refused, timeout, 5xx, broken stream).")
+        self._fallbacks = per_tier("fallbacks", "Requests retried on the other tier, under the tier that answered.")
+        self._disconnects = per_tier("disconnects", "Clients that went away before the end of the response.")
+        self._classify_failures = per_tier("classify_failures", "Requests whose classification raised.")
+        tokens = Counter(
+            f"{PREFIX}_tokens",
+            "Tokens the upstream reported in its usage, by tier and type (prompt, completion).",
+            ["tier", "type"],
+            registry=registry,
+        )
+        self._prompt_tokens = {tier: tokens.labels(tier.label, "prompt") for tier in Tier}
+        self._completion_tokens = {tier: tokens.labels(tier.label, "completion") for tier in Tier}
+
+        self._redis_errors = Counter(
+            f"{PREFIX}_redis_errors", "Failed calls to the shared counter store.", registry=registry
+        )
+        self._flush_lag = Gauge(
+            f"{PREFIX}_counter_flush_lag_seconds",
+            "Seconds since this process's counters last reached the shared store (0 when in memory).",
+            registry=registry,
+        )
+        self._inflight = Gauge(
+            f"{PREFIX}_inflight_requests", "Proxied requests in progress in this process.", registry=registry
+        )
+        self._ab_test_ratio = Gauge(
+            f"{PREFIX}_ab_test_ratio",
+            "Share of MEDIUM queries sent to the small tier, in force now.",
+            registry=registry,
+        )
+        self._routing_enabled = Gauge(
+            f"{PREFIX}_routing_enabled", "1 when auto requests are routed by complexity, else 0.", registry=registry
+        )
+
+    def observe(self, outcome: Outcome, *, overhead_s: float | None, classify_s: float | None) -> None:
+        """Count one finished proxied request."""
+        tier = outcome.tier
+        self._requests[tier, outcome.complexity, status_class(outcome.status)].inc()
+        self._latency[tier].observe(max(0.0, outcome.latency_ms) / 1000)
+        if outcome.ttfb_ms is not None:
+            self._ttfb[tier].observe(max(0.0, outcome.ttfb_ms) / 1000)
+        if overhead_s is not None:
+            self._overhead.observe(overhead_s)
+        if classify_s is not None:
+            self._classify.observe(classify_s)
+        if outcome.upstream_error:
+            self._errors[tier].inc()
+        if outcome.fallback:
+            self._fallbacks[tier].inc()
+        if outcome.disconnected:
+            self._disconnects[tier].inc()
+        if outcome.classify_failed:
+            self._classify_failures[tier].inc()
+        if outcome.prompt_tokens:
+            self._prompt_tokens[tier].inc(outcome.prompt_tokens)
+        if outcome.completion_tokens:
+            self._completion_tokens[tier].inc(outcome.completion_tokens)
+
+    def rejected(self, status: int) -> None:
+        """Count a request the proxy refused before routing (its own 4xx)."""
+        child = self._rejected_by_status.get(status)
+        if child is None:
+            child = self._rejected_by_status[status] = self._rejected.labels(str(status))
+        child.inc()
+
+    @contextmanager
+    def inflight(self) -> Iterator[None]:
+        """Count a request as in flight for the duration of the block."""
+        self._inflight.inc()
+        try:
+            yield
+        finally:
+            self._inflight.dec()
+
+    def request_started(self) -> None:
+        """In-flight +1, for a request whose end is signalled elsewhere (a stream relayed after the handler)."""
+        self._inflight.inc()
+
+    def request_finished(self) -> None:
+        self._inflight.dec()
+
+    def set_runtime(self, *, ab_test_ratio: float, routing_enabled: bool) -> None:
+        self._ab_test_ratio.set(ab_test_ratio)
+        self._routing_enabled.set(1 if routing_enabled else 0)
+
+    def redis_error(self) -> None:
+        self._redis_errors.inc()
+
+    def set_flush_lag(self, seconds: float) -> None:
+        self._flush_lag.set(seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        """The body and content type of ``GET /metrics`` (Prometheus text format 0.0.4)."""
+        return generate_latest(self.registry), CONTENT_TYPE

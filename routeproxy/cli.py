@@ -55,6 +55,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "http": "httptools",
         "access_log": False,  # one structured line per request comes from the app itself
         "server_header": False,
+        # The client address must be the real peer (admin endpoints answer loopback only), never a header's.
+        "proxy_headers": False,
         "log_level": settings.logging.level,
         # On SIGTERM uvicorn stops accepting at once and gives in-flight requests this long to finish.
         "timeout_graceful_shutdown": settings.server.drain_seconds,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 import signal
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -127,7 +127,8 @@ def _bearer(request: Request) -> str | None:
 
 
 def _resources(request: Request) -> Resources:
-    resources: Resources = request.state.resources
+    # The lifespan state, read from the scope: request.state builds a wrapper object on every access.
+    resources: Resources = request.scope["state"]["resources"]
     return resources
 
 
@@ -147,7 +148,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def _request_id(request: Request) -> str:
     given = request.headers.get("x-request-id")
-    return given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+    return given if given and _REQUEST_ID.match(given) else os.urandom(16).hex()
 
 
 async def chat_completions(request: Request) -> Response | Exchange:

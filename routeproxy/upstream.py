@@ -15,7 +15,7 @@ Header policy (what crosses the proxy):
 from __future__ import annotations
 
 import asyncio
-import uuid
+import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
@@ -163,7 +163,7 @@ class UpstreamPool:
         headers = [
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in request_headers(
-                client_headers, config, uuid.uuid4().hex, forward_client_auth=self.forward_client_auth
+                client_headers, config, os.urandom(16).hex(), forward_client_auth=self.forward_client_auth
             )
         ]
         try:

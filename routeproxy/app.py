@@ -36,6 +36,7 @@ from routeproxy.errors import (
     error_envelope,
 )
 from routeproxy.logs import configure_logging, preview
+from routeproxy.metrics import Metrics
 from routeproxy.parse import check_content_type, parse_chat_body, pop_hints
 from routeproxy.relay import Exchange, RelayResult
 from routeproxy.route import RouteDecision, Router, explain, response_headers
@@ -56,6 +57,7 @@ class Resources:
     router: Router
     pool: UpstreamPool
     counters: CounterStore
+    metrics: Metrics
     client_key_digests: frozenset[bytes] = frozenset()
     inflight: int = 0
     draining: bool = False
@@ -156,23 +158,31 @@ async def chat_completions(request: Request) -> Response | Exchange:
     resources = _resources(request)
     settings = resources.settings
     request_id = _request_id(request)
+    metrics = resources.metrics
     try:
         resources.check_client_key(request)
         resources.admit()
     except RouteproxyError as exc:
+        metrics.rejected(exc.status_code)
         log.info("request_rejected", request_id=request_id, status=exc.status_code, error=exc.message)
         return _error_response(exc, request_id)
+    metrics.request_started()
     try:
         check_content_type(request.headers.get("content-type"))
         body = parse_chat_body(await _read_body(request, settings.server.max_body_bytes))
         hints = pop_hints(body, request.headers)
         enabled, ratio = resources.routing_now()
+        routing_started = time.perf_counter()
         decision = resources.router.route(body, hints, request.headers, enabled=enabled, ab_test_ratio=ratio)
+        classify_s = time.perf_counter() - routing_started if decision.classification is not None else None
     except RouteproxyError as exc:
         resources.release()
+        metrics.request_finished()
+        metrics.rejected(exc.status_code)
         log.info("request_rejected", request_id=request_id, status=exc.status_code, error=exc.message)
         return _error_response(exc, request_id)
     overhead_header: list[tuple[bytes, bytes]] = []
+    overhead_s: list[float] = []
 
     def prepare(tier: Tier, fallback_reason: str | None) -> tuple[bytes, RawHeaders]:
         """The request body and the client's extra response headers, for the tier about to be tried."""
@@ -187,30 +197,31 @@ async def chat_completions(request: Request) -> Response | Exchange:
         if fallback_reason is not None:
             headers.append((b"x-routeproxy-fallback", fallback_reason.encode()))
         if not overhead_header:  # time in the proxy before the first upstream request is sent
-            overhead_ms = (time.perf_counter() - started) * 1000
-            overhead_header.append((b"x-routeproxy-overhead-ms", f"{overhead_ms:.3f}".encode()))
+            overhead_s.append(time.perf_counter() - started)
+            overhead_header.append((b"x-routeproxy-overhead-ms", f"{overhead_s[0] * 1000:.3f}".encode()))
         headers.extend(overhead_header)
         return payload, headers
 
     def finish(result: RelayResult) -> None:
         resources.release()
         tier = result.tier or decision.tier
-        resources.counters.record(
-            Outcome(
-                tier=tier,
-                complexity=decision.complexity,
-                status=result.status,
-                latency_ms=result.end_s * 1000,
-                ttfb_ms=None if result.ttfb_s is None or not result.stream else result.ttfb_s * 1000,
-                stream=result.stream,
-                upstream_error=result.upstream_error is not None,
-                fallback=result.fallback_reason is not None,
-                classify_failed=decision.classify_error is not None,
-                disconnected=result.disconnected,
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens,
-            )
+        outcome = Outcome(
+            tier=tier,
+            complexity=decision.complexity,
+            status=result.status,
+            latency_ms=result.end_s * 1000,
+            ttfb_ms=None if result.ttfb_s is None or not result.stream else result.ttfb_s * 1000,
+            stream=result.stream,
+            upstream_error=result.upstream_error is not None,
+            fallback=result.fallback_reason is not None,
+            classify_failed=decision.classify_error is not None,
+            disconnected=result.disconnected,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
         )
+        resources.counters.record(outcome)
+        metrics.observe(outcome, overhead_s=overhead_s[0] if overhead_s else None, classify_s=classify_s)
+        metrics.request_finished()
         _log_request(resources, decision, result, request_id, body_stream=bool(body.get("stream")))
 
     # A pinned request named its model: it is not switched to the other one behind the client's back.
@@ -379,6 +390,17 @@ async def routing_config(request: Request) -> Response:
     return JSONResponse(_runtime_json(resources, shared))
 
 
+async def prometheus_metrics(request: Request) -> Response:
+    """Prometheus text format; this process's numbers (each worker process has its own)."""
+    resources = _resources(request)
+    enabled, ratio = resources.routing_now()
+    metrics = resources.metrics
+    metrics.set_runtime(ab_test_ratio=ratio, routing_enabled=enabled)
+    metrics.set_counter_store(failures=resources.counters.failures, flush_lag_s=resources.counters.flush_lag_s)
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)
+
+
 async def healthz(request: Request) -> Response:
     """Liveness only: the process answers."""
     return JSONResponse({"status": "ok"})
@@ -458,6 +480,7 @@ def create_app(settings: Settings) -> ProxyApp:
             router=router,
             pool=pool,
             counters=counters,
+            metrics=Metrics(),
             client_key_digests=frozenset(_digest(key) for key in client_keys),
         )
         restore_signals = _drain_on_signals(resources)
@@ -478,6 +501,7 @@ def create_app(settings: Settings) -> ProxyApp:
         Route("/v1/model-routing/stats", routing_stats, methods=["GET"]),
         Route("/v1/model-routing/reset", routing_reset, methods=["POST"]),
         Route("/v1/model-routing/config", routing_config, methods=["GET", "PUT"]),
+        Route("/metrics", prometheus_metrics, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
     ]

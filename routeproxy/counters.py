@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -163,6 +164,8 @@ class CounterStore(abc.ABC):
         self.replica_id = replica_id or _default_replica_id()
         self.flush_interval = flush_interval
         self._runtime = RuntimeConfig()
+        self.failures = 0  # flushes the shared store did not acknowledge, since start
+        self.last_flush = time.monotonic()  # when the local tallies last reached the shared store
 
     @abc.abstractmethod
     def record(self, outcome: Outcome) -> None:
@@ -202,6 +205,11 @@ class CounterStore(abc.ABC):
     def healthy(self) -> bool:
         """False while the shared store does not answer (counts then wait locally)."""
         return True
+
+    @property
+    def flush_lag_s(self) -> float:
+        """Seconds since the local tallies last reached the shared store (0 when there is none)."""
+        return 0.0
 
 
 class MemoryCounterStore(CounterStore):
@@ -404,6 +412,10 @@ class RedisCounterStore(CounterStore):
         return self._healthy
 
     @property
+    def flush_lag_s(self) -> float:
+        return time.monotonic() - self.last_flush
+
+    @property
     def backlog_fields(self) -> int:
         """Fields not yet acknowledged by Redis (bounded by field_count() per period, plus one batch)."""
         inflight = len(self._inflight.deltas) if self._inflight else 0
@@ -490,10 +502,12 @@ class RedisCounterStore(CounterStore):
                 if self._healthy:
                     log.warning("counters.redis_unavailable", error=repr(exc), backlog=self.backlog_fields)
                 self._healthy = False
+                self.failures += 1
                 return False
         if not self._healthy:
             log.info("counters.redis_back")
         self._healthy = True
+        self.last_flush = time.monotonic()
         return self._inflight is None and not any(self._pending.values())
 
     async def snapshot(self) -> Snapshot:

@@ -143,6 +143,7 @@ class Metrics:
         self._prompt_tokens = {tier: tokens.labels(tier.label, "prompt") for tier in Tier}
         self._completion_tokens = {tier: tokens.labels(tier.label, "completion") for tier in Tier}
 
+        self._redis_failures_seen = 0
         self._redis_errors = Counter(
             f"{PREFIX}_redis_errors", "Failed calls to the shared counter store.", registry=registry
         )
@@ -214,11 +215,12 @@ class Metrics:
         self._ab_test_ratio.set(ab_test_ratio)
         self._routing_enabled.set(1 if routing_enabled else 0)
 
-    def redis_error(self) -> None:
-        self._redis_errors.inc()
-
-    def set_flush_lag(self, seconds: float) -> None:
-        self._flush_lag.set(seconds)
+    def set_counter_store(self, *, failures: int, flush_lag_s: float) -> None:
+        """Pulled from the counter store at scrape time: its failure total (since start) and flush lag."""
+        if failures > self._redis_failures_seen:
+            self._redis_errors.inc(failures - self._redis_failures_seen)
+            self._redis_failures_seen = failures
+        self._flush_lag.set(flush_lag_s)
 
     def render(self) -> tuple[bytes, str]:
         """The body and content type of ``GET /metrics`` (Prometheus text format 0.0.4)."""

@@ -120,9 +120,8 @@ def test_inflight_gauge_follows_requests() -> None:
 def test_runtime_redis_and_flush_gauges() -> None:
     metrics = Metrics()
     metrics.set_runtime(ab_test_ratio=0.3, routing_enabled=True)
-    metrics.redis_error()
-    metrics.redis_error()
-    metrics.set_flush_lag(1.5)
+    metrics.set_counter_store(failures=1, flush_lag_s=0.5)
+    metrics.set_counter_store(failures=2, flush_lag_s=1.5)
 
     assert value(metrics, "routeproxy_ab_test_ratio") == 0.3
     assert value(metrics, "routeproxy_routing_enabled") == 1
@@ -134,7 +133,7 @@ def test_runtime_redis_and_flush_gauges() -> None:
 
 def test_two_instances_keep_separate_series() -> None:
     first, second = Metrics(), Metrics()
-    first.redis_error()
+    first.set_counter_store(failures=1, flush_lag_s=0.0)
 
     assert value(first, "routeproxy_redis_errors_total") == 1
     assert value(second, "routeproxy_redis_errors_total") == 0

@@ -62,6 +62,11 @@ class Resources:
     inflight: int = 0
     draining: bool = False
 
+    @property
+    def log_requests(self) -> bool:
+        """Whether the per-request info line is written at all (skip building it when it would be dropped)."""
+        return self.settings.logging.level in ("debug", "info")
+
     def admit(self) -> None:
         """Count a chat request in, or refuse it when the process is at its limit."""
         limit = self.settings.server.max_concurrent_requests
@@ -222,7 +227,8 @@ async def chat_completions(request: Request) -> Response | Exchange:
         resources.counters.record(outcome)
         metrics.observe(outcome, overhead_s=overhead_s[0] if overhead_s else None, classify_s=classify_s)
         metrics.request_finished()
-        _log_request(resources, decision, result, request_id, body_stream=bool(body.get("stream")))
+        if resources.log_requests or result.upstream_error or decision.classify_error:
+            _log_request(resources, decision, result, request_id, body_stream=bool(body.get("stream")))
 
     # A pinned request named its model: it is not switched to the other one behind the client's back.
     fallback = None if decision.reason == "pinned" else settings.routing.fallback_for(decision.tier)

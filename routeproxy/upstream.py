@@ -19,8 +19,7 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
-import aiohttp
-
+from routeproxy import http1
 from routeproxy.config import Tier, TierConfig
 from routeproxy.errors import UpstreamTimeout, UpstreamUnavailable
 
@@ -41,6 +40,7 @@ _DROP_REQUEST = HOP_BY_HOP | {
     b"host",
     b"content-length",
     b"content-type",
+    b"expect",  # the whole body goes at once; an interim 100 Continue is of no use
     b"accept-encoding",
     b"x-request-id",
     b"forwarded",
@@ -75,7 +75,7 @@ def request_headers(
 
 
 def response_headers(upstream_headers: tuple[tuple[bytes, bytes], ...] | RawHeaders) -> RawHeaders:
-    """ASGI wants lower-case names; aiohttp keeps the upstream's spelling."""
+    """ASGI wants lower-case names; the upstream may spell them otherwise."""
     headers = []
     for name, value in upstream_headers:
         lowered = name.lower()
@@ -91,24 +91,25 @@ class UpstreamResponse:
     status: int
     headers: RawHeaders
     content_type: str
-    _response: aiohttp.ClientResponse
+    _connection: http1.Connection
+    _pool: http1.Pool
     _idle_timeout: float | None
     tier: Tier
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as the upstream sends it, chunk by chunk; a gap over the idle timeout raises."""
-        content = self._response.content
+        connection = self._connection
         while True:
             try:
                 async with asyncio.timeout(self._idle_timeout):
-                    chunk = await content.readany()
+                    chunk = await connection.read()
             except TimeoutError:
                 raise UpstreamTimeout(
                     f"the {self.tier} upstream sent nothing for {self._idle_timeout:g} s", reason="idle_timeout"
                 ) from None
-            except (aiohttp.ClientError, OSError) as exc:
+            except http1.HTTPError as exc:
                 raise UpstreamUnavailable(
-                    f"the {self.tier} upstream broke off its response: {exc!r}", reason="broken_response"
+                    f"the {self.tier} upstream broke off its response: {exc}", reason="broken_response"
                 ) from exc
             if not chunk:
                 return
@@ -120,83 +121,59 @@ class UpstreamResponse:
 
     async def aclose(self) -> None:
         """Give the connection back when the body was read to the end, else close it (the upstream stops)."""
-        response = self._response
-        if response.content.at_eof():
-            response.release()
-        else:
-            response.close()
+        self._pool.release(self._connection)
 
 
 class UpstreamPool:
-    """One connection pool per tier (aiohttp: measured several times faster than httpx here; see the README)."""
+    """One keep-alive connection pool per tier (routeproxy.http1; see the README for why not httpx or aiohttp)."""
 
     def __init__(self, tiers: Mapping[Tier, TierConfig], *, forward_client_auth: bool = True) -> None:
         self.tiers = tiers
         self.forward_client_auth = forward_client_auth
-        self._urls = {tier: f"{config.base_url}/chat/completions" for tier, config in tiers.items()}
-        self._timeouts = {
-            tier: aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout)
+        self._pools = {
+            tier: http1.Pool(config.base_url, connect_timeout=config.connect_timeout, keepalive_expiry=KEEPALIVE_EXPIRY)
             for tier, config in tiers.items()
         }
-        self._sessions: dict[Tier, aiohttp.ClientSession] = {}
-
-    def _session(self, tier: Tier) -> aiohttp.ClientSession:
-        # Created on first use, inside the running event loop that will serve it.
-        session = self._sessions.get(tier)
-        if session is None:
-            connector = aiohttp.TCPConnector(
-                limit=0, keepalive_timeout=KEEPALIVE_EXPIRY, enable_cleanup_closed=False, ttl_dns_cache=60
-            )
-            session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=False,
-                trust_env=False,
-                skip_auto_headers=("User-Agent", "Content-Type", "Accept-Encoding"),
-                timeout=self._timeouts[tier],
-            )
-            self._sessions[tier] = session
-        return session
 
     async def send(self, tier: Tier, body: bytes, client_headers: RawHeaders) -> UpstreamResponse:
         """POST the chat request to the tier and wait for the response headers."""
         config = self.tiers[tier]
-        headers = [
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in request_headers(
-                client_headers, config, os.urandom(16).hex(), forward_client_auth=self.forward_client_auth
-            )
-        ]
+        pool = self._pools[tier]
+        headers = request_headers(
+            client_headers, config, os.urandom(16).hex(), forward_client_auth=self.forward_client_auth
+        )
         try:
             async with asyncio.timeout(config.first_byte_timeout):
-                response = await self._session(tier).post(
-                    self._urls[tier], data=body, headers=headers, allow_redirects=False
-                )
-        except TimeoutError as exc:
-            if isinstance(exc, aiohttp.ConnectionTimeoutError):
-                raise UpstreamTimeout(
-                    f"could not connect to the {tier} upstream within {config.connect_timeout:g} s",
-                    reason="connect_timeout",
-                    retryable=True,
-                ) from exc
+                connection = await pool.request(b"/chat/completions", headers, body)
+        except TimeoutError:
             raise UpstreamTimeout(
                 f"the {tier} upstream did not answer within {config.first_byte_timeout:g} s",
                 reason="first_byte_timeout",
             ) from None
-        except aiohttp.ClientConnectorError as exc:
+        except http1.ConnectTimedOut as exc:
+            raise UpstreamTimeout(
+                f"could not connect to the {tier} upstream within {config.connect_timeout:g} s",
+                reason="connect_timeout",
+                retryable=True,
+            ) from exc
+        except http1.ConnectFailed as exc:
             raise UpstreamUnavailable(
                 f"could not connect to the {tier} upstream: {exc}", reason="connect_error", retryable=True
             ) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamUnavailable(f"the {tier} upstream failed: {exc!r}", reason="protocol_error") from exc
+        except http1.HTTPError as exc:
+            raise UpstreamUnavailable(f"the {tier} upstream failed: {exc}", reason="protocol_error") from exc
+        headers_out = response_headers(connection.headers)
+        content_type = next((value for name, value in headers_out if name == b"content-type"), b"")
         return UpstreamResponse(
-            status=response.status,
-            headers=response_headers(response.raw_headers),
-            content_type=response.headers.get("Content-Type", ""),
-            _response=response,
+            status=connection.status,
+            headers=headers_out,
+            content_type=content_type.decode("latin-1"),
+            _connection=connection,
+            _pool=pool,
             _idle_timeout=config.idle_timeout,
             tier=tier,
         )
 
     async def aclose(self) -> None:
-        for session in self._sessions.values():
-            await session.close()
+        for pool in self._pools.values():
+            pool.close()

@@ -171,7 +171,6 @@ async def chat_completions(request: Request) -> Response | Exchange:
         metrics.rejected(exc.status_code)
         log.info("request_rejected", request_id=request_id, status=exc.status_code, error=exc.message)
         return _error_response(exc, request_id)
-    metrics.request_started()
     try:
         check_content_type(request.headers.get("content-type"))
         body = parse_chat_body(await _read_body(request, settings.server.max_body_bytes))
@@ -182,7 +181,6 @@ async def chat_completions(request: Request) -> Response | Exchange:
         classify_s = time.perf_counter() - routing_started if decision.classification is not None else None
     except RouteproxyError as exc:
         resources.release()
-        metrics.request_finished()
         metrics.rejected(exc.status_code)
         log.info("request_rejected", request_id=request_id, status=exc.status_code, error=exc.message)
         return _error_response(exc, request_id)
@@ -226,7 +224,6 @@ async def chat_completions(request: Request) -> Response | Exchange:
         )
         resources.counters.record(outcome)
         metrics.observe(outcome, overhead_s=overhead_s[0] if overhead_s else None, classify_s=classify_s)
-        metrics.request_finished()
         if resources.log_requests or result.upstream_error or decision.classify_error:
             _log_request(resources, decision, result, request_id, body_stream=bool(body.get("stream")))
 
@@ -402,6 +399,7 @@ async def prometheus_metrics(request: Request) -> Response:
     enabled, ratio = resources.routing_now()
     metrics = resources.metrics
     metrics.set_runtime(ab_test_ratio=ratio, routing_enabled=enabled)
+    metrics.set_inflight(resources.inflight)
     metrics.set_counter_store(failures=resources.counters.failures, flush_lag_s=resources.counters.flush_lag_s)
     body, content_type = metrics.render()
     return Response(body, media_type=content_type)

@@ -12,9 +12,6 @@ first scrape, which keeps ``rate()`` and ``histogram_quantile()`` in Grafana fre
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from routeproxy.classify import Complexity
@@ -195,21 +192,9 @@ class Metrics:
             child = self._rejected_by_status[status] = self._rejected.labels(str(status))
         child.inc()
 
-    @contextmanager
-    def inflight(self) -> Iterator[None]:
-        """Count a request as in flight for the duration of the block."""
-        self._inflight.inc()
-        try:
-            yield
-        finally:
-            self._inflight.dec()
-
-    def request_started(self) -> None:
-        """In-flight +1, for a request whose end is signalled elsewhere (a stream relayed after the handler)."""
-        self._inflight.inc()
-
-    def request_finished(self) -> None:
-        self._inflight.dec()
+    def set_inflight(self, requests: int) -> None:
+        """Set at scrape time from the app's own in-flight count (the request path keeps just that one)."""
+        self._inflight.set(requests)
 
     def set_runtime(self, *, ab_test_ratio: float, routing_enabled: bool) -> None:
         self._ab_test_ratio.set(ab_test_ratio)

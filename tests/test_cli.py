@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +143,34 @@ def test_eval_reports_router_metrics_against_random(tmp_path: Path) -> None:
     report = orjson.loads(result.stdout)
     overall = report["overall"]
     assert {"apgr", "cpt50", "cpt80", "random_apgr_low", "random_apgr_high", "share_large"} <= set(overall)
+
+
+@pytest.mark.parametrize(("dialect", "done_line"), [("tgi-legacy", b"data:[DONE]"), ("vllm", b"data: [DONE]")])
+def test_simulate_command_serves_the_chosen_dialect(dialect: str, done_line: bytes) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "routeproxy", "simulate", "--port", str(port), "--dialect", dialect, "--speed", "1000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        body = {
+            "model": "meta-llama/Llama-3.2-3B-Instruct",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": True,
+        }
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=10)
+        assert response.headers["x-simulator"] == "routeproxy"
+        assert response.content.rstrip().endswith(done_line)
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=15)
+    assert b"simulator" in stderr

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from processes import Served, serve
 from redis_server import RedisServer
@@ -172,3 +176,33 @@ def test_admin_endpoints_without_a_token_answer_loopback_clients_only(client_hos
     from routeproxy.app import is_loopback
 
     assert is_loopback(client_host) is allowed
+
+
+def test_stats_command_reads_the_shared_redis(redis_server: RedisServer, served: list[Served]) -> None:
+    (replica,) = start_replicas(1, redis_server.url, served)
+    with httpx.Client(timeout=10) as client:
+        for prompt in PROMPTS:
+            send(replica.url, prompt, client)
+    endpoint = settled_stats([replica], len(PROMPTS))[0]
+    environ = {"ROUTEPROXY_REDIS_NAMESPACE": "rp", "PATH": os.environ["PATH"]}
+    as_json = subprocess.run(
+        [sys.executable, "-m", "routeproxy", "stats", "--redis-url", redis_server.url, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environ,
+        check=True,
+    )
+    from_cli = orjson.loads(as_json.stdout)
+    assert from_cli["total_requests"] == endpoint["total_requests"] == len(PROMPTS)
+    assert from_cli["model_distribution"] == endpoint["model_distribution"]
+    assert from_cli["store"] == "redis"
+    table = subprocess.run(
+        [sys.executable, "-m", "routeproxy", "stats", "--redis-url", redis_server.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environ,
+        check=True,
+    ).stdout
+    assert "3b" in table and "8b" in table and str(len(PROMPTS)) in table

@@ -173,7 +173,7 @@ def test_redis_paused_mid_load_fails_or_stalls_no_request_and_totals_stay_exact(
     [("127.0.0.1", True), ("127.8.9.1", True), ("::1", True), ("10.1.2.3", False), ("192.168.0.7", False), ("", False)],
 )
 def test_admin_endpoints_without_a_token_answer_loopback_clients_only(client_host: str, allowed: bool) -> None:
-    from routeproxy.app import is_loopback
+    from routeproxy.state import is_loopback
 
     assert is_loopback(client_host) is allowed
 

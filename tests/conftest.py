@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from processes import served  # noqa: F401  (routeproxy processes, stopped after the test)
-from redis_server import persistent_redis_server, redis_server  # noqa: F401  (real redis-servers)
+from redis_server import cluster_redis_server, persistent_redis_server, redis_server  # noqa: F401  (real servers)
 from starlette.types import Receive, Scope, Send
 
 from routeproxy.app import create_app

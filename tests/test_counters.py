@@ -374,3 +374,29 @@ async def test_stale_snapshot_when_redis_is_down(redis_server: RedisServer, open
     snapshot = await store.snapshot()
     assert snapshot.stale and snapshot.counts == totals(MIXED[:1])
     assert stats_of(snapshot)["stale"] is True
+
+
+async def test_redis_cluster_works_with_one_hash_tag(
+    cluster_redis_server: RedisServer, open_redis_store: StoreFactory
+) -> None:
+    """A real cluster-enabled redis-server: multi-key scripts only work when every key is in one slot."""
+    one = await open_redis_store(cluster_redis_server.url, "replica-1")
+    two = await open_redis_store(cluster_redis_server.url, "replica-2")
+    for item in MIXED[:2]:
+        one.record(item)
+    for item in MIXED[2:]:
+        two.record(item)
+    assert await one.flush() and await two.flush()
+    first, second = await one.snapshot(), await two.snapshot()
+    assert first.counts == second.counts == totals(MIXED)
+    assert not first.stale
+    await one.set_runtime(RuntimeConfig(ab_test_ratio=0.3))
+    await two.flush()
+    assert two.current_runtime.ab_test_ratio == 0.3
+    await two.reset()
+    assert (await one.snapshot()).counts == {}
+    slots = {
+        cluster_redis_server.cli("CLUSTER", "KEYSLOT", key).strip()
+        for key in cluster_redis_server.cli("--scan").split()
+    }
+    assert len(slots) == 1

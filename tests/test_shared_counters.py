@@ -13,9 +13,13 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from conftest import ProxyFactory
 from processes import Served, serve
 from redis_server import RedisServer
 from test_counters import SEED_KEYS
+
+from routeproxy.config import Tier
+from routeproxy.threadserver import ThreadedServer
 
 PROMPTS = [
     "Compare Ross 308 vs Cobb 500 at 21 and 28 days",  # complex
@@ -206,3 +210,18 @@ def test_stats_command_reads_the_shared_redis(redis_server: RedisServer, served:
         check=True,
     ).stdout
     assert "3b" in table and "8b" in table and str(len(PROMPTS)) in table
+
+
+def test_a_proxy_counts_into_redis_cluster(
+    cluster_redis_server: RedisServer, simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFactory
+) -> None:
+    proxy = start_proxy(
+        {tier: f"{server.url}/v1" for tier, server in simulators.items()},
+        **{"counters.redis_url": cluster_redis_server.url, "routing.enabled": True},
+    )
+    with httpx.Client(timeout=10) as client:
+        for prompt in PROMPTS:
+            assert send(proxy.url, prompt, client).status_code == 200
+    report = stats(proxy.url)
+    assert report["store"] == "redis" and report["stale"] is False
+    assert report["total_requests"] == len(PROMPTS)

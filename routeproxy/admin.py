@@ -10,10 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from routeproxy.counters import RuntimeConfig, render_stats
-from routeproxy.errors import (
-    InvalidRequest,
-    RouteproxyError,
-)
+from routeproxy.errors import InvalidRequest, RouteproxyError
 from routeproxy.state import Resources, error_response, read_body, request_id_of, resources_of
 
 log = structlog.get_logger("routeproxy")

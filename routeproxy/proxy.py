@@ -12,9 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from routeproxy.config import Tier
 from routeproxy.counters import Outcome
-from routeproxy.errors import (
-    RouteproxyError,
-)
+from routeproxy.errors import RouteproxyError
 from routeproxy.logs import preview
 from routeproxy.parse import check_content_type, parse_chat_body, pop_hints
 from routeproxy.relay import Exchange, RelayResult

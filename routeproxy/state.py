@@ -14,13 +14,7 @@ from starlette.responses import Response
 
 from routeproxy.config import Settings
 from routeproxy.counters import CounterStore
-from routeproxy.errors import (
-    Forbidden,
-    Overloaded,
-    PayloadTooLarge,
-    RouteproxyError,
-    Unauthorized,
-)
+from routeproxy.errors import Forbidden, Overloaded, PayloadTooLarge, RouteproxyError, Unauthorized
 from routeproxy.metrics import Metrics
 from routeproxy.route import Router
 from routeproxy.upstream import UpstreamPool

@@ -34,7 +34,6 @@ from routeproxy.scenario import workload_scenario
 
 WORKLOADS = ("latency", "throughput", "stream", "paced", "memory", "classifier", "scenario")
 DEFAULT_WORKLOADS = ("latency", "throughput", "stream", "paced", "memory", "classifier")
-SMALL_MODEL_ENV = "MODEL_3B_NAME"
 
 # A short factual question: SIMPLE under the default rules, so with routing on it goes to the small tier,
 # whose model id the single upstream serves.

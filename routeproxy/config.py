@@ -487,12 +487,6 @@ class Settings:
     source: str = "defaults"
     values: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
-    def tier_for_model(self, model: str) -> Tier | None:
-        for tier, config in self.tiers.items():
-            if config.model == model:
-                return tier
-        return None
-
 
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 

@@ -47,7 +47,6 @@ class RelayResult:
     disconnected: bool = False
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    bytes_relayed: int = 0
 
 
 def error_response_messages(error: RouteproxyError, headers: RawHeaders) -> tuple[Message, Message]:
@@ -179,7 +178,6 @@ class Exchange:
                 await send(message)
             return
         result.ttfb_s = time.perf_counter() - self.started
-        result.bytes_relayed = len(body)
         if upstream.status >= 500:
             result.upstream_error = f"upstream answered {upstream.status}"
         elif upstream.status == 200:
@@ -223,7 +221,6 @@ class Exchange:
                         continue
                 if b'"usage"' in chunk:
                     last_usage = chunk
-                result.bytes_relayed += len(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
             # Bytes were relayed already, so the status cannot change: end with one error event the SDKs raise.
@@ -233,7 +230,6 @@ class Exchange:
             return
         if held:
             # The upstream ended cleanly mid-event: pass its bytes on as they were.
-            result.bytes_relayed += len(held)
             await send({"type": "http.response.body", "body": held, "more_body": True})
         if last_usage:
             _note_stream_usage(result, last_usage)

@@ -114,11 +114,6 @@ def field_count() -> int:
     return len(TIER_LABELS) * per_tier
 
 
-def _add(counts: dict[str, int], outcome: Outcome) -> None:
-    for name, increment in outcome_fields(outcome):
-        counts[name] = counts.get(name, 0) + increment
-
-
 PERCENTILES: tuple[tuple[str, float], ...] = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
 
 

@@ -212,9 +212,12 @@ def test_key_layout_documents_every_field() -> None:
 # -- Redis backend, against a real redis-server --
 
 
-async def test_two_replicas_see_the_same_totals(redis_server: RedisServer, open_redis_store: StoreFactory) -> None:
-    one = await open_redis_store(redis_server.url, "replica-1")
-    two = await open_redis_store(redis_server.url, "replica-2")
+async def two_replicas_share_mixed(
+    url: str, open_redis_store: StoreFactory
+) -> tuple[RedisCounterStore, RedisCounterStore, Snapshot, Snapshot]:
+    """Two replicas record half of MIXED each and flush; both snapshots must hold all of it."""
+    one = await open_redis_store(url, "replica-1")
+    two = await open_redis_store(url, "replica-2")
     for item in MIXED[:2]:
         one.record(item)
     for item in MIXED[2:]:
@@ -222,6 +225,11 @@ async def test_two_replicas_see_the_same_totals(redis_server: RedisServer, open_
     assert await one.flush() and await two.flush()
     first, second = await one.snapshot(), await two.snapshot()
     assert first.counts == second.counts == totals(MIXED)
+    return one, two, first, second
+
+
+async def test_two_replicas_see_the_same_totals(redis_server: RedisServer, open_redis_store: StoreFactory) -> None:
+    _, _, first, second = await two_replicas_share_mixed(redis_server.url, open_redis_store)
     assert first.replicas == second.replicas == ("replica-1", "replica-2")
     assert not first.stale and first.store == "redis" and first.since is not None
     assert stats_of(first) == stats_of(second)
@@ -380,15 +388,7 @@ async def test_redis_cluster_works_with_one_hash_tag(
     cluster_redis_server: RedisServer, open_redis_store: StoreFactory
 ) -> None:
     """A real cluster-enabled redis-server: multi-key scripts only work when every key is in one slot."""
-    one = await open_redis_store(cluster_redis_server.url, "replica-1")
-    two = await open_redis_store(cluster_redis_server.url, "replica-2")
-    for item in MIXED[:2]:
-        one.record(item)
-    for item in MIXED[2:]:
-        two.record(item)
-    assert await one.flush() and await two.flush()
-    first, second = await one.snapshot(), await two.snapshot()
-    assert first.counts == second.counts == totals(MIXED)
+    one, two, first, _ = await two_replicas_share_mixed(cluster_redis_server.url, open_redis_store)
     assert not first.stale
     await one.set_runtime(RuntimeConfig(ab_test_ratio=0.3))
     await two.flush()

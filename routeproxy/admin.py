@@ -9,9 +9,12 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from routeproxy.counters import RuntimeConfig, render_stats
-from routeproxy.errors import InvalidRequest, RouteproxyError
-from routeproxy.state import Resources, error_response, read_body, request_id_of, resources_of
+from routeproxy.admission import read_body, request_id_of
+from routeproxy.auth import check_admin
+from routeproxy.errors import InvalidRequest, RouteproxyError, error_response
+from routeproxy.resources import Resources, resources_of
+from routeproxy.runtime import RuntimeConfig
+from routeproxy.stats import render_stats
 
 log = structlog.get_logger("routeproxy")
 
@@ -35,7 +38,7 @@ async def routing_stats(request: Request) -> Response:
 async def routing_reset(request: Request) -> Response:
     resources = resources_of(request)
     try:
-        resources.check_admin(request)
+        check_admin(request, resources.settings.server.admin_token)
         await resources.counters.reset()
     except RouteproxyError as exc:
         return error_response(exc, request_id_of(request))
@@ -83,7 +86,7 @@ async def routing_config(request: Request) -> Response:
     if request.method == "GET":
         return JSONResponse(_runtime_json(resources, await resources.counters.runtime()))
     try:
-        resources.check_admin(request)
+        check_admin(request, resources.settings.server.admin_token)
         change = _parse_runtime_change(await read_body(request, 64 * 1024))
         shared = await resources.counters.set_runtime(change)
     except RouteproxyError as exc:

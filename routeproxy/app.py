@@ -17,15 +17,17 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from routeproxy.admin import healthz, prometheus_metrics, readyz, routing_config, routing_reset, routing_stats
+from routeproxy.auth import digest
+from routeproxy.chat import chat_completions
 from routeproxy.classify import Classifier, load_rules
 from routeproxy.config import Settings, load_settings
 from routeproxy.counters import open_store
 from routeproxy.errors import error_envelope
 from routeproxy.logs import configure_logging
 from routeproxy.metrics import Metrics
-from routeproxy.proxy import chat_completions, explain_route, list_models
+from routeproxy.models import explain_route, list_models
+from routeproxy.resources import Resources
 from routeproxy.route import Router
-from routeproxy.state import Resources, digest
 from routeproxy.upstream import UpstreamPool
 
 log = structlog.get_logger("routeproxy")

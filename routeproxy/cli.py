@@ -86,8 +86,8 @@ def _start_simulators(settings: Settings) -> dict[str, Any]:
     """One simulated upstream per tier on a free loopback port; the tiers are pointed at them."""
     import structlog
 
-    from routeproxy.simulator import create_simulator_app, seed_profile
-    from routeproxy.threadserver import ThreadedServer
+    from routeproxy.sim.simulator import create_simulator_app, seed_profile
+    from routeproxy.sim.threadserver import ThreadedServer
 
     overrides: dict[str, Any] = {}
     for tier in Tier:
@@ -110,7 +110,7 @@ def _start_simulators(settings: Settings) -> dict[str, Any]:
 def cmd_simulate(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from routeproxy.simulator import Dialect, create_simulator_app, seed_profile
+    from routeproxy.sim.simulator import Dialect, create_simulator_app, seed_profile
 
     tier = Tier(args.tier)
     model = args.model or _settings(args).tiers[tier].model
@@ -242,7 +242,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from routeproxy.classify import Classifier, load_rules
-    from routeproxy.evaluate import evaluate, format_report, load_examples, report_as_dict
+    from routeproxy.evaluate.routing import evaluate, format_report, load_examples, report_as_dict
 
     settings = _settings(args, _routing_overrides(args))
     classifier = Classifier(load_rules(settings.routing.rules))
@@ -255,7 +255,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from routeproxy.bench import DEFAULT_WORKLOADS, BenchOptions, render_json, render_text, run_bench
+    from routeproxy.bench.workloads import DEFAULT_WORKLOADS, BenchOptions, render_json, render_text, run_bench
 
     settings = _settings(args, _routing_overrides(args))
     workloads = list(args.workload or DEFAULT_WORKLOADS)
@@ -289,7 +289,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
     import httpx
 
-    from routeproxy.counters import format_stats_table
+    from routeproxy.stats import format_stats_table
 
     overrides = {"counters.redis_url": args.redis_url} if args.redis_url else {}
     settings = _settings(args, overrides)
@@ -314,7 +314,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 async def _stats_from_redis(settings: Settings) -> dict[str, Any]:
-    from routeproxy.counters import open_store, render_stats
+    from routeproxy.counters import open_store
+    from routeproxy.stats import render_stats
 
     store = open_store(settings.counters, replica_id="routeproxy-stats-cli")
     try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import orjson
+from starlette.responses import Response
 
 
 class RouteproxyError(Exception):
@@ -111,3 +112,11 @@ class CounterStoreUnavailable(RouteproxyError):
 
     status_code = 503
     error_type = "counter_store_unavailable"
+
+
+def error_response(exc: RouteproxyError, request_id: str) -> Response:
+    """The one rendering of our own errors: the envelope, the request id, and retry-after when overloaded."""
+    headers = {"x-request-id": request_id}
+    if isinstance(exc, Overloaded):
+        headers["retry-after"] = str(exc.retry_after_s)
+    return Response(exc.body(), status_code=exc.status_code, media_type="application/json", headers=headers)

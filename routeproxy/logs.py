@@ -1,4 +1,5 @@
-"""structlog, configured in one place: JSON lines in production, readable lines on a terminal."""
+"""structlog, configured in one place (JSON lines in production, readable lines on a terminal), and the
+per-request log line."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import orjson
 import structlog
 
 from routeproxy.config import LogConfig
+from routeproxy.relay import RelayResult
+from routeproxy.route import RouteDecision
+
+log = structlog.get_logger("routeproxy")
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -49,3 +54,39 @@ def preview(text: str, limit: int) -> str | None:
         return None
     flat = " ".join(text[: limit * 4].split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def log_request(
+    decision: RouteDecision, result: RelayResult, request_id: str, preview_chars: int, *, body_stream: bool
+) -> None:
+    """One line per chat request: info when it went well, warning for an upstream error, error when
+    classification failed."""
+    tier = result.tier or decision.tier
+    fields: dict[str, Any] = {
+        "request_id": request_id,
+        "tier": tier.label,
+        "complexity": decision.complexity.name if decision.complexity else None,
+        "reason": decision.reason,
+        "status": result.status,
+        "latency_ms": round(result.end_s * 1000, 2),
+        "stream": body_stream,
+    }
+    if decision.ab_draw is not None:
+        fields["ab_draw"] = round(decision.ab_draw, 2)
+        fields["ab_ratio"] = decision.ab_ratio
+    if result.ttfb_s is not None and result.stream:
+        fields["ttfb_ms"] = round(result.ttfb_s * 1000, 2)
+    if decision.classification is not None:
+        shown = preview(decision.classification.query, preview_chars)
+        if shown is not None:
+            fields["query"] = shown
+    if result.disconnected:
+        fields["disconnected"] = True
+    if result.fallback_reason is not None:
+        fields["fallback"] = result.fallback_reason
+    if result.upstream_error:
+        log.warning("route", upstream_error=result.upstream_error, **fields)
+    elif decision.classify_error:
+        log.error("route", classify_error=decision.classify_error, **fields)
+    else:
+        log.info("route", **fields)

@@ -23,9 +23,9 @@ from starlette.types import Message, Receive, Scope, Send
 
 from routeproxy.config import Tier
 from routeproxy.errors import RouteproxyError, UpstreamError
+from routeproxy.sse import EVENT_ENDS, Usage, body_usage, last_event_end, stream_usage
 from routeproxy.upstream import RawHeaders, UpstreamPool, UpstreamResponse
 
-_EVENT_END = (b"\n\n", b"\r\n\r\n", b"\r\r")
 # Statuses that say the upstream did not start on the request, so the other tier may answer it instead.
 FALLBACK_STATUSES = frozenset({502, 503, 504})
 
@@ -181,7 +181,7 @@ class Exchange:
         if upstream.status >= 500:
             result.upstream_error = f"upstream answered {upstream.status}"
         elif upstream.status == 200:
-            _note_usage(result, body)
+            _note_usage(result, body_usage(body))
         await send(
             {
                 "type": "http.response.start",
@@ -214,8 +214,8 @@ class Exchange:
                 if held:
                     chunk = held + chunk
                     held = b""
-                if not chunk.endswith(_EVENT_END):
-                    cut = _last_event_end(chunk)
+                if not chunk.endswith(EVENT_ENDS):
+                    cut = last_event_end(chunk)
                     chunk, held = chunk[:cut], chunk[cut:]
                     if not chunk:
                         continue
@@ -232,48 +232,10 @@ class Exchange:
             # The upstream ended cleanly mid-event: pass its bytes on as they were.
             await send({"type": "http.response.body", "body": held, "more_body": True})
         if last_usage:
-            _note_stream_usage(result, last_usage)
+            _note_usage(result, stream_usage(last_usage))
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def _last_event_end(data: bytes) -> int:
-    """Index just past the last complete SSE event in ``data`` (0 when there is none)."""
-    best = 0
-    for end in _EVENT_END:
-        position = data.rfind(end)
-        if position >= 0:
-            best = max(best, position + len(end))
-    return best
-
-
-def _note_usage(result: RelayResult, body: bytes) -> None:
-    if b'"usage"' not in body:
-        return
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return
-    if isinstance(document, dict):
-        _take_usage(result, document.get("usage"))
-
-
-def _note_stream_usage(result: RelayResult, chunk: bytes) -> None:
-    """Read token usage from a copy of the stream's last usage-bearing chunk; the stream itself is untouched."""
-    for line in reversed(chunk.splitlines()):
-        if not line.startswith(b"data:") or b'"usage"' not in line:
-            continue
-        try:
-            event = orjson.loads(line[5:])
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(event, dict) and isinstance(event.get("usage"), dict):
-            _take_usage(result, event["usage"])
-            return
-
-
-def _take_usage(result: RelayResult, usage: object) -> None:
-    if not isinstance(usage, dict):
-        return
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if isinstance(prompt, int) and isinstance(completion, int):
-        result.prompt_tokens, result.completion_tokens = prompt, completion
+def _note_usage(result: RelayResult, usage: Usage | None) -> None:
+    if usage is not None:
+        result.prompt_tokens, result.completion_tokens = usage

@@ -1,29 +1,20 @@
+"""The fixtures every test folder shares: simulated upstreams, proxies in a thread, real Redis and routeproxy
+processes (the helpers behind them live in ``tests/support``)."""
+
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from processes import served  # noqa: F401  (routeproxy processes, stopped after the test)
-from redis_server import cluster_redis_server, persistent_redis_server, redis_server  # noqa: F401  (real servers)
-from starlette.types import Receive, Scope, Send
+from support.processes import served  # noqa: F401  (routeproxy processes, stopped after the test)
+from support.redis_server import cluster_redis_server, persistent_redis_server, redis_server  # noqa: F401
+from support.upstreams import ProxyFactory, ScriptedUpstream, fast_profile, settings_for
 
 from routeproxy.app import create_app
-from routeproxy.config import Settings, Tier, load_settings
-from routeproxy.simulator import Dialect, SimProfile, create_simulator_app
-from routeproxy.threadserver import ThreadedServer
-
-SMALL_MODEL = "meta-llama/Llama-3.2-3B-Instruct"
-LARGE_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-MODELS = {Tier.SMALL: SMALL_MODEL, Tier.LARGE: LARGE_MODEL}
-
-
-def fast_profile(tier: Tier, dialect: Dialect = Dialect.VLLM, **changes: Any) -> SimProfile:
-    """A simulator that answers at once: 8 tokens, no pacing."""
-    options: dict[str, Any] = {"ttft_s": 0.0, "tokens_per_s": 1e9, "answer_tokens": 8, "speed": 1.0}
-    options.update(changes)
-    return SimProfile(model=MODELS[tier], dialect=dialect, **options)
+from routeproxy.config import Tier
+from routeproxy.sim.simulator import create_simulator_app
+from routeproxy.sim.threadserver import ThreadedServer
 
 
 @pytest.fixture
@@ -32,21 +23,6 @@ def simulators() -> Iterator[dict[Tier, ThreadedServer]]:
     yield servers
     for server in servers.values():
         server.stop()
-
-
-def settings_for(upstreams: dict[Tier, str], **overrides: Any) -> Settings:
-    """Settings from the shipped defaults, with each tier pointed at a local upstream (a base URL with /v1)."""
-    values: dict[str, Any] = {}
-    for tier, url in upstreams.items():
-        values[f"tiers.{tier}.base_url"] = url
-        values[f"tiers.{tier}.kind"] = "vllm"
-        values[f"tiers.{tier}.api_key"] = None
-    values["logging.format"] = "json"
-    values.update(overrides)
-    return load_settings(environ={}, overrides=values)
-
-
-ProxyFactory = Callable[..., ThreadedServer]
 
 
 @pytest.fixture
@@ -67,53 +43,6 @@ def start_proxy() -> Iterator[ProxyFactory]:
 @pytest.fixture
 def proxy(simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFactory) -> ThreadedServer:
     return start_proxy({tier: f"{server.url}/v1" for tier, server in simulators.items()})
-
-
-class ScriptedUpstream:
-    """An upstream that answers every POST with exactly the given chunks, each after its delay (seconds)."""
-
-    def __init__(
-        self,
-        chunks: Sequence[tuple[float, bytes]],
-        *,
-        status: int = 200,
-        content_type: bytes = b"text/event-stream",
-        headers: Sequence[tuple[bytes, bytes]] = (),
-    ) -> None:
-        self.chunks = chunks
-        self.status = status
-        self.content_type = content_type
-        self.headers = list(headers)
-        self.requests: list[dict[str, Any]] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        self.requests.append({"path": scope["path"], "headers": dict(scope["headers"]), "body": body})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": self.status,
-                "headers": [(b"content-type", self.content_type), *self.headers],
-            }
-        )
-        for delay, chunk in self.chunks:
-            if delay:
-                await asyncio.sleep(delay)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 @pytest.fixture

@@ -1,0 +1,82 @@
+"""The bench session: the processes shared by the workloads, started on first use and stopped at the end."""
+
+from __future__ import annotations
+
+import os
+from contextlib import ExitStack
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from routeproxy.bench.loadgen import check_loopback
+from routeproxy.bench.procs import Cores, Proc, proxy_env, spawn
+from routeproxy.bench.run import Target
+
+if TYPE_CHECKING:
+    from routeproxy.bench.workloads import BenchOptions
+
+
+def parse_upstream(url: str) -> tuple[str, int, str]:
+    """(host, port, base path ending in /v1) of a loopback upstream URL; ValueError for any other host."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"--upstream must be an http:// URL on 127.0.0.1, not {url!r}")
+    host = check_loopback(parts.hostname)
+    path = parts.path.rstrip("/")
+    return host, parts.port or 80, path if path.endswith("/v1") else f"{path}/v1"
+
+
+class Session:
+    def __init__(self, options: BenchOptions, stack: ExitStack) -> None:
+        self.options = options
+        self.stack = stack
+        self.cores = Cores(options.workers)
+        self.procs: dict[str, Proc] = {}
+        self.external = parse_upstream(options.upstream) if options.upstream else None
+
+    def _keep(self, proc: Proc) -> Proc:
+        self.stack.callback(proc.stop)
+        return proc
+
+    def upstream(self, kind: str) -> tuple[str, int, str, str]:
+        """(host, port, base path, description) of the ``sim`` or ``static`` upstream, started on first use."""
+        if self.external:
+            host, port, base = self.external
+            return host, port, base, f"given upstream {self.options.upstream}"
+        if kind not in self.procs:
+            if kind == "sim":
+                args = ["routeproxy", "simulate", "--tier", "small", "--model", self.options.small_model]
+                self.procs[kind] = self._keep(spawn("simulator", args, dict(os.environ), self.cores.rest, "/health"))
+            else:
+                args = ["routeproxy.bench.loadgen"]
+                self.procs[kind] = self._keep(spawn("static upstream", args, dict(os.environ), self.cores.rest, "tcp"))
+        description = (
+            "simulator (Starlette, python -m routeproxy simulate)"
+            if kind == "sim"
+            else "static upstream (raw asyncio, python -m routeproxy.bench.loadgen): the simulator is too slow for this"
+        )
+        return "127.0.0.1", self.procs[kind].port, "/v1", description
+
+    def proxy(self, kind: str, *, workers: int = 1, fresh: bool = False) -> Proc:
+        key = f"proxy:{kind}:{workers}"
+        if fresh or key not in self.procs:
+            host, port, base, _ = self.upstream(kind)
+            url = f"http://{host}:{port}{base}"
+            env = proxy_env({"small": url, "large": url}, self.options.redis_url)
+            cpus = self.cores.proxy(workers)
+            args = ["routeproxy", "serve", "--workers", str(workers)]
+            proc = self._keep(spawn(f"proxy ({workers} worker(s))", args, env, cpus, "/healthz"))
+            if fresh:
+                return proc
+            self.procs[key] = proc
+        return self.procs[key]
+
+    def targets(self, kind: str, *, workers: int = 1) -> tuple[Target, Target, str]:
+        host, port, base, description = self.upstream(kind)
+        direct = Target("direct", host, port, f"{base}/chat/completions", self.options.small_model)
+        proxy = self.proxy(kind, workers=workers)
+        label = "proxy" if workers == 1 else f"proxy x{workers} workers"
+        through = Target(label, "127.0.0.1", proxy.port, "/v1/chat/completions", "auto", proxy)
+        return direct, through, description
+
+    def cap(self, requests: int, duration: float) -> tuple[int, float]:
+        return self.options.requests or requests, self.options.duration or duration

@@ -1,0 +1,125 @@
+"""The chat completions endpoint, the hot path, as a short pipeline: admit -> parse -> route -> relay."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import structlog
+from starlette.requests import Request
+from starlette.responses import Response
+
+from routeproxy.admission import read_body, request_id_of
+from routeproxy.auth import check_client_key
+from routeproxy.config import Settings, Tier
+from routeproxy.errors import RouteproxyError, error_response
+from routeproxy.logs import log_request
+from routeproxy.parse import Hints, check_content_type, parse_chat_body, pop_hints
+from routeproxy.relay import Exchange, RelayResult
+from routeproxy.resources import Resources, resources_of
+from routeproxy.route import RouteDecision, response_headers
+from routeproxy.stats import Outcome
+from routeproxy.upstream import RawHeaders
+
+log = structlog.get_logger("routeproxy")
+
+
+async def chat_completions(request: Request) -> Response | Exchange:
+    started = time.perf_counter()
+    resources = resources_of(request)
+    request_id = request_id_of(request)
+    try:
+        check_client_key(request, resources.client_key_digests)
+        resources.admit()
+    except RouteproxyError as exc:
+        return _rejected(resources, exc, request_id)
+    try:
+        body, hints = await parse_request(request, resources.settings)
+        enabled, ratio = resources.routing_now()
+        routing_started = time.perf_counter()
+        decision = resources.router.route(body, hints, request.headers, enabled=enabled, ab_test_ratio=ratio)
+        classify_s = time.perf_counter() - routing_started if decision.classification is not None else None
+    except RouteproxyError as exc:
+        resources.release()
+        return _rejected(resources, exc, request_id)
+    except BaseException:
+        resources.release()  # the client left mid-body (ClientDisconnect), or a bug: the slot is given back
+        raise
+    return _relay(resources, request, body, decision, request_id, started, classify_s)
+
+
+async def parse_request(request: Request, settings: Settings) -> tuple[dict[str, Any], Hints]:
+    """The chat body (size-limited, validated) and the routing hints popped from it and the headers."""
+    check_content_type(request.headers.get("content-type"))
+    body = parse_chat_body(await read_body(request, settings.server.max_body_bytes))
+    return body, pop_hints(body, request.headers)
+
+
+def _rejected(resources: Resources, exc: RouteproxyError, request_id: str) -> Response:
+    resources.metrics.rejected(exc.status_code)
+    log.info("request_rejected", request_id=request_id, status=exc.status_code, error=exc.message)
+    return error_response(exc, request_id)
+
+
+def _relay(
+    resources: Resources,
+    request: Request,
+    body: dict[str, Any],
+    decision: RouteDecision,
+    request_id: str,
+    started: float,
+    classify_s: float | None,
+) -> Exchange:
+    settings = resources.settings
+    overhead_header: list[tuple[bytes, bytes]] = []
+    overhead_s: list[float] = []
+
+    def prepare(tier: Tier, fallback_reason: str | None) -> tuple[bytes, RawHeaders]:
+        """The request body and the client's extra response headers, for the tier about to be tried."""
+        config = settings.tiers[tier]
+        body["model"] = config.upstream_model
+        payload = orjson.dumps(body)
+        headers = [
+            (name.encode(), value.encode("utf-8", "replace"))
+            for name, value in response_headers(decision, tier, config.model).items()
+        ]
+        headers.append((b"x-request-id", request_id.encode()))
+        if fallback_reason is not None:
+            headers.append((b"x-routeproxy-fallback", fallback_reason.encode()))
+        if not overhead_header:  # time in the proxy before the first upstream request is sent
+            overhead_s.append(time.perf_counter() - started)
+            overhead_header.append((b"x-routeproxy-overhead-ms", f"{overhead_s[0] * 1000:.3f}".encode()))
+        headers.extend(overhead_header)
+        return payload, headers
+
+    def finish(result: RelayResult) -> None:
+        resources.release()
+        outcome = _outcome(decision, result)
+        resources.counters.record(outcome)
+        resources.metrics.observe(outcome, overhead_s=overhead_s[0] if overhead_s else None, classify_s=classify_s)
+        if resources.log_requests or result.upstream_error or decision.classify_error:
+            log_request(
+                decision, result, request_id, settings.routing.log_preview_chars, body_stream=bool(body.get("stream"))
+            )
+
+    # A pinned request named its model: it is not switched to the other one behind the client's back.
+    fallback = None if decision.reason == "pinned" else settings.routing.fallback_for(decision.tier)
+    return Exchange(resources.pool, decision.tier, fallback, prepare, request.headers.raw, started, finish)
+
+
+def _outcome(decision: RouteDecision, result: RelayResult) -> Outcome:
+    return Outcome(
+        tier=result.tier or decision.tier,
+        complexity=decision.complexity,
+        status=result.status,
+        latency_ms=result.end_s * 1000,
+        ttfb_ms=None if result.ttfb_s is None or not result.stream else result.ttfb_s * 1000,
+        stream=result.stream,
+        upstream_error=result.upstream_error is not None,
+        fallback=result.fallback_reason is not None,
+        classify_failed=decision.classify_error is not None,
+        disconnected=result.disconnected,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+    )

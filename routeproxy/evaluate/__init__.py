@@ -1,0 +1,1 @@
+"""Offline evaluation of routers and escalation checks (not on the request path)."""

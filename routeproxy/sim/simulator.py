@@ -1,0 +1,508 @@
+"""A simulated OpenAI-compatible upstream: a load-testing and demo tool, and the proxy tests' upstream.
+
+It is NOT a model. It answers ``POST /v1/chat/completions`` with deterministic filler words (chosen by a
+blake2b hash of the messages) at a configurable pace, in the wire dialect of vLLM, TGI (current or < 2.1.0)
+or the Hugging Face router (see ``routeproxy.sim.dialects`` and /work/shared/PROTOCOLS.md). Every response is
+labelled with the header ``x-simulator: routeproxy`` so it can never pass for a real model.
+
+Pacing: the first token is sent ``ttft_s`` after the request, then one token every ``1/tokens_per_s``; an
+answer that ends naturally gets a final "stop" chunk one token later. ``speed`` divides every delay
+(``keepalive_s`` is an idle timeout on the wall clock and is not divided).
+
+Fault controls, read from request headers so that they pass through a proxy:
+
+    x-sim-status: N        answer status N (400-599) in the dialect's error shape, before any body byte
+    x-sim-error-after: N   stream: after N content chunks send the dialect's in-stream error event, then [DONE]
+    x-sim-die-after: N     stream: after N content chunks drop the connection mid-body; non-stream: send
+                           the headers and half the JSON body, then drop
+    x-sim-tokens: N        the answer has N tokens (max_tokens still caps it)
+    x-sim-ttft-ms: N       time to first token for this request, in ms (not divided by speed)
+    x-sim-token-ms: N      time between tokens for this request, in ms (not divided by speed)
+    x-sim-hang: 1          never answer; wait until the client goes away (counted as a disconnect)
+
+Observability: ``GET /_sim/requests`` (the last 100 requests: method, path, lowercased headers, parsed JSON
+body or null), ``DELETE /_sim/requests``, and ``GET /_sim/stats``. In the stats an answer in progress,
+streamed or not, is an "open stream"; it ends as completed (the whole body was sent, an in-stream error
+event included) or disconnected (the client went away first). A stream dropped by ``x-sim-die-after`` ends
+as neither. The ``/_sim`` routes are not recorded, need no key and ignore fault headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import random
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import orjson
+from starlette.applications import Starlette
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from routeproxy.config import Tier
+from routeproxy.sim.dialects import WIRES, Answer, Dialect, Json, Wire, json_response
+
+__all__ = ["Dialect", "SimProfile", "create_simulator_app", "seed_profile"]
+
+_WORDS = (
+    "the",
+    "model",
+    "routes",
+    "each",
+    "request",
+    "to",
+    "a",
+    "small",
+    "or",
+    "large",
+    "tier",
+    "and",
+    "answers",
+    "with",
+    "tokens",
+    "that",
+    "arrive",
+    "one",
+    "by",
+    "at",
+    "steady",
+    "pace",
+    "while",
+    "proxy",
+    "streams",
+    "them",
+    "back",
+    "client",
+    "latency",
+    "budget",
+    "cost",
+    "quality",
+    "balance",
+    "simple",
+    "questions",
+    "need",
+    "less",
+    "compute",
+    "than",
+    "careful",
+    "analysis",
+    "so",
+    "router",
+    "saves",
+    "time",
+    "money",
+    "for",
+    "every",
+    "user",
+    "who",
+    "asks",
+    "something",
+    "short",
+    "clear",
+    "direct",
+    "useful",
+    "result",
+    "is",
+    "simulated",
+    "text",
+    "not",
+    "real",
+    "output",
+    "from",
+    "any",
+)
+_LOG_SIZE = 100
+_MIN_SLEEP_S = 0.0005  # below this, pacing runs ahead on the schedule instead of arming a timer
+
+
+@dataclass(frozen=True, slots=True)
+class SimProfile:
+    model: str  # the served model name
+    dialect: Dialect = Dialect.VLLM
+    ttft_s: float = 0.3  # time to first token
+    tokens_per_s: float = 50.0
+    answer_tokens: int = 110  # tokens in a typical answer (max_tokens in the request caps it)
+    speed: float = 1.0  # divides every delay; 1000 makes tests fast
+    keepalive_s: float | None = None  # TGI-style ":\n\n" comment after this many idle seconds (TGI: 15)
+    api_key: str | None = None  # when set, require Authorization: Bearer <key> (401 in the dialect's shape)
+
+    def __post_init__(self) -> None:
+        if self.ttft_s < 0 or self.tokens_per_s <= 0 or self.speed <= 0 or self.answer_tokens < 0:
+            raise ValueError("SimProfile needs ttft_s >= 0, tokens_per_s > 0, speed > 0 and answer_tokens >= 0")
+        if self.keepalive_s is not None and self.keepalive_s <= 0:
+            raise ValueError("SimProfile.keepalive_s must be positive (or None for no keep-alive comments)")
+
+
+def seed_profile(tier: Tier, model: str, *, speed: float = 1.0, dialect: Dialect = Dialect.VLLM) -> SimProfile:
+    """The seed report's latencies for a typical 110-token answer: small 0.3 + 110/50 = 2.5 s,
+    large 0.5 + 110/27.5 = 4.5 s. TGI dialects get TGI's 15 s keep-alive comments."""
+    keepalive = 15.0 if dialect in (Dialect.TGI, Dialect.TGI_LEGACY) else None
+    if tier is Tier.SMALL:
+        return SimProfile(model, dialect, ttft_s=0.3, tokens_per_s=50.0, speed=speed, keepalive_s=keepalive)
+    return SimProfile(model, dialect, ttft_s=0.5, tokens_per_s=27.5, speed=speed, keepalive_s=keepalive)
+
+
+class _BadFault(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Faults:
+    status: int | None = None
+    error_after: int | None = None
+    die_after: int | None = None
+    tokens: int | None = None
+    ttft_s: float | None = None
+    token_s: float | None = None
+    hang: bool = False
+
+    @classmethod
+    def from_headers(cls, headers: Headers) -> _Faults:
+        def number(name: str) -> int | None:
+            raw = headers.get(name)
+            if raw is None:
+                return None
+            try:
+                value = int(raw)
+            except ValueError:
+                raise _BadFault(f"{name} must be a non-negative integer, not {raw!r}") from None
+            if value < 0:
+                raise _BadFault(f"{name} must be a non-negative integer, not {raw!r}")
+            return value
+
+        status = number("x-sim-status")
+        if status is not None and not 400 <= status <= 599:
+            raise _BadFault(f"x-sim-status must be 400-599, not {status}")
+        ttft_ms, token_ms = number("x-sim-ttft-ms"), number("x-sim-token-ms")
+        return cls(
+            status=status,
+            error_after=number("x-sim-error-after"),
+            die_after=number("x-sim-die-after"),
+            tokens=number("x-sim-tokens"),
+            ttft_s=None if ttft_ms is None else ttft_ms / 1000,
+            token_s=None if token_ms is None else token_ms / 1000,
+            hang=headers.get("x-sim-hang", "").strip().lower() in ("1", "true", "yes"),
+        )
+
+
+class _Outcome(enum.Enum):
+    COMPLETED = "completed"
+    DISCONNECTED = "disconnected"
+    DROPPED = "dropped"
+
+
+class _Drop(Exception):
+    """Raised inside a stream to end it without its final chunk (x-sim-die-after)."""
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.log: deque[Json] = deque(maxlen=_LOG_SIZE)
+        self.requests = 0
+        self.open = 0
+        self.completed = 0
+        self.disconnected = 0
+        self.running_ids: set[str] = set()
+
+    def as_json(self) -> Json:
+        return {
+            "open_streams": self.open,
+            "completed_streams": self.completed,
+            "disconnected_streams": self.disconnected,
+            "requests": self.requests,
+        }
+
+
+class _Ticket:
+    """One answer in progress. ``close`` is idempotent: whichever of the generator and the response ends first
+    records the outcome."""
+
+    __slots__ = ("answer_id", "closed", "stats")
+
+    def __init__(self, stats: _Stats, answer_id: str) -> None:
+        self.stats, self.answer_id, self.closed = stats, answer_id, False
+        stats.open += 1
+        if answer_id:
+            stats.running_ids.add(answer_id)
+
+    def close(self, outcome: _Outcome) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.stats.open -= 1
+        self.stats.running_ids.discard(self.answer_id)
+        if outcome is _Outcome.COMPLETED:
+            self.stats.completed += 1
+        elif outcome is _Outcome.DISCONNECTED:
+            self.stats.disconnected += 1
+
+
+class _SimStream(StreamingResponse):
+    """Starlette's StreamingResponse (which cancels the body on http.disconnect under ASGI spec < 2.4), plus
+    deterministic close-out: the ticket is always closed, and a _Drop ends the app without completing the
+    response, so uvicorn closes the connection mid-body."""
+
+    def __init__(self, events: AsyncGenerator[bytes, None], ticket: _Ticket, headers: dict[str, str]) -> None:
+        super().__init__(events, headers=headers)
+        self.events, self.ticket = events, ticket
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except _Drop:
+            return
+        finally:
+            await self.events.aclose()
+            self.ticket.close(_Outcome.DISCONNECTED)
+
+
+class _Label:
+    """Pure ASGI middleware: every response says it comes from the simulator."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def labelled(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).append("x-simulator", "routeproxy")
+            await send(message)
+
+        await self.app(scope, receive, labelled)
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _sleep_unless_disconnect(receive: Receive, seconds: float) -> bool:
+    """Sleep; False if the client went away first (the request body must already have been read)."""
+    if seconds <= 0:
+        return True
+    with anyio.move_on_after(seconds):
+        await _until_disconnect(receive)
+        return False
+    return True
+
+
+def _words(messages: Any, count: int) -> tuple[str, ...]:
+    digest = hashlib.blake2b(orjson.dumps(messages, option=orjson.OPT_SORT_KEYS), digest_size=8).digest()
+    words = random.Random(int.from_bytes(digest, "big")).choices(_WORDS, k=count)
+    if words:
+        words[0] = words[0].capitalize()
+        words[-1] += "."
+    return tuple(word if i == 0 else f" {word}" for i, word in enumerate(words))
+
+
+def _prompt_tokens(messages: list[Any]) -> int:
+    size = 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        size += len(content) if isinstance(content, str) else 0
+    return 3 * len(messages) + max(1, size // 4)
+
+
+class _Simulator:
+    def __init__(self, profile: SimProfile) -> None:
+        self.profile = profile
+        self.wire: Wire = WIRES[profile.dialect](profile.model, profile.tokens_per_s)
+        self.stats = _Stats()
+
+    def _record(self, request: Request, body: object) -> None:
+        self.stats.requests += 1
+        self.stats.log.append(
+            {"method": request.method, "path": request.url.path, "headers": dict(request.headers), "body": body}
+        )
+
+    async def _admit(self, request: Request, body: object) -> _Faults | Response:
+        """Record the request, then apply the key and the status and hang faults."""
+        self._record(request, body)
+        key = self.profile.api_key
+        guarded = key is not None and self.wire.guards(request.method, request.url.path)
+        if guarded and not self.wire.authorized(request.headers.get("authorization", ""), key or ""):
+            return self.wire.unauthorized()
+        try:
+            faults = _Faults.from_headers(request.headers)
+        except _BadFault as exc:
+            return PlainTextResponse(f"routeproxy simulator: {exc}", 400)
+        if faults.status is not None:
+            message = f"Simulated {faults.status} (x-sim-status)"
+            return (
+                self.wire.health(faults.status)
+                if request.url.path == "/health"
+                else self.wire.error(faults.status, message)
+            )
+        if faults.hang:
+            ticket = _Ticket(self.stats, "")
+            await _until_disconnect(request.receive)
+            ticket.close(_Outcome.DISCONNECTED)
+            return Response(status_code=499)  # the client is gone; nobody reads this
+        return faults
+
+    async def chat(self, request: Request) -> Response:
+        raw = await request.body()
+        try:
+            recorded: object = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            recorded = None
+        admitted = await self._admit(request, recorded)
+        if isinstance(admitted, Response):
+            return admitted
+        faults = admitted
+        body = self.wire.parse(request.headers.get("content-type", ""), raw)
+        if isinstance(body, Response):
+            return body
+        refusal = self.wire.check(body)
+        if refusal is not None:
+            return refusal
+        answer = self._answer(body, request.headers, faults)
+        if answer.id and answer.id in self.stats.running_ids:
+            return self.wire.error(400, f"Request id {answer.id} already running.")
+        speed = self.profile.speed
+        ttft = faults.ttft_s if faults.ttft_s is not None else self.profile.ttft_s / speed
+        gap = faults.token_s if faults.token_s is not None else 1 / (self.profile.tokens_per_s * speed)
+        ticket = _Ticket(self.stats, answer.id)
+        if body.get("stream") is True:
+            problem = self.wire.in_stream_error(body)
+            plan = self._rejected_plan(problem) if problem else self._plan(answer, ttft, gap, faults)
+            events = self._paced(plan, ticket)
+            return _SimStream(events, ticket, self.wire.stream_headers())
+        return await self._complete(request, answer, ticket, ttft, gap, faults)
+
+    def _answer(self, body: Json, headers: Headers, faults: _Faults) -> Answer:
+        messages = body.get("messages") or []
+        natural = faults.tokens if faults.tokens is not None else self.profile.answer_tokens
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        count = natural if limit is None else min(natural, limit)
+        return Answer(
+            id=self.wire.answer_id(headers.get("x-request-id")),
+            model=self.wire.response_model(body),
+            created=int(time.time()),
+            tokens=_words(messages, natural)[:count],
+            finish_reason="length" if count < natural else "stop",
+            prompt_tokens=_prompt_tokens(messages),
+            include_usage=self.wire.include_usage(body),
+        )
+
+    async def _complete(
+        self, request: Request, answer: Answer, ticket: _Ticket, ttft: float, gap: float, faults: _Faults
+    ) -> Response:
+        delay = ttft + max(0, len(answer.tokens) - (answer.finish_reason == "length")) * gap
+        if not await _sleep_unless_disconnect(request.receive, delay):
+            ticket.close(_Outcome.DISCONNECTED)
+            return Response(status_code=499)  # the client is gone; nobody reads this
+        payload = orjson.dumps(self.wire.completion(answer))
+        headers = {"content-type": "application/json", **self.wire.completion_headers(answer)}
+        if faults.die_after is not None:
+            headers["content-length"] = str(len(payload))
+            return _SimStream(self._truncated(payload[: len(payload) // 2], ticket), ticket, headers)
+        ticket.close(_Outcome.COMPLETED)
+        return Response(payload, headers=headers)
+
+    @staticmethod
+    async def _truncated(head: bytes, ticket: _Ticket) -> AsyncGenerator[bytes, None]:
+        yield head
+        ticket.close(_Outcome.DROPPED)
+        raise _Drop
+
+    def _rejected_plan(self, problem: str) -> Iterator[tuple[float, bytes | None]]:
+        yield 0.0, self.wire.event(self.wire.stream_error(problem))
+        yield 0.0, self.wire.done
+
+    def _plan(self, answer: Answer, ttft: float, gap: float, faults: _Faults) -> Iterator[tuple[float, bytes | None]]:
+        """(offset in seconds, event bytes) in order; None means drop the connection there."""
+        wire, tokens = self.wire, answer.tokens
+        count = len(tokens)
+        error_at = None if faults.error_after is None else min(faults.error_after, count)
+        die_at = None if faults.die_after is None else min(faults.die_after, count)
+        for position in range(count + 1):
+            at = ttft + position * gap
+            if position == die_at:
+                yield at, None
+                return
+            if position == error_at:
+                message = f"Simulated engine error after {position} tokens (x-sim-error-after)"
+                yield at, wire.event(wire.stream_error(message))
+                yield at, wire.done
+                return
+            if position == 0:
+                for chunk in wire.opening(answer):
+                    yield at, wire.event(chunk)
+            if position < count:
+                last = position == count - 1 and answer.finish_reason == "length"
+                yield at, wire.event(wire.token_chunk(answer, tokens[position], "length" if last else None))
+                continue
+            if answer.finish_reason == "stop":
+                yield at, wire.event(wire.stop_chunk(answer))
+            if answer.include_usage:
+                yield at, wire.event(wire.usage_chunk(answer))
+            yield at, wire.done
+
+    async def _paced(self, plan: Iterator[tuple[float, bytes | None]], ticket: _Ticket) -> AsyncGenerator[bytes, None]:
+        loop = asyncio.get_running_loop()
+        keepalive = self.profile.keepalive_s
+        start = last = loop.time()
+        outcome = _Outcome.DISCONNECTED
+        try:
+            for offset, data in plan:
+                due = start + offset
+                while keepalive is not None and due - last > keepalive:
+                    last += keepalive
+                    await asyncio.sleep(max(0.0, last - loop.time()))
+                    yield b":\n\n"
+                delay = due - loop.time()
+                if delay > _MIN_SLEEP_S:
+                    await asyncio.sleep(delay)
+                if data is None:
+                    outcome = _Outcome.DROPPED
+                    raise _Drop
+                yield data
+                last = loop.time()
+            outcome = _Outcome.COMPLETED
+        finally:
+            ticket.close(outcome)
+
+    async def models(self, request: Request) -> Response:
+        admitted = await self._admit(request, None)
+        return admitted if isinstance(admitted, Response) else json_response(200, self.wire.models())
+
+    async def health(self, request: Request) -> Response:
+        admitted = await self._admit(request, None)
+        return admitted if isinstance(admitted, Response) else self.wire.health(200)
+
+    async def recorded(self, request: Request) -> Response:
+        if request.method == "DELETE":
+            self.stats.log.clear()
+            return Response(status_code=204)
+        return json_response(200, list(self.stats.log))
+
+    async def stats_view(self, request: Request) -> Response:
+        return json_response(200, self.stats.as_json())
+
+
+def create_simulator_app(profile: SimProfile) -> Starlette:
+    """A Starlette app that plays one upstream; serve it with uvicorn or ``ThreadedServer``."""
+    sim = _Simulator(profile)
+    routes = [
+        Route("/v1/chat/completions", sim.chat, methods=["POST"]),
+        Route("/v1/models", sim.models, methods=["GET"]),
+        Route("/health", sim.health, methods=["GET"]),
+        Route("/_sim/requests", sim.recorded, methods=["GET", "DELETE"]),
+        Route("/_sim/stats", sim.stats_view, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, middleware=[Middleware(_Label)])

@@ -1,0 +1,227 @@
+"""Several real proxy processes sharing one real Redis: one A/B view, exact totals, runtime control."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from support.processes import Served, serve
+from support.redis_server import RedisServer
+from support.upstreams import ProxyFactory
+from test_counters import SEED_KEYS
+
+from routeproxy.config import Tier
+from routeproxy.sim.threadserver import ThreadedServer
+
+PROMPTS = [
+    "Compare Ross 308 vs Cobb 500 at 21 and 28 days",  # complex
+    "Write a haiku about rain",  # simple
+    "How should a farm plan its feeding schedule?",  # medium
+    "What is the capital of France?",  # simple
+    "How can a small team improve its weekly planning?",  # medium
+    "Is Python better than Go for web servers?",  # complex
+]
+
+
+def start_replicas(count: int, redis_url: str, served: list[Served], **env: str) -> list[Served]:
+    replicas = [
+        serve(
+            "--simulate",
+            "--speed",
+            "1000",
+            env={"REDIS_URL": redis_url, "ENABLE_MODEL_ROUTING": "true", "ROUTEPROXY_REDIS_NAMESPACE": "rp", **env},
+        )
+        for _ in range(count)
+    ]
+    served.extend(replicas)
+    return replicas
+
+
+def send(url: str, prompt: str, client: httpx.Client) -> httpx.Response:
+    return client.post(
+        f"{url}/v1/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": prompt}]}
+    )
+
+
+def stats(url: str) -> dict[str, Any]:
+    result: dict[str, Any] = httpx.get(f"{url}/v1/model-routing/stats", timeout=10).json()
+    return result
+
+
+def settled_stats(replicas: list[Served], total: int, within: float = 5.0) -> list[dict[str, Any]]:
+    """Each replica's stats once every replica has flushed (they flush every 0.5 s), or as they stand at the end."""
+    deadline = time.monotonic() + within
+    while True:
+        reports = [stats(replica.url) for replica in replicas]
+        done = all(report["total_requests"] == total and not report["stale"] for report in reports)
+        if done or time.monotonic() > deadline:
+            return reports
+        time.sleep(0.1)
+
+
+def test_three_replicas_report_the_same_exact_totals(redis_server: RedisServer, served: list[Served]) -> None:
+    replicas = start_replicas(3, redis_server.url, served)
+    sent: Counter[tuple[str, str]] = Counter()
+    with httpx.Client(timeout=10) as client:
+        for index in range(60):
+            response = send(replicas[index % 3].url, PROMPTS[index % len(PROMPTS)], client)
+            assert response.status_code == 200
+            sent[response.headers["x-routeproxy-tier"], response.headers["x-routeproxy-complexity"]] += 1
+    by_tier = Counter({"small": 0, "large": 0})
+    by_complexity: Counter[str] = Counter()
+    for (tier, complexity), count in sent.items():
+        by_tier[tier] += count
+        by_complexity[complexity] += count
+    assert set(by_complexity) == {"simple", "medium", "complex"}
+
+    reports = settled_stats(replicas, 60)
+    for report in reports:
+        assert report["stale"] is False
+        assert report["store"] == "redis"
+        assert report["total_requests"] == 60
+        assert report["model_distribution"]["3b"]["count"] == by_tier["small"]
+        assert report["model_distribution"]["8b"]["count"] == by_tier["large"]
+        for complexity, count in by_complexity.items():
+            assert report["complexity_distribution"][complexity]["count"] == count
+        assert len(report["replicas"]) == 3
+    assert reports[0]["model_distribution"] == reports[1]["model_distribution"] == reports[2]["model_distribution"]
+    assert list(reports[0])[: len(SEED_KEYS)] == SEED_KEYS
+
+    # redis-cli reads the same numbers a person would: the documented hash, field by field.
+    period = redis_server.cli("GET", "{rp}:period").strip() or "0"
+    lines = redis_server.cli("HGETALL", f"{{rp}}:stats:{period}").split()
+    fields = dict(zip(lines[::2], lines[1::2], strict=True))
+    assert int(fields["requests:3b"]) == by_tier["small"]
+    assert int(fields["requests:8b"]) == by_tier["large"]
+
+
+def test_a_ratio_change_through_one_replica_reaches_the_others(redis_server: RedisServer, served: list[Served]) -> None:
+    first, second = start_replicas(2, redis_server.url, served)
+    medium = "How should a farm plan its feeding schedule?"
+    with httpx.Client(timeout=10) as client:
+        assert send(second.url, medium, client).headers["x-routeproxy-complexity"] == "medium"
+        changed = client.put(f"{first.url}/v1/model-routing/config", json={"ab_test_ratio": 1.0})
+        assert changed.status_code == 200
+        assert changed.json()["ab_test_ratio"] == 1.0
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            if client.get(f"{second.url}/v1/model-routing/config").json()["ab_test_ratio"] == 1.0:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the second replica did not apply the new ratio within 3 s")
+        # Every MEDIUM query now goes to the small tier on the other replica.
+        assert send(second.url, medium, client).headers["x-routeproxy-tier"] == "small"
+        assert stats(second.url)["ab_test_ratio"] == 1.0
+
+        # The value lives in Redis: a replica started afterwards applies it from the start.
+        (third,) = start_replicas(1, redis_server.url, served)
+        assert client.get(f"{third.url}/v1/model-routing/config").json()["ab_test_ratio"] == 1.0
+
+        bad = client.put(f"{first.url}/v1/model-routing/config", json={"ab_test_ratio": 2})
+        assert bad.status_code == 400
+        assert bad.json()["error"]["param"] == "ab_test_ratio"
+
+
+def test_reset_starts_a_fresh_period_for_every_replica(redis_server: RedisServer, served: list[Served]) -> None:
+    first, second = start_replicas(2, redis_server.url, served)
+    with httpx.Client(timeout=10) as client:
+        for index in range(6):
+            send((first, second)[index % 2].url, PROMPTS[index], client)
+        assert [report["total_requests"] for report in settled_stats([first, second], 6)] == [6, 6]
+        assert client.post(f"{first.url}/v1/model-routing/reset").status_code == 200
+        assert stats(first.url)["total_requests"] == 0
+        assert stats(second.url)["total_requests"] == 0
+        send(second.url, PROMPTS[0], client)
+        assert [report["total_requests"] for report in settled_stats([first, second], 1)] == [1, 1]
+
+
+def test_redis_paused_mid_load_fails_or_stalls_no_request_and_totals_stay_exact(
+    redis_server: RedisServer, served: list[Served]
+) -> None:
+    replicas = start_replicas(2, redis_server.url, served)
+    latencies: list[float] = []
+
+    def one(index: int) -> int:
+        started = time.monotonic()
+        with httpx.Client(timeout=10) as client:
+            status = send(replicas[index % 2].url, PROMPTS[index % len(PROMPTS)], client).status_code
+        latencies.append(time.monotonic() - started)
+        return status
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        first = list(pool.map(one, range(40)))
+        redis_server.pause()
+        try:
+            during = list(pool.map(one, range(40, 120)))
+            # Stats still answer, from each replica's own numbers, and say so.
+            assert stats(replicas[0].url)["stale"] is True
+        finally:
+            redis_server.resume()
+        after = list(pool.map(one, range(120, 140)))
+    assert set(first + during + after) == {200}
+    assert max(latencies) < 1.0  # nothing waited on the paused Redis
+    assert [report["total_requests"] for report in settled_stats(replicas, 140)] == [140, 140]
+
+
+@pytest.mark.parametrize(
+    ("client_host", "allowed"),
+    [("127.0.0.1", True), ("127.8.9.1", True), ("::1", True), ("10.1.2.3", False), ("192.168.0.7", False), ("", False)],
+)
+def test_admin_endpoints_without_a_token_answer_loopback_clients_only(client_host: str, allowed: bool) -> None:
+    from routeproxy.auth import is_loopback
+
+    assert is_loopback(client_host) is allowed
+
+
+def test_stats_command_reads_the_shared_redis(redis_server: RedisServer, served: list[Served]) -> None:
+    (replica,) = start_replicas(1, redis_server.url, served)
+    with httpx.Client(timeout=10) as client:
+        for prompt in PROMPTS:
+            send(replica.url, prompt, client)
+    endpoint = settled_stats([replica], len(PROMPTS))[0]
+    environ = {"ROUTEPROXY_REDIS_NAMESPACE": "rp", "PATH": os.environ["PATH"]}
+    as_json = subprocess.run(
+        [sys.executable, "-m", "routeproxy", "stats", "--redis-url", redis_server.url, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environ,
+        check=True,
+    )
+    from_cli = orjson.loads(as_json.stdout)
+    assert from_cli["total_requests"] == endpoint["total_requests"] == len(PROMPTS)
+    assert from_cli["model_distribution"] == endpoint["model_distribution"]
+    assert from_cli["store"] == "redis"
+    table = subprocess.run(
+        [sys.executable, "-m", "routeproxy", "stats", "--redis-url", redis_server.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environ,
+        check=True,
+    ).stdout
+    assert "3b" in table and "8b" in table and str(len(PROMPTS)) in table
+
+
+def test_a_proxy_counts_into_redis_cluster(
+    cluster_redis_server: RedisServer, simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFactory
+) -> None:
+    proxy = start_proxy(
+        {tier: f"{server.url}/v1" for tier, server in simulators.items()},
+        **{"counters.redis_url": cluster_redis_server.url, "routing.enabled": True},
+    )
+    with httpx.Client(timeout=10) as client:
+        for prompt in PROMPTS:
+            assert send(proxy.url, prompt, client).status_code == 200
+    report = stats(proxy.url)
+    assert report["store"] == "redis" and report["stale"] is False
+    assert report["total_requests"] == len(PROMPTS)

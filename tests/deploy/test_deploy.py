@@ -1,0 +1,441 @@
+"""Static checks of deploy/: the Kubernetes manifests, the Dockerfile and the Grafana dashboard.
+
+The manifests are validated offline against the Kubernetes API schemas that kubernetes-validate ships; the
+kustomizations are rendered with kubectl's built-in kustomize when kubectl is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from routeproxy.cli import build_parser
+from routeproxy.config import SETTINGS, Tier, UpstreamKind, load_settings
+from routeproxy.metrics import Metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+KUBERNETES_VERSION = "1.30"
+CONFIG_FILE = K8S / "base" / "routeproxy.yaml"  # routeproxy's config, turned into a ConfigMap by kustomize
+SECRET_EXAMPLE = K8S / "base" / "secret.example.yaml"
+LAYOUTS = sorted(path.parent.name for path in K8S.glob("*/kustomization.yaml"))
+REDIS_URL = "redis://routeproxy-redis:6379/0"
+SECRET_NAME = "routeproxy-secrets"
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+
+
+def manifest_files() -> list[Path]:
+    return sorted(path for path in K8S.rglob("*.yaml") if path.name != "kustomization.yaml" and path != CONFIG_FILE)
+
+
+@cache
+def documents(path: Path) -> tuple[dict[str, Any], ...]:
+    with path.open(encoding="utf-8") as stream:
+        return tuple(doc for doc in yaml.safe_load_all(stream) if doc is not None)
+
+
+def all_objects() -> Iterator[dict[str, Any]]:
+    for path in manifest_files():
+        yield from documents(path)
+
+
+def objects_of(kind: str, layout: str | None = None) -> list[dict[str, Any]]:
+    paths = manifest_files() if layout is None else sorted((K8S / layout).glob("*.yaml"))
+    return [
+        obj
+        for path in paths
+        if path.name != "kustomization.yaml" and path != CONFIG_FILE
+        for obj in documents(path)
+        if obj["kind"] == kind
+    ]
+
+
+def one(kind: str, layout: str | None = None) -> dict[str, Any]:
+    found = objects_of(kind, layout)
+    assert len(found) == 1, f"expected one {kind} in {layout or 'deploy/k8s'}, found {len(found)}"
+    return found[0]
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = workload["spec"]["template"]["spec"]
+    return spec
+
+
+def all_containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def workloads() -> list[dict[str, Any]]:
+    return [obj for obj in all_objects() if obj["kind"] in WORKLOAD_KINDS]
+
+
+def routeproxy_containers() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(workload, container) for every container that runs the routeproxy image."""
+    return [
+        (workload, container)
+        for workload in workloads()
+        for container in all_containers(pod_spec(workload))
+        if container["image"].split(":")[0] == "routeproxy"
+    ]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {entry["name"]: entry.get("value", entry.get("valueFrom")) for entry in container.get("env", [])}
+
+
+def port_number(container: dict[str, Any], port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    return next(int(entry["containerPort"]) for entry in container["ports"] if entry.get("name") == port)
+
+
+@cache
+def rendered(layout: str) -> tuple[dict[str, Any], ...]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: cannot render the kustomizations (kubectl kustomize)")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(K8S / layout)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, f"kubectl kustomize {layout} failed:\n{result.stderr}"
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc is not None)
+
+
+# -- the manifests ------------------------------------------------------------------------------------
+
+
+def test_the_three_layouts_exist() -> None:
+    assert {"base", "sidecar", "shared-tier"} <= set(LAYOUTS)
+
+
+@pytest.mark.parametrize("path", manifest_files(), ids=lambda path: str(path.relative_to(K8S)))
+def test_manifest_is_a_valid_kubernetes_object(path: Path) -> None:
+    objects = documents(path)
+    assert objects, f"{path} holds no object"
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_kustomization_renders_valid_objects(layout: str) -> None:
+    objects = rendered(layout)
+    assert objects
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("layout", ["sidecar", "shared-tier"])
+def test_kustomization_includes_redis_and_the_config(layout: str) -> None:
+    kinds = {(obj["kind"], obj["metadata"]["name"]) for obj in rendered(layout)}
+    assert ("StatefulSet", "routeproxy-redis") in kinds
+    assert ("Service", "routeproxy-redis") in kinds
+    config_maps = [obj for obj in rendered(layout) if obj["kind"] == "ConfigMap"]
+    assert [obj["data"]["routeproxy.yaml"] for obj in config_maps] == [CONFIG_FILE.read_text(encoding="utf-8")]
+    # The secret is created once, by hand, so `kubectl apply -k` never overwrites real keys with placeholders.
+    assert "Secret" not in {kind for kind, _ in kinds}
+
+
+def test_every_routeproxy_container_mounts_the_config_where_the_image_reads_it() -> None:
+    config_path = Path(dockerfile_cmd()[dockerfile_cmd().index("--config") + 1])
+    for workload, container in routeproxy_containers():
+        volumes = {volume["name"]: volume for volume in pod_spec(workload)["volumes"]}
+        mounts = [mount for mount in container["volumeMounts"] if mount["mountPath"] == str(config_path.parent)]
+        assert len(mounts) == 1, f"{workload['metadata']['name']}: nothing mounted at {config_path.parent}"
+        assert volumes[mounts[0]["name"]]["configMap"]["name"] == "routeproxy-config"
+
+
+def test_probes_use_healthz_for_liveness_and_readyz_for_readiness() -> None:
+    assert routeproxy_containers()
+    for workload, container in routeproxy_containers():
+        name = workload["metadata"]["name"]
+        liveness, readiness = container["livenessProbe"]["httpGet"], container["readinessProbe"]["httpGet"]
+        assert liveness["path"] == "/healthz", name
+        assert readiness["path"] == "/readyz", name
+        assert port_number(container, liveness["port"]) == port_number(container, readiness["port"]) == 8001
+        if "startupProbe" in container:
+            assert container["startupProbe"]["httpGet"]["path"] in ("/healthz", "/readyz")
+
+
+def test_termination_grace_outlasts_the_drain() -> None:
+    drain_s = load_settings(CONFIG_FILE, environ={}).server.drain_seconds
+    for workload, container in routeproxy_containers():
+        pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+        pre_stop_s = int(pre_stop[1]) if pre_stop[:1] == ["sleep"] else 0
+        grace = pod_spec(workload)["terminationGracePeriodSeconds"]
+        assert grace > drain_s + pre_stop_s, f"{workload['metadata']['name']}: {grace} s"
+
+
+@pytest.mark.parametrize("workload", workloads(), ids=lambda workload: workload["metadata"]["name"])
+def test_containers_run_as_non_root_with_resource_limits(workload: dict[str, Any]) -> None:
+    spec = pod_spec(workload)
+    pod_security = spec.get("securityContext", {})
+    for container in all_containers(spec):
+        security = {**pod_security, **container.get("securityContext", {})}
+        assert security.get("runAsNonRoot") is True, container["name"]
+        assert security.get("runAsUser", 1) != 0, container["name"]
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False, container["name"]
+        assert container["securityContext"]["capabilities"]["drop"] == ["ALL"], container["name"]
+        resources = container["resources"]
+        assert {"cpu", "memory"} <= set(resources["limits"]), container["name"]
+        assert {"cpu", "memory"} <= set(resources["requests"]), container["name"]
+
+
+def test_routeproxy_gets_redis_and_its_secrets() -> None:
+    secret_keys = set(one("Secret")["stringData"])
+    for workload, container in routeproxy_containers():
+        env = env_of(container)
+        assert env["REDIS_URL"] == REDIS_URL
+        for name in ("HF_TOKEN", "ROUTEPROXY_ADMIN_TOKEN", "ROUTEPROXY_API_KEYS"):
+            reference = env[name]["secretKeyRef"]
+            assert reference["name"] == SECRET_NAME, (workload["metadata"]["name"], name)
+            assert reference["key"] in secret_keys
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        redis_policy = one("NetworkPolicy")["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+        assert redis_policy.items() <= labels.items(), "the routeproxy pods must pass Redis' NetworkPolicy"
+
+
+def test_secret_example_only_holds_placeholders_and_says_to_replace_them() -> None:
+    secret = one("Secret")
+    assert secret["metadata"]["name"] == SECRET_NAME
+    assert all("REPLACE_ME" in value for value in secret["stringData"].values())
+    assert "REPLACE" in SECRET_EXAMPLE.read_text(encoding="utf-8").splitlines()[0]
+
+
+def test_sidecar_app_talks_to_routeproxy_on_loopback() -> None:
+    deployment = one("Deployment", "sidecar")
+    spec = pod_spec(deployment)
+    sidecars = [container for container in spec["initContainers"] if container["name"] == "routeproxy"]
+    assert len(sidecars) == 1
+    # A native sidecar: started before the app, stopped after it.
+    assert sidecars[0]["restartPolicy"] == "Always"
+    (app,) = spec["containers"]
+    env = env_of(app)
+    assert env["OPENAI_BASE_URL"] == "http://127.0.0.1:8001/v1"
+    assert env["OPENAI_API_KEY"]["secretKeyRef"]["name"] == SECRET_NAME
+    assert env["OPENAI_API_KEY"]["secretKeyRef"]["key"] in one("Secret")["stringData"]
+
+
+def test_shared_tier_is_served_scaled_and_protected_from_disruption() -> None:
+    deployment = one("Deployment", "shared-tier")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert "replicas" not in deployment["spec"], "the HorizontalPodAutoscaler owns the replica count"
+    service = one("Service", "shared-tier")
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"][0]["port"] == 8001
+
+    hpa = one("HorizontalPodAutoscaler", "shared-tier")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "routeproxy"}
+    assert hpa["spec"]["minReplicas"] >= 2
+    assert [metric["resource"]["name"] for metric in hpa["spec"]["metrics"]] == ["cpu"]
+
+    pdb = one("PodDisruptionBudget", "shared-tier")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def test_redis_persists_its_counts() -> None:
+    statefulset = one("StatefulSet")
+    (redis,) = pod_spec(statefulset)["containers"]
+    args = redis["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    data_dir = args[args.index("--dir") + 1]
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    assert {"name": claim["metadata"]["name"], "mountPath": data_dir} in redis["volumeMounts"]
+
+    services = {service["metadata"]["name"]: service for service in objects_of("Service", "base")}
+    redis_service = services["routeproxy-redis"]
+    assert redis_service["spec"]["ports"][0]["port"] == 6379
+    assert redis_service["spec"]["selector"].items() <= statefulset["spec"]["template"]["metadata"]["labels"].items()
+    assert statefulset["spec"]["serviceName"] in services
+
+
+# -- the routeproxy config in the ConfigMap -------------------------------------------------------------
+
+
+def test_configmap_is_generated_from_the_config_file() -> None:
+    kustomization = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text(encoding="utf-8"))
+    (generator,) = kustomization["configMapGenerator"]
+    assert generator["name"] == "routeproxy-config"
+    assert generator["files"] == [CONFIG_FILE.name]
+
+
+def test_configmap_config_passes_check_config(tmp_path: Path) -> None:
+    config = tmp_path / "routeproxy.yaml"
+    config.write_text(CONFIG_FILE.read_text(encoding="utf-8"), encoding="utf-8")
+    ours = {setting.env for setting in SETTINGS} | {"ROUTEPROXY_CONFIG", "HF_TOKEN"}
+    environ = {name: value for name, value in os.environ.items() if name not in ours}
+    result = subprocess.run(
+        [sys.executable, "-m", "routeproxy", "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "config OK" in result.stdout
+
+
+def test_configmap_config_routes_with_the_first_week_ratio_on_the_hf_router() -> None:
+    settings = load_settings(CONFIG_FILE, environ={"HF_TOKEN": "hf_test"})
+    assert settings.routing.enabled is True
+    assert settings.routing.ab_test_ratio == 0.1
+    assert settings.server.port == 8001
+    assert settings.server.workers == 1
+    assert settings.counters.redis_url is None  # REDIS_URL comes from the pod's environment
+    for tier in Tier:
+        config = settings.tiers[tier]
+        assert config.kind is UpstreamKind.HF
+        assert config.base_url == "https://router.huggingface.co/v1"
+        assert (config.api_key_env, config.api_key) == ("HF_TOKEN", "hf_test")
+
+
+# -- the Dockerfile -------------------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
+    logical: list[str] = []
+    pending = ""
+    for line in text.splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.lstrip().startswith("#"):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    assert not pending, "the Dockerfile ends inside a continued line"
+    instructions = []
+    for line in logical:
+        keyword, _, arguments = line.strip().partition(" ")
+        instructions.append((keyword.upper(), arguments.strip()))
+    return instructions
+
+
+def final_stage() -> list[tuple[str, str]]:
+    instructions = dockerfile_instructions()
+    last_from = max(index for index, (keyword, _) in enumerate(instructions) if keyword == "FROM")
+    return instructions[last_from:]
+
+
+def exec_form(keyword: str) -> list[str]:
+    (arguments,) = [arguments for name, arguments in final_stage() if name == keyword]
+    value = json.loads(arguments)
+    assert isinstance(value, list)
+    return [str(item) for item in value]
+
+
+def dockerfile_cmd() -> list[str]:
+    return exec_form("CMD")
+
+
+def test_dockerfile_is_multi_stage_on_slim_python() -> None:
+    stages = [arguments.split() for keyword, arguments in dockerfile_instructions() if keyword == "FROM"]
+    assert len(stages) >= 2
+    assert all(stage[0] == "python:3.11-slim" for stage in stages)
+    assert stages[0][1:] == ["AS", "builder"] or stages[0][1:] == ["as", "builder"]
+    final = " ".join(arguments for _, arguments in final_stage())
+    assert "from=builder" in final, "the final stage installs what the builder stage built"
+    assert not re.search(r"\b(apt-get|apt|gcc|build-essential)\b", final), "no build tools in the final image"
+
+
+def test_dockerfile_runs_as_a_non_root_user() -> None:
+    users = [arguments for keyword, arguments in final_stage() if keyword == "USER"]
+    assert users
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0")
+    # Numeric, so Kubernetes' runAsNonRoot can check it; and the same uid the manifests ask for.
+    assert user.isdigit()
+    for _, container in routeproxy_containers():
+        assert container["securityContext"]["runAsUser"] == int(user)
+
+
+def test_dockerfile_entrypoint_is_the_console_script_and_cmd_parses() -> None:
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
+    entrypoint = exec_form("ENTRYPOINT")
+    assert entrypoint == ["routeproxy"]
+    assert entrypoint[0] in scripts
+    cmd = dockerfile_cmd()
+    assert cmd == ["serve", "--host", "0.0.0.0", "--config", "/etc/routeproxy/routeproxy.yaml"]
+    args = build_parser().parse_args(cmd)
+    assert (args.command, args.host, args.config) == ("serve", "0.0.0.0", "/etc/routeproxy/routeproxy.yaml")
+    assert [arguments for keyword, arguments in final_stage() if keyword == "EXPOSE"] == ["8001"]
+
+
+def copy_sources() -> list[str]:
+    sources = []
+    for keyword, arguments in dockerfile_instructions():
+        if keyword not in ("COPY", "ADD"):
+            continue
+        words = [word for word in shlex.split(arguments) if not word.startswith("--")]
+        if any(word.startswith("--from") for word in shlex.split(arguments)):
+            continue  # from another stage, not from the repository
+        sources.extend(words[:-1])
+    return sources
+
+
+def test_every_copy_source_exists_and_is_not_docker_ignored() -> None:
+    sources = copy_sources()
+    assert sources
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text(encoding="utf-8").splitlines()
+    included = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    for source in sources:
+        assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
+        assert source.split("/")[0] in included, f"COPY {source}: excluded by Dockerfile.dockerignore"
+
+
+# -- the Grafana dashboard ------------------------------------------------------------------------------
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads((DEPLOY / "grafana" / "routeproxy-dashboard.json").read_text(encoding="utf-8"))
+    return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+
+
+def exposed_sample_names() -> set[str]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body, _ = Metrics().render()
+    return {sample.name for family in text_string_to_metric_families(body.decode()) for sample in family.samples}
+
+
+def test_dashboard_queries_only_series_that_metrics_exposes() -> None:
+    queries = dashboard_queries()
+    assert queries
+    exposed = exposed_sample_names()
+    queried = {name for query in queries for name in re.findall(r"\brouteproxy_[a-z0-9_]+", query)}
+    assert queried <= exposed, f"not exposed by routeproxy.metrics: {sorted(queried - exposed)}"
+
+
+def test_dashboard_covers_the_ab_metrics() -> None:
+    queries = "\n".join(dashboard_queries())
+    for needle in (
+        'routeproxy_requests_total{tier="3b"}',
+        "histogram_quantile(0.95, sum by (tier, le) (rate(routeproxy_upstream_latency_seconds_bucket",
+        "histogram_quantile(0.99, sum by (tier, le) (rate(routeproxy_upstream_latency_seconds_bucket",
+        "routeproxy_upstream_errors_total",
+        "routeproxy_ab_test_ratio",
+        "routeproxy_fallbacks_total",
+        "routeproxy_inflight_requests",
+    ):
+        assert needle in queries

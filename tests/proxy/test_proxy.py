@@ -1,0 +1,410 @@
+"""The proxy end to end: real uvicorn servers on loopback, the real openai SDK and raw httpx as clients."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from support.ports import free_port
+from support.upstreams import LARGE_MODEL, SMALL_MODEL, ProxyFactory, fast_profile
+
+from routeproxy.config import Tier
+from routeproxy.sim.simulator import Dialect, create_simulator_app
+from routeproxy.sim.threadserver import ThreadedServer
+
+MESSAGES = [{"role": "user", "content": "How do I improve feed conversion in broilers?"}]
+
+
+def sim_requests(server: ThreadedServer) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = httpx.get(f"{server.url}/_sim/requests").json()
+    return records
+
+
+def sim_stats(server: ThreadedServer) -> dict[str, int]:
+    stats: dict[str, int] = httpx.get(f"{server.url}/_sim/stats").json()
+    return stats
+
+
+def test_sync_sdk_non_streaming_goes_to_large_tier_when_routing_disabled(
+    proxy: ThreadedServer, simulators: dict[Tier, ThreadedServer]
+) -> None:
+    with openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="anything") as client:
+        raw = client.chat.completions.with_raw_response.create(model="auto", messages=MESSAGES)
+        completion = raw.parse()
+    assert completion.choices[0].message.content
+    assert completion.model == LARGE_MODEL
+    assert raw.headers["x-routeproxy-tier"] == "large"
+    assert raw.headers["x-routeproxy-model"] == LARGE_MODEL
+    assert raw.headers["x-routeproxy-reason"] == "routing_disabled"
+    assert float(raw.headers["x-routeproxy-overhead-ms"]) >= 0
+    received = sim_requests(simulators[Tier.LARGE])[-1]
+    assert received["body"]["model"] == LARGE_MODEL
+    assert received["body"]["messages"] == MESSAGES
+    assert sim_requests(simulators[Tier.SMALL]) == []
+
+
+def test_sync_sdk_streaming_matches_non_streaming_text(proxy: ThreadedServer) -> None:
+    with openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="anything") as client:
+        whole = client.chat.completions.create(model="auto", messages=MESSAGES).choices[0].message.content
+        stream = client.chat.completions.create(model="auto", messages=MESSAGES, stream=True)
+        pieces = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
+    assert len([piece for piece in pieces if piece]) >= 8  # token by token, not one blob
+    assert "".join(pieces) == whole
+
+
+async def test_async_sdk_streaming_and_non_streaming(proxy: ThreadedServer) -> None:
+    async with openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="anything") as client:
+        whole = await client.chat.completions.create(model="auto", messages=MESSAGES)
+        stream = await client.chat.completions.create(
+            model="auto", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+        pieces = []
+        usage = None
+        async for chunk in stream:
+            if chunk.choices:
+                pieces.append(chunk.choices[0].delta.content or "")
+            if chunk.usage:
+                usage = chunk.usage
+    assert "".join(pieces) == whole.choices[0].message.content
+    assert usage is not None and usage.completion_tokens == 8
+
+
+def test_pinned_model_is_not_routed(proxy: ThreadedServer, simulators: dict[Tier, ThreadedServer]) -> None:
+    with openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="x") as client:
+        raw = client.chat.completions.with_raw_response.create(model=SMALL_MODEL, messages=MESSAGES)
+    assert raw.headers["x-routeproxy-tier"] == "small"
+    assert raw.headers["x-routeproxy-reason"] == "pinned"
+    assert sim_requests(simulators[Tier.SMALL])[-1]["body"]["model"] == SMALL_MODEL
+
+
+def test_base_url_without_v1_works(proxy: ThreadedServer) -> None:
+    with openai.OpenAI(base_url=proxy.url, api_key="x") as client:
+        completion = client.chat.completions.create(model="auto", messages=MESSAGES)
+    assert completion.choices[0].message.content
+
+
+def test_models_lists_auto_and_both_tiers(proxy: ThreadedServer) -> None:
+    with openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="x") as client:
+        ids = [model.id for model in client.models.list()]
+    assert ids == ["auto", SMALL_MODEL, LARGE_MODEL]
+
+
+def test_unknown_model_is_404_in_openai_envelope(proxy: ThreadedServer) -> None:
+    with (
+        openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="x", max_retries=0) as client,
+        pytest.raises(openai.NotFoundError) as caught,
+    ):
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert caught.value.code == "model_not_found"
+    assert caught.value.param == "model"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "fragment"),
+    [
+        (b"{not json", "application/json", 400, "not valid JSON"),
+        (b"[1, 2]", "application/json", 400, "must be a JSON object"),
+        (b'{"model": "auto"}', "application/json", 400, "'messages' is required"),
+        (b'{"model": "auto", "messages": []}', "application/json", 400, "must not be empty"),
+        (b'{"model": "auto", "messages": ["hi"]}', "application/json", 400, "messages[0]"),
+        (
+            b'{"model": "auto", "messages": [{"role": "user", "content": 5}]}',
+            "application/json",
+            400,
+            "content",
+        ),
+        (b'{"model": 5, "messages": [{"role": "user", "content": "x"}]}', "application/json", 400, "'model'"),
+        (b"\xff\xfe{}", "application/json", 400, "not valid JSON"),
+        (b'{"messages": [{"role": "user", "content": "x"}]}', "text/plain", 415, "application/json"),
+    ],
+)
+def test_bad_requests_get_openai_envelope(
+    proxy: ThreadedServer, body: bytes, content_type: str, status: int, fragment: str
+) -> None:
+    response = httpx.post(f"{proxy.url}/v1/chat/completions", content=body, headers={"content-type": content_type})
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert fragment in error["message"]
+    assert response.headers["x-request-id"]
+
+
+def test_upstream_error_status_and_body_pass_through(proxy: ThreadedServer) -> None:
+    direct = httpx.post(
+        f"{proxy.url}/v1/chat/completions",
+        json={"model": "auto", "messages": MESSAGES},
+        headers={"x-sim-status": "503"},
+    )
+    assert direct.status_code == 503
+    assert "error" in direct.json()
+    assert direct.headers["x-routeproxy-tier"] == "large"
+
+
+def test_unreachable_upstream_is_502_envelope_quickly(start_proxy: ProxyFactory) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    proxy = start_proxy({Tier.SMALL: dead, Tier.LARGE: dead})
+    started = time.monotonic()
+    response = httpx.post(f"{proxy.url}/v1/chat/completions", json={"model": "auto", "messages": MESSAGES})
+    assert time.monotonic() - started < 2
+    assert response.status_code == 502
+    assert response.json()["error"]["type"] == "upstream_error"
+
+
+def test_upstream_first_byte_timeout_is_504(simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFactory) -> None:
+    proxy = start_proxy(
+        {tier: f"{server.url}/v1" for tier, server in simulators.items()},
+        **{"tiers.large.first_byte_timeout": 0.3},
+    )
+    response = httpx.post(
+        f"{proxy.url}/v1/chat/completions",
+        json={"model": "auto", "messages": MESSAGES},
+        headers={"x-sim-hang": "1"},
+        timeout=5,
+    )
+    assert response.status_code == 504
+    assert "0.3 s" in response.json()["error"]["message"]
+
+
+def test_streamed_bytes_are_identical_and_not_coalesced(scripted: Any, start_proxy: ProxyFactory) -> None:
+    events = [b'data: {"n": %d, "choices": []}\n\n' % i for i in range(5)] + [b"data: [DONE]\n\n"]
+    _, server = scripted([(0.15, event) for event in events])
+    proxy = start_proxy({Tier.SMALL: f"{server.url}/v1", Tier.LARGE: f"{server.url}/v1"})
+
+    arrivals: list[tuple[float, bytes]] = []
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream(
+            "POST",
+            f"{proxy.url}/v1/chat/completions",
+            json={"model": "auto", "messages": MESSAGES, "stream": True},
+        ) as response,
+    ):
+        assert response.headers["content-type"] == "text/event-stream"
+        assert response.headers["x-accel-buffering"] == "no"
+        for chunk in response.iter_raw():
+            arrivals.append((time.monotonic(), chunk))
+    assert b"".join(chunk for _, chunk in arrivals) == b"".join(events)
+    assert [chunk for _, chunk in arrivals] == events  # one client chunk per upstream chunk: no coalescing
+    gaps = [later[0] - earlier[0] for earlier, later in itertools.pairwise(arrivals)]
+    assert min(gaps) > 0.08  # each event was passed on when it came, not held for the next one
+
+
+def test_partial_event_is_held_until_complete_and_broken_stream_ends_with_error_event(
+    scripted: Any, start_proxy: ProxyFactory
+) -> None:
+    # The upstream splits an event and then ends without finishing the second one.
+    chunks = [(0.0, b'data: {"a": 1}\n\ndata: {"b"'), (0.05, b": 2}\n\n"), (0.05, b'data: {"c": ')]
+    _, server = scripted(chunks)
+    proxy = start_proxy({Tier.SMALL: f"{server.url}/v1", Tier.LARGE: f"{server.url}/v1"})
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream(
+            "POST",
+            f"{proxy.url}/v1/chat/completions",
+            json={"model": "auto", "messages": MESSAGES, "stream": True},
+        ) as response,
+    ):
+        received = list(response.iter_raw())
+    assert received[0] == b'data: {"a": 1}\n\n'
+    assert received[1] == b'data: {"b": 2}\n\n'
+    assert b"".join(received) == b'data: {"a": 1}\n\ndata: {"b": 2}\n\ndata: {"c": '
+
+
+def test_upstream_dying_mid_stream_ends_with_one_error_event(proxy: ThreadedServer) -> None:
+    with openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="x", max_retries=0) as client:
+        stream = client.chat.completions.create(
+            model="auto", messages=MESSAGES, stream=True, extra_headers={"x-sim-die-after": "3"}
+        )
+        received = []
+        with pytest.raises(openai.APIError) as caught:
+            for chunk in stream:
+                received.append(chunk)
+    assert len(received) >= 3
+    assert "broke off" in caught.value.message
+
+
+def test_client_disconnect_closes_upstream_stream(
+    simulators: dict[Tier, ThreadedServer], proxy: ThreadedServer
+) -> None:
+    large = simulators[Tier.LARGE]
+    before = sim_stats(large)
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream(
+            "POST",
+            f"{proxy.url}/v1/chat/completions",
+            json={"model": "auto", "messages": MESSAGES, "stream": True},
+            headers={"x-sim-tokens": "1000", "x-sim-token-ms": "50"},
+        ) as response,
+    ):
+        chunks = response.iter_raw()  # keep a reference: a collected generator would close the connection
+        next(chunks)
+        assert sim_stats(large)["open_streams"] == before["open_streams"] + 1
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        stats = sim_stats(large)
+        if stats["disconnected_streams"] > before["disconnected_streams"] and stats["open_streams"] == 0:
+            break
+        time.sleep(0.02)
+    assert stats["disconnected_streams"] == before["disconnected_streams"] + 1
+    assert stats["open_streams"] == 0
+
+
+def test_client_disconnect_before_headers_cancels_upstream(
+    simulators: dict[Tier, ThreadedServer], proxy: ThreadedServer
+) -> None:
+    large = simulators[Tier.LARGE]
+    before = sim_stats(large)
+
+    async def give_up() -> None:
+        async with httpx.AsyncClient() as client:
+            with pytest.raises(httpx.ReadTimeout):
+                await client.post(
+                    f"{proxy.url}/v1/chat/completions",
+                    json={"model": "auto", "messages": MESSAGES, "stream": True},
+                    headers={"x-sim-hang": "1"},
+                    timeout=httpx.Timeout(5, read=0.3),
+                )
+
+    asyncio.run(give_up())
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        stats = sim_stats(large)
+        if stats["disconnected_streams"] > before["disconnected_streams"]:
+            break
+        time.sleep(0.02)
+    assert stats["disconnected_streams"] == before["disconnected_streams"] + 1
+
+
+def test_headers_forwarded_and_credentials_replaced(
+    simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFactory
+) -> None:
+    proxy = start_proxy(
+        {tier: f"{server.url}/v1" for tier, server in simulators.items()},
+        **{"tiers.large.api_key": "upstream-secret"},
+    )
+    httpx.post(
+        f"{proxy.url}/v1/chat/completions",
+        json={"model": "auto", "messages": MESSAGES},
+        headers={
+            "authorization": "Bearer client-key",
+            "x-custom": "kept",
+            "connection": "keep-alive, x-custom-hop",
+            "proxy-authorization": "Basic c2VjcmV0",
+            "x-request-id": "client-id-1",
+            "x-routeproxy-query-type": "metric_query",
+        },
+    )
+    headers = sim_requests(simulators[Tier.LARGE])[-1]["headers"]
+    assert headers["authorization"] == "Bearer upstream-secret"
+    assert headers["x-custom"] == "kept"
+    assert "proxy-authorization" not in headers
+    assert "x-routeproxy-query-type" not in headers
+    assert headers["x-request-id"] != "client-id-1"
+    # Without a tier key the client's own credentials pass through (e.g. a per-user HF token).
+    httpx.post(
+        f"{proxy.url}/v1/chat/completions",
+        json={"model": SMALL_MODEL, "messages": MESSAGES},
+        headers={"authorization": "Bearer client-key"},
+    )
+    assert sim_requests(simulators[Tier.SMALL])[-1]["headers"]["authorization"] == "Bearer client-key"
+
+
+def test_client_request_id_is_returned_and_each_attempt_gets_a_fresh_upstream_id(
+    proxy: ThreadedServer, simulators: dict[Tier, ThreadedServer]
+) -> None:
+    ids = set()
+    for _ in range(2):
+        response = httpx.post(
+            f"{proxy.url}/v1/chat/completions",
+            json={"model": "auto", "messages": MESSAGES},
+            headers={"x-request-id": "same-client-id"},
+        )
+        assert response.headers["x-request-id"] == "same-client-id"
+        ids.add(sim_requests(simulators[Tier.LARGE])[-1]["headers"]["x-request-id"])
+    assert len(ids) == 2
+
+
+def test_unknown_fields_pass_through_untouched(proxy: ThreadedServer, simulators: dict[Tier, ThreadedServer]) -> None:
+    extra = {"top_k": 20, "chat_template_kwargs": {"enable_thinking": False}, "priority": -1, "seed": 2**62}
+    with openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="x") as client:
+        client.chat.completions.create(model="auto", messages=MESSAGES, temperature=0.25, extra_body=extra)
+    body = sim_requests(simulators[Tier.LARGE])[-1]["body"]
+    assert {key: body[key] for key in extra} == extra
+    assert body["temperature"] == 0.25
+
+
+@pytest.fixture
+def tgi_upstreams() -> Any:
+    servers = {
+        tier: ThreadedServer(
+            create_simulator_app(
+                fast_profile(
+                    tier,
+                    Dialect.TGI_LEGACY if tier is Tier.SMALL else Dialect.TGI,
+                    keepalive_s=0.01,
+                    ttft_s=0.05,
+                )
+            )
+        ).start()
+        for tier in Tier
+    }
+    yield servers
+    for server in servers.values():
+        server.stop()
+
+
+def test_tgi_tiers_get_model_tgi_and_legacy_framing_parses(tgi_upstreams: Any, start_proxy: ProxyFactory) -> None:
+    overrides = {f"tiers.{tier}.kind": "tgi" for tier in Tier}
+    proxy = start_proxy({tier: f"{server.url}/v1" for tier, server in tgi_upstreams.items()}, **overrides)
+    with openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="x") as client:
+        for model, tier in ((SMALL_MODEL, Tier.SMALL), (LARGE_MODEL, Tier.LARGE)):
+            stream = client.chat.completions.create(model=model, messages=MESSAGES, stream=True)
+            text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+            assert text
+            assert sim_requests(tgi_upstreams[tier])[-1]["body"]["model"] == "tgi"
+    # The legacy `data:` framing and TGI's keep-alive comments reach the client unchanged.
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream(
+            "POST",
+            f"{proxy.url}/v1/chat/completions",
+            json={"model": SMALL_MODEL, "messages": MESSAGES, "stream": True},
+        ) as response,
+    ):
+        raw = b"".join(response.iter_raw())
+    assert raw.startswith(b":\n\n") or b"\n\n:\n\n" in raw or b"data:{" in raw
+    assert b"data:[DONE]\n\n" in raw
+
+
+def test_mid_stream_error_event_reaches_sdk_as_api_error(proxy: ThreadedServer) -> None:
+    with openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="x", max_retries=0) as client:
+        stream = client.chat.completions.create(
+            model="auto", messages=MESSAGES, stream=True, extra_headers={"x-sim-error-after": "2"}
+        )
+        with pytest.raises(openai.APIError):
+            for _ in stream:
+                pass
+
+
+def test_hf_error_shape_passes_through(start_proxy: ProxyFactory) -> None:
+    servers = {tier: ThreadedServer(create_simulator_app(fast_profile(tier, Dialect.HF))).start() for tier in Tier}
+    try:
+        proxy = start_proxy(
+            {tier: f"{server.url}/v1" for tier, server in servers.items()},
+            **{"tiers.large.model": "meta-llama/Not-Served"},
+        )
+        with (
+            openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="x", max_retries=0) as client,
+            pytest.raises(openai.BadRequestError) as caught,
+        ):
+            client.chat.completions.create(model="auto", messages=MESSAGES)
+        assert caught.value.code == "model_not_supported"
+    finally:
+        for server in servers.values():
+            server.stop()

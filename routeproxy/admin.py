@@ -1,4 +1,6 @@
-"""The operators' endpoints: routing stats, reset, runtime config, Prometheus metrics, liveness and readiness."""
+"""The operators' endpoints: routing stats, reset, runtime config, Prometheus metrics, liveness and readiness.
+
+A ``RouteproxyError`` raised here is rendered by the app's one handler (``app.py``)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,9 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from routeproxy.admission import read_body, request_id_of
+from routeproxy.admission import read_body
 from routeproxy.auth import check_admin
-from routeproxy.errors import InvalidRequest, RouteproxyError, error_response
+from routeproxy.errors import InvalidRequest
 from routeproxy.resources import Resources, resources_of
 from routeproxy.runtime import RuntimeConfig
 from routeproxy.stats import render_stats
@@ -37,11 +39,8 @@ async def routing_stats(request: Request) -> Response:
 
 async def routing_reset(request: Request) -> Response:
     resources = resources_of(request)
-    try:
-        check_admin(request, resources.settings.server.admin_token)
-        await resources.counters.reset()
-    except RouteproxyError as exc:
-        return error_response(exc, request_id_of(request))
+    check_admin(request, resources.settings.server.admin_token)
+    await resources.counters.reset()
     log.info("counters_reset", client=request.client.host if request.client else None)
     return JSONResponse({"reset": True, "store": resources.counters.store_name})
 
@@ -85,12 +84,9 @@ async def routing_config(request: Request) -> Response:
     resources = resources_of(request)
     if request.method == "GET":
         return JSONResponse(_runtime_json(resources, await resources.counters.runtime()))
-    try:
-        check_admin(request, resources.settings.server.admin_token)
-        change = _parse_runtime_change(await read_body(request, 64 * 1024))
-        shared = await resources.counters.set_runtime(change)
-    except RouteproxyError as exc:
-        return error_response(exc, request_id_of(request))
+    check_admin(request, resources.settings.server.admin_token)
+    change = _parse_runtime_change(await read_body(request, 64 * 1024))
+    shared = await resources.counters.set_runtime(change)
     log.info(
         "runtime_config_changed",
         ab_test_ratio=shared.ab_test_ratio,

@@ -17,12 +17,13 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from routeproxy.admin import healthz, prometheus_metrics, readyz, routing_config, routing_reset, routing_stats
+from routeproxy.admission import request_id_of
 from routeproxy.auth import digest
 from routeproxy.chat import chat_completions
 from routeproxy.classify import Classifier, load_rules
 from routeproxy.config import Settings, load_settings
 from routeproxy.counters import open_store
-from routeproxy.errors import error_envelope
+from routeproxy.errors import RouteproxyError, error_envelope, error_response
 from routeproxy.logs import configure_logging
 from routeproxy.metrics import Metrics
 from routeproxy.models import explain_route, list_models
@@ -69,6 +70,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     error_type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
     message = f"{request.method} {request.url.path}: {exc.detail}"
     return JSONResponse(error_envelope(message, error_type), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _routeproxy_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RouteproxyError)
+    return error_response(exc, request_id_of(request))
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
@@ -121,7 +127,11 @@ def create_app(settings: Settings) -> ProxyApp:
         Starlette(
             routes=routes,
             lifespan=lifespan,
-            exception_handlers={HTTPException: _http_error, Exception: _unexpected_error},
+            exception_handlers={
+                HTTPException: _http_error,
+                RouteproxyError: _routeproxy_error,
+                Exception: _unexpected_error,
+            },
         )
     )
 

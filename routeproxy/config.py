@@ -514,15 +514,21 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, A
             yield key, value
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_tree(path: Path, what: str) -> Any:
+    """The parsed YAML of a file; ConfigError naming ``what`` it is (a config file, a rule set) when it cannot be
+    read or parsed."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
     try:
-        tree = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    tree = read_yaml_tree(path, "config file")
     if tree is None:
         return {}
     if not isinstance(tree, dict):

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from routeproxy.classify import Complexity
 from routeproxy.config import Tier
-from routeproxy.stats import BUCKETS_MS, PINNED, STATUS_CLASSES, Outcome
+from routeproxy.stats import BUCKETS_MS, PINNED, STATUS_CLASSES, Outcome, status_class
 
 PREFIX = "routeproxy"
 # The classic text format every Prometheus reads; prometheus_client 0.26 labels its output 1.0.0 by default,
@@ -58,11 +58,6 @@ SERIES: tuple[str, ...] = tuple(
 REJECT_STATUSES: tuple[int, ...] = (400, 401, 403, 404, 413, 415, 429, 503)
 
 _SLOTS: dict[Complexity | None, str] = {**{c: c.value for c in Complexity}, None: PINNED}
-
-
-def status_class(status: int) -> str:
-    """The status class ("2xx" ... "5xx"); "none" when the client left before getting one (status 0)."""
-    return f"{status // 100}xx" if 100 <= status <= 599 else "none"
 
 
 class Metrics:

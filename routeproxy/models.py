@@ -1,25 +1,22 @@
-"""The model list (``/v1/models``) and explain (``/v1/model-routing/explain``): the decision without an upstream."""
+"""The model list (``/v1/models``) and explain (``/v1/model-routing/explain``): the decision without an upstream.
+
+A ``RouteproxyError`` raised here is rendered by the app's one handler (``app.py``)."""
 
 from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from routeproxy.admission import request_id_of
 from routeproxy.auth import check_client_key
 from routeproxy.chat import parse_request
 from routeproxy.config import Tier
-from routeproxy.errors import RouteproxyError, error_response
 from routeproxy.resources import resources_of
 from routeproxy.route import explain
 
 
 async def list_models(request: Request) -> Response:
     resources = resources_of(request)
-    try:
-        check_client_key(request, resources.client_key_digests)
-    except RouteproxyError as exc:
-        return error_response(exc, request_id_of(request))
+    check_client_key(request, resources.client_key_digests)
     settings = resources.settings
     names = [settings.routing.auto_model, *(settings.tiers[tier].model for tier in Tier)]
     return JSONResponse(
@@ -33,11 +30,8 @@ async def list_models(request: Request) -> Response:
 async def explain_route(request: Request) -> Response:
     """The decision for a chat request, without calling an upstream."""
     resources = resources_of(request)
-    try:
-        check_client_key(request, resources.client_key_digests)
-        body, hints = await parse_request(request, resources.settings)
-        enabled, ratio = resources.routing_now()
-        decision = resources.router.route(body, hints, request.headers, enabled=enabled, ab_test_ratio=ratio)
-    except RouteproxyError as exc:
-        return error_response(exc, request_id_of(request))
+    check_client_key(request, resources.client_key_digests)
+    body, hints = await parse_request(request, resources.settings)
+    enabled, ratio = resources.routing_now()
+    decision = resources.router.route(body, hints, request.headers, enabled=enabled, ab_test_ratio=ratio)
     return JSONResponse(explain(decision, resources.settings, enabled=enabled, ab_test_ratio=ratio))

@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from routeproxy.config import config_dir
+from routeproxy.config import config_dir, read_yaml_tree
 from routeproxy.errors import ConfigError
 
 Levels = tuple[tuple[int, float], ...]  # (count reached, weight), ascending by count
@@ -106,14 +104,7 @@ def load_rules(name_or_path: str) -> Rules:
 def _read_tree(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if path.resolve() in seen:
         raise ConfigError(f"{path}: extends = {path.stem!r} makes a cycle")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read rule set {path}: {exc.strerror}") from None
-    try:
-        tree = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"rule set {path} is not valid YAML: {exc}") from None
+    tree = read_yaml_tree(path, "rule set")
     if not isinstance(tree, dict):
         raise ConfigError(f"rule set {path} must hold a mapping at the top level")
     parent = tree.pop("extends", None)

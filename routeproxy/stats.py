@@ -71,7 +71,8 @@ def _bucket(value_ms: float) -> str:
     return BUCKET_NAMES[bisect.bisect_left(BUCKETS_MS, value_ms)]
 
 
-def _status_class(status: int) -> str:
+def status_class(status: int) -> str:
+    """The status class ("2xx" ... "5xx"); "none" when the client left before getting one (status 0)."""
     return f"{status // 100}xx" if 100 <= status <= 599 else "none"
 
 
@@ -89,7 +90,7 @@ def outcome_fields(outcome: Outcome) -> Iterable[tuple[str, int]]:
             yield f"errors:{scope}", 1
         if outcome.fallback:
             yield f"fallbacks:{scope}", 1
-    yield f"status:{tier}:{_status_class(outcome.status)}", 1
+    yield f"status:{tier}:{status_class(outcome.status)}", 1
     if outcome.stream:
         yield f"streams:{tier}", 1
         if outcome.ttfb_ms is not None:

@@ -25,6 +25,8 @@ from typing import Any, TypeVar, cast
 
 import orjson
 
+from routeproxy.evaluate.metrics import quantile
+
 __all__ = [
     "LoadResult",
     "Sample",
@@ -56,12 +58,7 @@ def check_loopback(host: str) -> str:
 def percentile(values: Iterable[float], q: float) -> float:
     """The q-th percentile (0-100) with linear interpolation between closest ranks; NaN when empty."""
     ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    position = q / 100 * (len(ordered) - 1)
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    return quantile(ordered, q / 100) if ordered else math.nan
 
 
 def build_request(host: str, port: int, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> bytes:

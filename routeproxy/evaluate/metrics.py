@@ -80,6 +80,7 @@ def random_apgr_band(
 
 
 def quantile(ordered: Sequence[float], q: float) -> float:
+    """The q-quantile (0-1) of sorted values, interpolated linearly between closest ranks."""
     position = q * (len(ordered) - 1)
     low = math.floor(position)
     high = min(low + 1, len(ordered) - 1)

@@ -5,8 +5,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from routeproxy.classify import Complexity
 from routeproxy.config import Tier
-from routeproxy.metrics import LATENCY_BUCKETS_S, SERIES, Metrics, status_class
-from routeproxy.stats import Outcome
+from routeproxy.metrics import LATENCY_BUCKETS_S, SERIES, Metrics
+from routeproxy.stats import Outcome, status_class
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -4,17 +4,19 @@ environment (it also writes the effective overrides there for ``--workers N`` ch
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
 from routeproxy.config import SETTINGS_BY_KEY, Settings, Tier, load_settings
 from routeproxy.errors import ConfigError
+from routeproxy.evaluate.cascade import DEFAULT_HOLD_TOKENS
 
 
 def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Settings:
@@ -209,6 +211,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     """JSON lines in, one decision per line out: replay logged traffic against this config."""
     from routeproxy.errors import RouteproxyError
 
+    if args.answers:
+        return _classify_answers(args.answers, args.rules or "general")
     settings = _settings(args, _routing_overrides(args))
     router = _router(settings)
     status = 0
@@ -240,7 +244,57 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return status
 
 
+def _classify_answers(source: str, rules_name: str) -> int:
+    """The cascade's answer check on JSON lines {id, messages, small_answer, ...}: what the proxy would decide."""
+    from routeproxy.escalation import load_check_rules
+    from routeproxy.evaluate.cascade import AnswerFileError, classify_answers, read_rows
+
+    rules = load_check_rules(rules_name)
+    try:
+        with _open_lines(source) as lines:
+            for out in classify_answers(read_rows(lines, source, labelled=False), rules):
+                sys.stdout.write(orjson.dumps(out).decode() + "\n")
+    except (OSError, AnswerFileError) as exc:
+        print(f"routeproxy classify: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _eval_cascade(args: argparse.Namespace) -> int:
+    from routeproxy.escalation import load_check_rules
+    from routeproxy.evaluate.cascade import AnswerFileError, evaluate_cascade, format_report, read_rows, report_as_dict
+
+    rules = load_check_rules(args.rules or "general")
+    try:
+        with _open_lines(args.cascade) as lines:
+            rows = list(read_rows(lines, args.cascade, labelled=True))
+    except (OSError, AnswerFileError) as exc:
+        print(f"routeproxy eval: {exc}", file=sys.stderr)
+        return 1
+    report = evaluate_cascade(rows, rules, hold_tokens=args.hold_tokens, random_draws=args.random_draws)
+    if args.json:
+        print(orjson.dumps(report_as_dict(report), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(format_report(report))
+    return 0
+
+
+def _open_lines(source: str) -> contextlib.AbstractContextManager[TextIO]:
+    """A file of JSON lines, or standard input for "-"."""
+    if source == "-":
+        return contextlib.nullcontext(sys.stdin)
+    try:
+        return Path(source).open(encoding="utf-8")
+    except OSError as exc:
+        raise OSError(f"cannot read {source}: {exc.strerror}") from None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.cascade:
+        return _eval_cascade(args)
+    if not args.file:
+        print("routeproxy eval: give a labelled prompts file, or --cascade FILE of labelled answers", file=sys.stderr)
+        return 2
     from routeproxy.classify import Classifier, load_rules
     from routeproxy.evaluate.routing import evaluate, format_report, load_examples, report_as_dict
 
@@ -423,10 +477,28 @@ def build_parser() -> argparse.ArgumentParser:
             )
         )
     )
+    classify_cmd.add_argument(
+        "--answers",
+        metavar="FILE",
+        help="instead: the cascade's answer check on JSON lines {id, messages, small_answer} (- for stdin); "
+        "--rules then names the check rule set (default general)",
+    )
     classify_cmd.set_defaults(handler=cmd_classify)
 
     eval_cmd = with_routing(with_config(commands.add_parser("eval", help="router metrics on a labelled JSONL file")))
-    eval_cmd.add_argument("file")
+    eval_cmd.add_argument("file", nargs="?")
+    eval_cmd.add_argument(
+        "--cascade",
+        metavar="FILE",
+        help="instead: the cascade's answer check on labelled answers (cascade-dev.jsonl); "
+        "--rules then names the check rule set (default general)",
+    )
+    eval_cmd.add_argument(
+        "--hold-tokens",
+        type=int,
+        default=DEFAULT_HOLD_TOKENS,
+        help="with --cascade: the stream prefix the proxy holds, in tokens",
+    )
     eval_cmd.add_argument("--json", action="store_true")
     eval_cmd.add_argument("--random-draws", type=int, default=300, help="random routers for the random band")
     eval_cmd.set_defaults(handler=cmd_eval)

@@ -12,9 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from routeproxy.config import config_dir
+from routeproxy.config import config_dir, read_yaml_tree
 from routeproxy.errors import ConfigError
 from routeproxy.rules import Levels, _named, _Reader
 
@@ -74,14 +72,7 @@ def check_rules_path(name_or_path: str) -> Path:
 
 def load_check_rules(name_or_path: str) -> CheckRules:
     path = check_rules_path(name_or_path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read check rule set {path}: {exc.strerror}") from None
-    try:
-        tree = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"check rule set {path} is not valid YAML: {exc}") from None
+    tree = read_yaml_tree(path, "check rule set")
     if not isinstance(tree, dict):
         raise ConfigError(f"check rule set {path} must hold a mapping at the top level")
     return _build(tree, name=path.stem, source=str(path))

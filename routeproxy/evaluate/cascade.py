@@ -14,7 +14,6 @@ scores, and the share escalated and PGR at the rule set's threshold.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import random
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from routeproxy.escalation import AnswerView, CheckRules, StreamAnswer, check_answer
+from routeproxy.evaluate.metrics import apgr, cpt, pgr_curve, random_apgr_band
 
 # Measured with `routeproxy eval --cascade ... --hold-tokens N`: at 64 tokens the prefix keeps little of the
 # whole answer's APGR, at 128 it keeps it (short answers have ended by then); every held token is time to first
@@ -156,53 +156,19 @@ def prefix_view(row: AnswerRow, hold_tokens: int) -> AnswerView:
     return stream.view()
 
 
-def apgr(scores: Sequence[float], small: Sequence[float], large: Sequence[float]) -> float:
-    """Area under PGR(c), escalating rows by descending score (ties together), trapezoid rule."""
-    curve = _curve(scores, small, large)
-    return sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in itertools.pairwise(curve))
-
-
-def cpt(scores: Sequence[float], small: Sequence[float], large: Sequence[float], target: float = 0.5) -> float:
-    """The smallest share escalated at which PGR reaches ``target``."""
-    curve = _curve(scores, small, large)
-    for (x0, y0), (x1, y1) in itertools.pairwise(curve):
-        if y1 >= target:  # crossed inside this step (a tie is crossed in a straight line)
-            return x0 + (x1 - x0) * max(0.0, target - y0) / (y1 - y0)
-    return 1.0
-
-
-def _curve(scores: Sequence[float], small: Sequence[float], large: Sequence[float]) -> list[tuple[float, float]]:
-    n = len(scores)
-    gap = (sum(large) - sum(small)) / n
-    order = sorted(range(n), key=lambda i: -scores[i])
-    points, gained = [(0.0, 0.0)], 0.0
-    for position, i in enumerate(order):
-        gained += large[i] - small[i]
-        if position + 1 == n or scores[order[position + 1]] != scores[i]:
-            points.append(((position + 1) / n, gained / n / gap))
-    return points
-
-
 def _pgr(escalate: Sequence[bool], small: Sequence[float], large: Sequence[float]) -> float:
     gained = sum(hi - lo for up, lo, hi in zip(escalate, small, large, strict=True) if up)
     return gained / (sum(large) - sum(small))
 
 
-def random_band(small: Sequence[float], large: Sequence[float], draws: int, seed: int = 0) -> tuple[float, float]:
-    """2.5 % and 97.5 % of APGR over ``draws`` random score vectors (seeded: the same band every run)."""
-    rng = random.Random(seed)
-    values = sorted(apgr([rng.random() for _ in small], small, large) for _ in range(draws))
-    return values[int(0.025 * (draws - 1))], values[int(0.975 * (draws - 1))]
-
-
 def _scores(views: Sequence[AnswerView], rows: Sequence[AnswerRow], rules: CheckRules) -> Scores:
     checks = [check_answer(row.request, view, rules) for row, view in zip(rows, views, strict=True)]
     small, large = [row.small for row in rows], [row.large for row in rows]
-    values = [check.score for check in checks]
+    curve = pgr_curve([check.score for check in checks], small, large)
     escalate = [check.escalate for check in checks]
     return Scores(
-        apgr=apgr(values, small, large),
-        cpt50=cpt(values, small, large),
+        apgr=apgr(curve),
+        cpt50=cpt(curve, 0.5),
         share=sum(escalate) / len(rows),
         pgr=_pgr(escalate, small, large),
     )
@@ -220,7 +186,7 @@ def evaluate_cascade(
         small, large = [row.small for row in members], [row.large for row in members]
         if sum(large) == sum(small):
             continue  # no gap to recover: PGR is undefined
-        low, high = random_band(small, large, random_draws)
+        low, high = random_apgr_band(small, large, random_draws, random.Random(0))  # seeded: the same every run
         lengths = [-len(row.answer.split()) for row in members]
         reports.append(
             PairReport(
@@ -232,7 +198,7 @@ def evaluate_cascade(
                 random_high=high,
                 full=_scores([whole_view(row) for row in members], members, rules),
                 prefix=_scores([prefix_view(row, hold_tokens) for row in members], members, rules),
-                length_apgr=apgr(lengths, small, large),
+                length_apgr=apgr(pgr_curve(lengths, small, large)),
             )
         )
     return CascadeReport(rules.source, rules.threshold, hold_tokens, random_draws, tuple(reports))

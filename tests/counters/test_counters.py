@@ -1,15 +1,14 @@
 # ruff: noqa: F811  (pytest fixtures imported from redis_server are parameters of the tests below)
 from __future__ import annotations
 
-import asyncio
 import re
 import statistics
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 from support.redis_server import RedisServer, persistent_redis_server, redis_server  # noqa: F401
+from support.wait import eventually_async
 
 from routeproxy.classify import Complexity
 from routeproxy.config import CounterConfig, Tier
@@ -64,16 +63,6 @@ def stats_of(snapshot: Snapshot, baseline: float | None = 4500.0) -> dict[str, A
     return render_stats(
         snapshot, ab_test_ratio=0.5, routing_enabled=True, baseline_latency_ms=baseline, relative_cost=COSTS
     )
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 1.5) -> float:
-    """Poll until check() holds; the seconds it took."""
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > within:
-            raise AssertionError(f"not true within {within} s")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
 
 
 StoreFactory = Callable[..., Awaitable[RedisCounterStore]]
@@ -263,7 +252,7 @@ async def test_runtime_change_reaches_the_other_replica(
     async def seen() -> bool:
         return two.current_runtime == changed
 
-    await eventually(seen, within=1.5)
+    await eventually_async(seen)
     assert await two.runtime() == changed
 
 
@@ -296,15 +285,29 @@ async def test_reset_through_one_replica_zeroes_both(redis_server: RedisServer, 
     assert redis_server.cli("TTL", "{rp-test}:stats:0").strip() != "-1"
 
 
+def commands_served(server: RedisServer) -> int:
+    """Commands Redis has run so far, not counting the INFO calls that ask."""
+    lines = server.cli("INFO", "commandstats").splitlines()
+    return sum(
+        int(line.split("calls=")[1].split(",")[0])
+        for line in lines
+        if line.startswith("cmdstat_") and not line.startswith("cmdstat_info:")
+    )
+
+
 async def test_record_never_waits_for_a_paused_redis(redis_server: RedisServer, open_redis_store: StoreFactory) -> None:
-    store = await open_redis_store(redis_server.url, "replica-1", flush_interval=0.1)
+    store = await open_redis_store(redis_server.url, "replica-1")  # no background flush during the test
+    before = commands_served(redis_server)
     redis_server.pause()
     try:
-        started = time.perf_counter()
         for _ in range(500):
             for item in MIXED:
-                store.record(item)
-        assert time.perf_counter() - started < 0.5
+                store.record(item)  # any Redis round trip here would block on the stopped server
+    finally:
+        redis_server.resume()
+    assert commands_served(redis_server) == before  # recording sent Redis nothing
+    redis_server.pause()
+    try:
         stale = await store.snapshot()
         assert stale.stale and stale.get("requests", "3b") == 1500
         assert not await store.flush()
@@ -330,7 +333,7 @@ async def test_a_lost_flush_reply_is_not_counted_twice(
     async def applied_anyway() -> bool:
         return redis_server.cli("HGET", "{rp-test}:stats:0", "requests:3b").strip() == "2"
 
-    await eventually(applied_anyway)
+    await eventually_async(applied_anyway)
     store.record(MIXED[2])
     assert await store.flush()  # resends the same batch with the same number, then the new one
     assert (await store.snapshot()).counts == totals(MIXED[:3])
@@ -353,7 +356,7 @@ async def test_totals_survive_a_redis_restart_with_persistence(
     async def applied_anyway() -> bool:
         return server.cli("HGET", "{rp-test}:stats:0", "requests:3b").strip() == "3"
 
-    await eventually(applied_anyway)
+    await eventually_async(applied_anyway)
     server.restart(kill=True)  # SIGKILL: only what the append-only file holds comes back
     two.record(MIXED[3])
     one.record(MIXED[4])
@@ -361,7 +364,7 @@ async def test_totals_survive_a_redis_restart_with_persistence(
     async def flushed() -> bool:
         return await one.flush() and await two.flush()
 
-    await eventually(flushed, within=5.0)
+    await eventually_async(flushed)
     first, second = await one.snapshot(), await two.snapshot()
     assert first.counts == second.counts == totals(MIXED)
 

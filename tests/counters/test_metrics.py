@@ -71,10 +71,19 @@ def test_latency_and_ttfb_land_in_the_right_buckets() -> None:
     assert value(metrics, "routeproxy_ttfb_seconds_count", tier="8b") == 1
 
 
-def test_latency_buckets_cover_llm_latencies() -> None:
-    assert LATENCY_BUCKETS_S[0] == 0.05
-    assert LATENCY_BUCKETS_S[-1] == 120
-    assert list(LATENCY_BUCKETS_S) == sorted(LATENCY_BUCKETS_S)
+def test_latency_histogram_tells_a_quick_error_from_a_long_generation() -> None:
+    metrics = Metrics()
+    metrics.observe(outcome(latency_ms=30.0, status=502), overhead_s=None, classify_s=None)  # refused at once
+    metrics.observe(outcome(latency_ms=100_000.0), overhead_s=None, classify_s=None)  # 100 s of 8B output
+    buckets = {
+        float(dict(labels)["le"]): count
+        for (name, labels), count in samples(metrics).items()
+        if name == "routeproxy_upstream_latency_seconds_bucket" and dict(labels)["tier"] == "3b"
+    }
+    cumulative = [buckets[bound] for bound in LATENCY_BUCKETS_S]  # the finite bounds, lowest first
+    assert cumulative[0] == 1  # the quick error alone in the lowest bucket
+    assert cumulative[-1] == 2  # the long generation in a finite bucket, not only in +Inf
+    assert cumulative[-2] == 1  # ... and told apart from the bucket below it
 
 
 def test_errors_fallbacks_disconnects_and_tokens_are_counted_per_tier() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 from support.processes import Served, serve
 from support.redis_server import RedisServer
 from support.upstreams import ProxyFactory
+from support.wait import eventually
 from test_counters import SEED_KEYS
 
 from routeproxy.config import Tier
@@ -56,15 +58,18 @@ def stats(url: str) -> dict[str, Any]:
     return result
 
 
-def settled_stats(replicas: list[Served], total: int, within: float = 5.0) -> list[dict[str, Any]]:
-    """Each replica's stats once every replica has flushed (they flush every 0.5 s), or as they stand at the end."""
-    deadline = time.monotonic() + within
-    while True:
-        reports = [stats(replica.url) for replica in replicas]
-        done = all(report["total_requests"] == total and not report["stale"] for report in reports)
-        if done or time.monotonic() > deadline:
-            return reports
-        time.sleep(0.1)
+def settled_stats(replicas: list[Served], total: int) -> list[dict[str, Any]]:
+    """Each replica's stats once every replica has flushed (they flush every 0.5 s), or as they stand after the
+    last try (so the caller's assertion shows them)."""
+    reports: list[dict[str, Any]] = []
+
+    def settled() -> bool:
+        reports[:] = [stats(replica.url) for replica in replicas]
+        return all(report["total_requests"] == total and not report["stale"] for report in reports)
+
+    with contextlib.suppress(AssertionError):
+        eventually(settled, tries=50, interval=0.1)
+    return reports
 
 
 def test_three_replicas_report_the_same_exact_totals(redis_server: RedisServer, served: list[Served]) -> None:
@@ -111,13 +116,10 @@ def test_a_ratio_change_through_one_replica_reaches_the_others(redis_server: Red
         changed = client.put(f"{first.url}/v1/model-routing/config", json={"ab_test_ratio": 1.0})
         assert changed.status_code == 200
         assert changed.json()["ab_test_ratio"] == 1.0
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            if client.get(f"{second.url}/v1/model-routing/config").json()["ab_test_ratio"] == 1.0:
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("the second replica did not apply the new ratio within 3 s")
+        eventually(
+            lambda: client.get(f"{second.url}/v1/model-routing/config").json()["ab_test_ratio"] == 1.0,
+            what="the second replica applying the new ratio",
+        )
         # Every MEDIUM query now goes to the small tier on the other replica.
         assert send(second.url, medium, client).headers["x-routeproxy-tier"] == "small"
         assert stats(second.url)["ab_test_ratio"] == 1.0

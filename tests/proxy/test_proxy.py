@@ -12,6 +12,7 @@ import openai
 import pytest
 from support.ports import free_port
 from support.upstreams import LARGE_MODEL, SMALL_MODEL, ProxyFactory, fast_profile
+from support.wait import eventually
 
 from routeproxy.config import Tier
 from routeproxy.sim.simulator import Dialect, create_simulator_app
@@ -105,6 +106,49 @@ def test_unknown_model_is_404_in_openai_envelope(proxy: ThreadedServer) -> None:
 
 
 @pytest.mark.parametrize(
+    ("method", "path", "status", "error_type"),
+    [
+        ("GET", "/v1/chat/completions", 405, "invalid_request_error"),
+        ("PUT", "/chat/completions", 405, "invalid_request_error"),
+        ("GET", "/v1/nowhere", 404, "not_found_error"),
+    ],
+)
+def test_wrong_method_or_path_gets_openai_envelope(
+    proxy: ThreadedServer, method: str, path: str, status: int, error_type: str
+) -> None:
+    response = httpx.request(method, f"{proxy.url}{path}")
+    assert response.status_code == status
+    assert response.json()["error"]["type"] == error_type
+    assert path in response.json()["error"]["message"]
+    if status == 405:
+        assert response.headers["allow"] == "POST"
+
+
+def test_a_bug_in_the_chat_handler_is_a_500_envelope(proxy: ThreadedServer) -> None:
+    resources = proxy.server.lifespan.state["resources"]
+    healthy_router = resources.router
+
+    class BrokenRouter:
+        def route(self, *args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("a bug")
+
+    resources.router = BrokenRouter()
+    try:
+        response = httpx.post(f"{proxy.url}/v1/chat/completions", json={"model": "auto", "messages": MESSAGES})
+    finally:
+        resources.router = healthy_router
+    assert response.status_code == 500
+    assert response.json()["error"] == {
+        "message": "internal error in routeproxy",
+        "type": "internal_error",
+        "param": None,
+        "code": None,
+    }
+    after = httpx.post(f"{proxy.url}/v1/chat/completions", json={"model": "auto", "messages": MESSAGES})
+    assert after.status_code == 200
+
+
+@pytest.mark.parametrize(
     ("body", "content_type", "status", "fragment"),
     [
         (b"{not json", "application/json", 400, "not valid JSON"),
@@ -134,23 +178,28 @@ def test_bad_requests_get_openai_envelope(
     assert response.headers["x-request-id"]
 
 
-def test_upstream_error_status_and_body_pass_through(proxy: ThreadedServer) -> None:
-    direct = httpx.post(
-        f"{proxy.url}/v1/chat/completions",
-        json={"model": "auto", "messages": MESSAGES},
-        headers={"x-sim-status": "503"},
+def test_upstream_error_status_and_body_pass_through(
+    simulators: dict[Tier, ThreadedServer], proxy: ThreadedServer
+) -> None:
+    fault = {"x-sim-status": "503"}
+    upstream = httpx.post(
+        f"{simulators[Tier.LARGE].url}/v1/chat/completions",
+        json={"model": LARGE_MODEL, "messages": MESSAGES},
+        headers=fault,
     )
-    assert direct.status_code == 503
-    assert "error" in direct.json()
-    assert direct.headers["x-routeproxy-tier"] == "large"
+    relayed = httpx.post(
+        f"{proxy.url}/v1/chat/completions", json={"model": "auto", "messages": MESSAGES}, headers=fault
+    )
+    assert relayed.status_code == upstream.status_code == 503
+    assert relayed.content == upstream.content  # the upstream's own error body, byte for byte
+    assert relayed.json()["error"]["message"] == "Simulated 503 (x-sim-status)"
+    assert relayed.headers["x-routeproxy-tier"] == "large"
 
 
-def test_unreachable_upstream_is_502_envelope_quickly(start_proxy: ProxyFactory) -> None:
+def test_unreachable_upstream_is_502_envelope(start_proxy: ProxyFactory) -> None:
     dead = f"http://127.0.0.1:{free_port()}/v1"
     proxy = start_proxy({Tier.SMALL: dead, Tier.LARGE: dead})
-    started = time.monotonic()
     response = httpx.post(f"{proxy.url}/v1/chat/completions", json={"model": "auto", "messages": MESSAGES})
-    assert time.monotonic() - started < 2
     assert response.status_code == 502
     assert response.json()["error"]["type"] == "upstream_error"
 
@@ -245,14 +294,14 @@ def test_client_disconnect_closes_upstream_stream(
         chunks = response.iter_raw()  # keep a reference: a collected generator would close the connection
         next(chunks)
         assert sim_stats(large)["open_streams"] == before["open_streams"] + 1
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
+
+    def upstream_stream_closed() -> dict[str, int] | None:
         stats = sim_stats(large)
-        if stats["disconnected_streams"] > before["disconnected_streams"] and stats["open_streams"] == 0:
-            break
-        time.sleep(0.02)
+        closed = stats["disconnected_streams"] > before["disconnected_streams"] and stats["open_streams"] == 0
+        return stats if closed else None
+
+    stats = eventually(upstream_stream_closed)
     assert stats["disconnected_streams"] == before["disconnected_streams"] + 1
-    assert stats["open_streams"] == 0
 
 
 def test_client_disconnect_before_headers_cancels_upstream(
@@ -272,12 +321,12 @@ def test_client_disconnect_before_headers_cancels_upstream(
                 )
 
     asyncio.run(give_up())
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
+
+    def upstream_saw_the_disconnect() -> dict[str, int] | None:
         stats = sim_stats(large)
-        if stats["disconnected_streams"] > before["disconnected_streams"]:
-            break
-        time.sleep(0.02)
+        return stats if stats["disconnected_streams"] > before["disconnected_streams"] else None
+
+    stats = eventually(upstream_saw_the_disconnect)
     assert stats["disconnected_streams"] == before["disconnected_streams"] + 1
 
 
@@ -378,8 +427,9 @@ def test_tgi_tiers_get_model_tgi_and_legacy_framing_parses(tgi_upstreams: Any, s
         ) as response,
     ):
         raw = b"".join(response.iter_raw())
-    assert raw.startswith(b":\n\n") or b"\n\n:\n\n" in raw or b"data:{" in raw
-    assert b"data:[DONE]\n\n" in raw
+    assert raw.startswith(b":\n\n")  # keep-alive comments while the first token is due (ttft 0.05 s, every 0.01 s)
+    assert b"data:{" in raw and b"data: {" not in raw  # the legacy framing, not rewritten to the modern one
+    assert raw.endswith(b"data:[DONE]\n\n")
 
 
 def test_mid_stream_error_event_reaches_sdk_as_api_error(proxy: ThreadedServer) -> None:

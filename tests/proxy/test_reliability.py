@@ -7,7 +7,6 @@ import contextlib
 import os
 import signal
 import socket
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +20,7 @@ from support.ports import free_port
 from support.processes import Served, serve
 from support.redis_server import RedisServer
 from support.upstreams import ProxyFactory
+from support.wait import eventually, eventually_async
 
 from routeproxy.classify import Classifier, load_rules
 from routeproxy.config import Tier
@@ -49,7 +49,15 @@ def unaccepting_listener() -> Iterator[str]:
         with contextlib.suppress(BlockingIOError):
             filler.connect(("127.0.0.1", port))
         fillers.append(filler)
-    time.sleep(0.05)
+
+    def queue_full() -> bool:  # the first filler connected: the one-slot queue is taken
+        try:
+            fillers[0].getpeername()
+        except OSError:
+            return False
+        return True
+
+    eventually(queue_full)
     try:
         yield f"http://127.0.0.1:{port}/v1"
     finally:
@@ -103,22 +111,18 @@ def test_connect_timeout_falls_back(simulators: dict[Tier, ThreadedServer], star
             {Tier.SMALL: stuck, Tier.LARGE: f"{simulators[Tier.LARGE].url}/v1"},
             **{"routing.enabled": True, "tiers.small.connect_timeout": 0.2},
         )
-        started = time.monotonic()
         response = routed(proxy.url)
-    assert time.monotonic() - started < 2
     assert response.status_code == 200
     assert response.headers["x-routeproxy-fallback"] == "connect_timeout"
 
 
-def test_without_fallback_the_client_gets_502_or_504_quickly(start_proxy: ProxyFactory) -> None:
+def test_without_fallback_the_client_gets_502_or_504(start_proxy: ProxyFactory) -> None:
     with unaccepting_listener() as stuck:
         proxy = start_proxy(
             {Tier.SMALL: dead_url(), Tier.LARGE: stuck},
             **{"tiers.large.connect_timeout": 0.2, "routing.fallback_large_to_small": False},
         )
-        started = time.monotonic()
         timed_out = routed(proxy.url)  # routing disabled: large tier, no fallback from large by default
-        assert time.monotonic() - started < 2
     assert timed_out.status_code == 504
     assert timed_out.json()["error"]["code"] == "connect_timeout"
     proxy = start_proxy({Tier.SMALL: dead_url(), Tier.LARGE: dead_url()}, **{"routing.enabled": True})
@@ -340,10 +344,17 @@ def test_sigterm_during_50_open_streams_lets_all_finish_then_exits_0(
             tasks = [asyncio.create_task(one()) for _ in range(50)]
             await asyncio.wait_for(started.wait(), 10)
             os.kill(pid, signal.SIGTERM)
-            await asyncio.sleep(0.3)
-            async with httpx.AsyncClient() as probe:
-                with pytest.raises(httpx.ConnectError):  # new connections are refused at once
-                    await probe.get(f"{proxy.url}/healthz")
+
+            async def refused() -> bool:  # uvicorn closes its listening socket, then waits for open streams
+                async with httpx.AsyncClient() as probe:
+                    try:
+                        await probe.get(f"{proxy.url}/healthz")
+                    except httpx.ConnectError:
+                        return True
+                return False
+
+            await eventually_async(refused, what="new connections refused after SIGTERM")
+            assert not any(task.done() for task in tasks)  # ... while every open stream is still running
             return await asyncio.gather(*tasks)
 
     bodies = asyncio.run(scenario())
@@ -378,18 +389,17 @@ def test_serve_exits_cleanly_on_sigint_too(served: list[Served]) -> None:
 
 
 def test_a_client_leaving_mid_body_gives_its_slot_back(proxy: ThreadedServer) -> None:
+
+    def inflight() -> int:
+        count: int = httpx.get(f"{proxy.url}/readyz").json()["checks"]["inflight"]
+        return count
+
     for _ in range(3):
         with socket.create_connection(("127.0.0.1", proxy.port)) as raw:
             raw.sendall(
                 b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
                 b"content-length: 1000\r\n\r\n" + b'{"model": "auto", "mess'
             )
-            time.sleep(0.05)
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        checks = httpx.get(f"{proxy.url}/readyz").json()["checks"]
-        if checks["inflight"] == 0:
-            break
-        time.sleep(0.05)
-    assert checks["inflight"] == 0
+            eventually(lambda: inflight() == 1, what="the half-sent request admitted")
+        eventually(lambda: inflight() == 0, what="the slot given back after the client left")
     assert routed(proxy.url).status_code == 200

@@ -6,14 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from support.ports import free_port
+from support.wait import answers, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,17 +44,18 @@ def serve(*args: str, env: dict[str, str] | None = None) -> Served:
         cwd=ROOT,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def up() -> bool:
         if process.poll() is not None:
             raise AssertionError(f"routeproxy serve exited: {Served(process, url).stop()}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return Served(process, url)
-        except httpx.TransportError:
-            time.sleep(0.05)
-    process.kill()
-    raise AssertionError(f"routeproxy serve did not answer /healthz within 30 s: {Served(process, url).stop()}")
+        return answers(f"{url}/healthz")
+
+    try:
+        eventually(up, tries=600, interval=0.05, what="routeproxy serve answering /healthz")
+    except AssertionError:
+        process.kill()
+        raise
+    return Served(process, url)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import orjson
 import pytest
 from support.ports import free_port
 from support.processes import Served, serve
+from support.wait import answers, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,9 +70,23 @@ def test_preview_length_zero_keeps_prompts_out_of_logs(served: list[Served]) -> 
 def test_workers_flag_runs_several_processes(served: list[Served]) -> None:
     proxy = serve("--simulate", "--speed", "500", "--workers", "2")
     served.append(proxy)
-    with openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="any") as client:
-        for _ in range(4):
+    answered_by: set[str] = set()  # replica ids (hostname-pid) of the workers that counted a request
+
+    def answer_on_a_new_connection(_: int) -> list[str]:
+        with openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="any", max_retries=0) as client:
             assert client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}]).choices
+        replicas: list[str] = httpx.get(f"{proxy.url}/v1/model-routing/stats", timeout=10).json()["replicas"]
+        return replicas
+
+    def both_workers_answered() -> bool:
+        with ThreadPoolExecutor(max_workers=8) as pool:  # concurrent connections reach whichever worker accepts
+            for replicas in pool.map(answer_on_a_new_connection, range(8)):
+                answered_by.update(replicas)
+        return len(answered_by) == 2
+
+    eventually(both_workers_answered, tries=25, interval=0.0, what="requests answered by both workers")
+    children = Path(f"/proc/{proxy.process.pid}/task/{proxy.process.pid}/children").read_text().split()
+    assert {replica.rsplit("-", 1)[1] for replica in answered_by} <= set(children)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -156,13 +171,7 @@ def test_simulate_command_serves_the_chosen_dialect(dialect: str, done_line: byt
         cwd=ROOT,
     )
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
+        eventually(lambda: answers(f"http://127.0.0.1:{port}/health"), tries=400, interval=0.05, what="simulator up")
         body = {
             "model": "meta-llama/Llama-3.2-3B-Instruct",
             "messages": [{"role": "user", "content": "hi"}],

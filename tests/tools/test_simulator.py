@@ -12,6 +12,7 @@ import openai
 import orjson
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
+from support.wait import eventually
 
 from routeproxy.config import Tier
 from routeproxy.sim.simulator import Dialect, SimProfile, create_simulator_app, seed_profile
@@ -66,13 +67,6 @@ def events(raw: bytes, prefix: bytes = b"data: ") -> list[Any]:
 def stats(server: ThreadedServer) -> dict[str, int]:
     result: dict[str, int] = httpx.get(f"{server.url}/_sim/stats").json()
     return result
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def sdk(server: ThreadedServer, api_key: str = "sk-test") -> openai.AsyncOpenAI:
@@ -355,7 +349,7 @@ def test_die_after_truncates_the_chunked_body(serve: Serve) -> None:
             seen += part
     assert seen.count(b'"content":"') == 3  # the role chunk and two tokens
     assert b"[DONE]" not in seen
-    wait_for(lambda: stats(server)["open_streams"] == 0)
+    eventually(lambda: stats(server)["open_streams"] == 0)
 
 
 def test_die_after_without_stream_sends_half_a_body(serve: Serve) -> None:
@@ -370,11 +364,11 @@ async def test_hang_can_be_cancelled_and_counts_a_disconnect(serve: Serve) -> No
         hanging = asyncio.ensure_future(
             client.post("/v1/chat/completions", json=request(), headers={"x-sim-hang": "1"})
         )
-        await asyncio.to_thread(wait_for, lambda: stats(server)["open_streams"] == 1)
+        await asyncio.to_thread(eventually, lambda: stats(server)["open_streams"] == 1)
         hanging.cancel()
         with pytest.raises(asyncio.CancelledError):
             await hanging
-    await asyncio.to_thread(wait_for, lambda: stats(server)["disconnected_streams"] == 1)
+    await asyncio.to_thread(eventually, lambda: stats(server)["disconnected_streams"] == 1)
     assert stats(server)["open_streams"] == 0
 
 
@@ -387,7 +381,7 @@ async def test_client_leaving_mid_stream_is_counted_promptly(serve: Serve) -> No
                 if line.startswith("data:"):
                     break
             assert stats(server)["open_streams"] == 1
-    await asyncio.to_thread(wait_for, lambda: stats(server)["disconnected_streams"] == 1, 1.0)
+    await asyncio.to_thread(eventually, lambda: stats(server)["disconnected_streams"] == 1)
     assert stats(server) == {"open_streams": 0, "completed_streams": 0, "disconnected_streams": 1, "requests": 1}
 
 
@@ -446,8 +440,8 @@ async def test_client_leaving_before_a_completion_is_counted(serve: Serve) -> No
         waiting = asyncio.ensure_future(
             client.post("/v1/chat/completions", json=request(), headers={"x-sim-ttft-ms": "60000"})
         )
-        await asyncio.to_thread(wait_for, lambda: stats(server)["open_streams"] == 1)
+        await asyncio.to_thread(eventually, lambda: stats(server)["open_streams"] == 1)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
-    await asyncio.to_thread(wait_for, lambda: stats(server)["disconnected_streams"] == 1, 1.0)
+    await asyncio.to_thread(eventually, lambda: stats(server)["disconnected_streams"] == 1)

@@ -43,6 +43,7 @@ from routeproxy.counters import CounterStore, now_utc
 from routeproxy.errors import CounterStoreUnavailable
 from routeproxy.runtime import RuntimeConfig, check_runtime, parse_runtime
 from routeproxy.stats import BUCKETS_MS, Outcome, Snapshot, outcome_fields
+from routeproxy.tasks import spawn
 
 log = structlog.get_logger("routeproxy.counters")
 
@@ -243,7 +244,7 @@ class RedisCounterStore(CounterStore):
             return
         await self.flush()  # learn the period and the runtime config now, if Redis answers
         self._stopping.clear()
-        self._task = asyncio.create_task(self._run(), name=f"counters-flush:{self.replica_id}")
+        self._task = spawn(self._run(), name=f"counters-flush:{self.replica_id}")
 
     async def _run(self) -> None:
         while not self._stopping.is_set():

@@ -26,6 +26,7 @@ from typing import Any, TypeVar, cast
 import orjson
 
 from routeproxy.evaluate.metrics import quantile
+from routeproxy.tasks import spawn
 
 __all__ = [
     "LoadResult",
@@ -278,8 +279,8 @@ class _StaticUpstream(asyncio.Protocol):
             self.transport.write(self.stream_head + b"".join(self.chunks) + b"0\r\n\r\n")
         else:
             # Answers on one connection never overlap: the client sends the next request after this one ends.
-            task = asyncio.get_running_loop().create_task(self.paced(delay))
-            self.tasks.add(task)
+            task = spawn(self.paced(delay))
+            self.tasks.add(task)  # this connection's, cancelled when it is lost
             task.add_done_callback(self.tasks.discard)
 
     async def paced(self, delay: float) -> None:

@@ -27,6 +27,7 @@ from routeproxy.config import Tier
 from routeproxy.errors import InvalidRequest
 from routeproxy.parse import parse_chat_body, pop_hints
 from routeproxy.sim.threadserver import ThreadedServer
+from routeproxy.tasks import spawn
 
 SIMPLE = [{"role": "user", "content": "Write a haiku about rain"}]  # SIMPLE: routed to the small tier
 
@@ -341,7 +342,7 @@ def test_sigterm_during_50_open_streams_lets_all_finish_then_exits_0(
                     rest = [chunk async for chunk in chunks]
                     return first + b"".join(rest)
 
-            tasks = [asyncio.create_task(one()) for _ in range(50)]
+            tasks = [spawn(one()) for _ in range(50)]
             await asyncio.wait_for(started.wait(), 10)
             os.kill(pid, signal.SIGTERM)
 

@@ -17,6 +17,7 @@ from support.wait import eventually
 from routeproxy.config import Tier
 from routeproxy.sim.simulator import Dialect, SimProfile, create_simulator_app, seed_profile
 from routeproxy.sim.threadserver import ThreadedServer
+from routeproxy.tasks import spawn
 
 MODEL = "meta-llama/Llama-3.2-3B-Instruct"
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is the capital of France?"}]
@@ -361,9 +362,7 @@ def test_die_after_without_stream_sends_half_a_body(serve: Serve) -> None:
 async def test_hang_can_be_cancelled_and_counts_a_disconnect(serve: Serve) -> None:
     server = serve(Dialect.VLLM)
     async with httpx.AsyncClient(base_url=server.url) as client:
-        hanging = asyncio.ensure_future(
-            client.post("/v1/chat/completions", json=request(), headers={"x-sim-hang": "1"})
-        )
+        hanging = spawn(client.post("/v1/chat/completions", json=request(), headers={"x-sim-hang": "1"}))
         await asyncio.to_thread(eventually, lambda: stats(server)["open_streams"] == 1)
         hanging.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -437,9 +436,7 @@ def test_seed_profiles_match_the_seed_latencies() -> None:
 async def test_client_leaving_before_a_completion_is_counted(serve: Serve) -> None:
     server = serve(Dialect.VLLM)
     async with httpx.AsyncClient(base_url=server.url) as client:
-        waiting = asyncio.ensure_future(
-            client.post("/v1/chat/completions", json=request(), headers={"x-sim-ttft-ms": "60000"})
-        )
+        waiting = spawn(client.post("/v1/chat/completions", json=request(), headers={"x-sim-ttft-ms": "60000"}))
         await asyncio.to_thread(eventually, lambda: stats(server)["open_streams"] == 1)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):

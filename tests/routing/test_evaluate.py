@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import pytest
+from support.devdata import dev_data
 
 from routeproxy.classify import Classifier, load_rules
 from routeproxy.evaluate.metrics import apgr, cpt, oracle_quality, pgr_curve, random_apgr_band
@@ -17,8 +18,6 @@ from routeproxy.evaluate.routing import (
     load_examples,
     report_as_dict,
 )
-
-DEV_DATA = Path(__file__).parents[3] / "shared" / "data" / "routing-dev.jsonl"
 
 # Four prompts: the large model helps on a and d (gain 1), not on b and c. W = 0.25, S = 0.75.
 WEAK = [0.0, 0.0, 1.0, 0.0]
@@ -133,9 +132,8 @@ def test_bench_reports_each_message_size() -> None:
         assert label in table
 
 
-@pytest.mark.skipif(not DEV_DATA.is_file(), reason=f"dev data not found at {DEV_DATA}")
 def test_shipped_general_rules_beat_the_random_band_on_dev_data() -> None:
-    report = evaluate(Classifier(load_rules("general")), load_examples(DEV_DATA), random_draws=200)
+    report = evaluate(Classifier(load_rules("general")), load_examples(dev_data("routing-dev.jsonl")), random_draws=200)
     for item in (*report.subsets, report.overall):
         assert item.apgr > item.random_apgr_high, format_report(report)
     assert {item.subset for item in report.subsets} == {"gsm8k", "mmlu", "mt_bench"}

@@ -14,6 +14,7 @@ import httpx
 import openai
 import orjson
 import pytest
+from support.devdata import dev_data
 from support.ports import free_port
 from support.processes import Served, serve
 from support.wait import answers, eventually
@@ -149,9 +150,7 @@ def test_explain_prints_the_decision_as_json() -> None:
 
 
 def test_eval_reports_router_metrics_against_random(tmp_path: Path) -> None:
-    data = ROOT.parent / "shared" / "data" / "routing-dev.jsonl"
-    if not data.is_file():
-        pytest.skip(f"{data} is not on this machine")
+    data = dev_data("routing-dev.jsonl")
     sample = tmp_path / "sample.jsonl"
     sample.write_text("".join(data.read_text().splitlines(keepends=True)[:600]))
     result = run_cli("eval", str(sample), "--json", "--random-draws", "50")

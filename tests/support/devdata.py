@@ -1,0 +1,23 @@
+"""The development data (/work/shared/data/README.md): ``../shared/data`` beside the checkout, where CI has it too."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from support.processes import ROOT
+
+DEV_DATA = ROOT.parent / "shared" / "data"
+
+
+def dev_data(name: str) -> Path:
+    """The file; without it a skip on a developer's machine, and a failure under CI (``CI`` set, as .ci/run does)."""
+    path = DEV_DATA / name
+    if not path.is_file():
+        where = "the dev data lives in ../shared/data beside the checkout"
+        if os.environ.get("CI"):
+            pytest.fail(f"{path} is missing: {where}")
+        pytest.skip(f"{path} is not on this machine: {where}")
+    return path

@@ -18,7 +18,7 @@ from routeproxy.logs import log_request
 from routeproxy.parse import Hints, check_content_type, parse_chat_body, pop_hints
 from routeproxy.relay import Exchange, RelayResult
 from routeproxy.resources import Resources, resources_of
-from routeproxy.route import RouteDecision, response_headers
+from routeproxy.route import Reason, RouteDecision, response_headers
 from routeproxy.stats import Outcome
 from routeproxy.upstream import RawHeaders
 
@@ -104,7 +104,7 @@ def _relay(
             )
 
     # A pinned request named its model: it is not switched to the other one behind the client's back.
-    fallback = None if decision.reason == "pinned" else settings.routing.fallback_for(decision.tier)
+    fallback = None if decision.reason is Reason.PINNED else settings.routing.fallback_for(decision.tier)
     return Exchange(resources.pool, decision.tier, fallback, prepare, request.headers.raw, started, finish)
 
 

@@ -238,7 +238,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             "model": settings.tiers[decision.tier].model,
             "complexity": None if decision.complexity is None else decision.complexity.value,
             "score": None if decision.score is None else round(decision.score, 4),
-            "reason": decision.reason,
+            "reason": decision.why,
         }
         sys.stdout.write(orjson.dumps(out).decode() + "\n")
     return status

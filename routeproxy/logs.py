@@ -66,7 +66,7 @@ def log_request(
         "request_id": request_id,
         "tier": tier.label,
         "complexity": decision.complexity.name if decision.complexity else None,
-        "reason": decision.reason,
+        "reason": decision.why,
         "status": result.status,
         "latency_ms": round(result.end_s * 1000, 2),
         "stream": body_stream,

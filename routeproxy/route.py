@@ -8,6 +8,7 @@ the normalised key instead, so the draw is the same everywhere, and a MEDIUM que
 
 from __future__ import annotations
 
+import enum
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,15 +29,31 @@ def stable_draw(key: str) -> float:
     return int.from_bytes(digest, "big") / _TWO_TO_64
 
 
+class Reason(enum.StrEnum):
+    """Why a request went to its tier."""
+
+    PINNED = "pinned"  # the request named a tier's model id
+    ROUTING_DISABLED = "routing_disabled"  # every request to the large tier (the seed's baseline)
+    CLASSIFY_FAILED = "classify_failed"  # the classifier raised: the large tier, the safe side
+    CLASSIFIED = "classified"  # SIMPLE or COMPLEX: the class decides
+    AB_TEST = "ab_test"  # MEDIUM: the sticky key's draw against ab_test_ratio
+
+
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
     tier: Tier
     complexity: Complexity | None
-    reason: str
+    reason: Reason
     classification: Classification | None = None
     ab_draw: float | None = None
     ab_ratio: float | None = None
     classify_error: str | None = None
+    detail: str | None = None  # CLASSIFIED: the signal that pushed hardest; AB_TEST: the draw against the ratio
+
+    @property
+    def why(self) -> str:
+        """The reason as the x-routeproxy-reason header, the log line and explain show it."""
+        return self.detail or self.reason.value
 
     @property
     def score(self) -> float | None:
@@ -51,21 +68,23 @@ def decide(classification: Classification, *, enabled: bool, ab_test_ratio: floa
     """
     complexity = classification.complexity
     if not enabled:
-        return RouteDecision(Tier.LARGE, complexity, "routing_disabled", classification)
-    if complexity is Complexity.SIMPLE:
-        return RouteDecision(Tier.SMALL, complexity, _top_signal(classification, "simple"), classification)
-    if complexity is Complexity.COMPLEX:
-        return RouteDecision(Tier.LARGE, complexity, _top_signal(classification, "complex"), classification)
+        return RouteDecision(Tier.LARGE, complexity, Reason.ROUTING_DISABLED, classification)
+    if complexity is Complexity.SIMPLE or complexity is Complexity.COMPLEX:
+        tier = Tier.SMALL if complexity is Complexity.SIMPLE else Tier.LARGE
+        top = _top_signal(classification, complexity.value)
+        return RouteDecision(tier, complexity, Reason.CLASSIFIED, classification, detail=top)
     draw = stable_draw(sticky)
     if draw < ab_test_ratio:
-        tier, reason = Tier.SMALL, f"ab:{draw:.2f}<{ab_test_ratio:.2f}"
+        tier, detail = Tier.SMALL, f"ab:{draw:.2f}<{ab_test_ratio:.2f}"
     else:
-        tier, reason = Tier.LARGE, f"ab:{draw:.2f}>={ab_test_ratio:.2f}"
-    return RouteDecision(tier, complexity, reason, classification, ab_draw=draw, ab_ratio=ab_test_ratio)
+        tier, detail = Tier.LARGE, f"ab:{draw:.2f}>={ab_test_ratio:.2f}"
+    return RouteDecision(
+        tier, complexity, Reason.AB_TEST, classification, ab_draw=draw, ab_ratio=ab_test_ratio, detail=detail
+    )
 
 
 def pinned(tier: Tier) -> RouteDecision:
-    return RouteDecision(tier, None, "pinned")
+    return RouteDecision(tier, None, Reason.PINNED)
 
 
 def _top_signal(classification: Classification, default: str) -> str:
@@ -120,7 +139,7 @@ class Router:
         try:
             classification = self.classifier.classify(body, query_type=hints.query_type, entities=hints.entities)
         except Exception as exc:
-            return RouteDecision(Tier.LARGE, None, "classify_failed", classify_error=repr(exc))
+            return RouteDecision(Tier.LARGE, None, Reason.CLASSIFY_FAILED, classify_error=repr(exc))
         return decide(
             classification,
             enabled=enabled,
@@ -150,7 +169,7 @@ def explain(decision: RouteDecision, settings: Settings, *, enabled: bool, ab_te
         "model": settings.tiers[decision.tier].model,
         "complexity": None if decision.complexity is None else decision.complexity.value,
         "score": None if classification is None else round(classification.score, 4),
-        "reason": decision.reason,
+        "reason": decision.why,
         "signals": []
         if classification is None
         else [
@@ -168,7 +187,7 @@ def response_headers(decision: RouteDecision, tier: Tier, model: str) -> Mapping
     headers = {
         "x-routeproxy-tier": tier.value,
         "x-routeproxy-model": model,
-        "x-routeproxy-reason": decision.reason,
+        "x-routeproxy-reason": decision.why,
     }
     if decision.complexity is not None:
         headers["x-routeproxy-complexity"] = decision.complexity.value

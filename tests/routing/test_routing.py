@@ -16,7 +16,7 @@ from support.upstreams import ProxyFactory, settings_for
 from routeproxy.classify import Classification, Classifier, Complexity, load_rules
 from routeproxy.config import Tier
 from routeproxy.parse import Hints
-from routeproxy.route import Router, decide, stable_draw
+from routeproxy.route import Reason, Router, decide, stable_draw
 from routeproxy.sim.threadserver import ThreadedServer
 
 SEED_SIMPLE = {
@@ -208,7 +208,8 @@ def test_raising_the_ratio_only_moves_medium_queries_from_large_to_small(prompt:
 def test_policy_table(complexity: Complexity, enabled: bool, tier: Tier, reason_prefix: str) -> None:
     decision = decide(_classification(complexity), enabled=enabled, ab_test_ratio=0.5, sticky="q")
     assert decision.tier is tier
-    assert decision.reason.startswith(reason_prefix)
+    assert decision.why.startswith(reason_prefix)
+    assert decision.reason is (Reason.CLASSIFIED if enabled else Reason.ROUTING_DISABLED)
     assert decision.complexity is complexity  # still recorded when routing is off: the baseline's mix
 
 
@@ -233,7 +234,8 @@ def test_a_failing_classifier_sends_the_request_to_the_large_tier() -> None:
     body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
     decision = router.route(body, Hints(), {}, enabled=True, ab_test_ratio=1.0)
     assert decision.tier is Tier.LARGE
-    assert decision.reason == "classify_failed"
+    assert decision.reason is Reason.CLASSIFY_FAILED
+    assert decision.why == "classify_failed"
     assert decision.classify_error is not None and "rule set exploded" in decision.classify_error
 
 

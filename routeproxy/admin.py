@@ -33,6 +33,7 @@ async def routing_stats(request: Request) -> Response:
         routing_enabled=enabled,
         baseline_latency_ms=settings.counters.baseline_latency_ms,
         relative_cost={tier: config.relative_cost for tier, config in settings.tiers.items()},
+        labels=settings.tier_labels,
     )
     return JSONResponse(stats)
 

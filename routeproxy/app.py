@@ -97,14 +97,14 @@ def create_app(settings: Settings) -> ProxyApp:
         client_keys = settings.server.api_keys
         # A routeproxy client key is ours to check and never goes upstream.
         pool = UpstreamPool(settings.tiers, forward_client_auth=not client_keys)
-        counters = open_store(settings.counters)
+        counters = open_store(settings.counters, settings.tier_labels)
         await counters.start()
         resources = Resources(
             settings=settings,
             router=router,
             pool=pool,
             counters=counters,
-            metrics=Metrics(),
+            metrics=Metrics(settings.tier_labels),
             client_key_digests=frozenset(digest(key) for key in client_keys),
         )
         restore_signals = _drain_on_signals(resources)

@@ -99,9 +99,7 @@ def _relay(
         resources.counters.record(outcome)
         resources.metrics.observe(outcome, overhead_s=overhead_s[0] if overhead_s else None, classify_s=classify_s)
         if resources.log_requests or result.upstream_error or decision.classify_error:
-            log_request(
-                decision, result, request_id, settings.routing.log_preview_chars, body_stream=bool(body.get("stream"))
-            )
+            log_request(decision, result, request_id, settings, body_stream=bool(body.get("stream")))
 
     # A pinned request named its model: it is not switched to the other one behind the client's back.
     fallback = None if decision.reason is Reason.PINNED else settings.routing.fallback_for(decision.tier)

@@ -371,7 +371,7 @@ async def _stats_from_redis(settings: Settings) -> dict[str, Any]:
     from routeproxy.counters import open_store
     from routeproxy.stats import render_stats
 
-    store = open_store(settings.counters, replica_id="routeproxy-stats-cli")
+    store = open_store(settings.counters, settings.tier_labels, replica_id="routeproxy-stats-cli")
     try:
         snapshot = await store.snapshot()
         runtime = await store.runtime()
@@ -385,6 +385,7 @@ async def _stats_from_redis(settings: Settings) -> dict[str, Any]:
         else runtime.enable_model_routing,
         baseline_latency_ms=settings.counters.baseline_latency_ms,
         relative_cost={tier: config.relative_cost for tier, config in settings.tiers.items()},
+        labels=settings.tier_labels,
     )
 
 
@@ -396,9 +397,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"  routing: enabled={settings.routing.enabled} ab_test_ratio={settings.routing.ab_test_ratio} "
         f"rules={settings.routing.rules}"
     )
-    for tier, config in settings.tiers.items():
+    for config in settings.tiers.values():
         key = "set" if config.api_key else ("unset" if config.api_key_env is None else f"${config.api_key_env} unset")
-        print(f"  {tier.label}: {config.model} via {config.kind} at {config.base_url} (api key {key})")
+        print(f"  {config.label}: {config.model} via {config.kind} at {config.base_url} (api key {key})")
     print(f"  counters: {'redis ' + settings.counters.redis_url if settings.counters.redis_url else 'in-memory'}")
     return 0
 

@@ -28,11 +28,6 @@ class Tier(enum.StrEnum):
     LARGE = "large"
 
     @property
-    def label(self) -> str:
-        """The seed's names for the tiers, used in stats and logs."""
-        return "3b" if self is Tier.SMALL else "8b"
-
-    @property
     def other(self) -> Tier:
         return Tier.LARGE if self is Tier.SMALL else Tier.SMALL
 
@@ -127,6 +122,16 @@ def _text(value: Any) -> str:
     return text
 
 
+_LABEL = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+def _label(value: Any) -> str:
+    text = _text(value)
+    if not _LABEL.match(text):
+        raise ValueError("expected 1-32 letters, digits, _ or - (it names Redis fields and Prometheus labels)")
+    return text
+
+
 def _optional_text(value: Any) -> str | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
@@ -189,9 +194,16 @@ class Setting:
     help: str
 
 
-def _tier_settings(tier: Tier, env_prefix: str, model: str, cost: float) -> tuple[Setting, ...]:
-    size = tier.label.upper()
+def _tier_settings(tier: Tier, env_prefix: str, label: str, model: str, cost: float) -> tuple[Setting, ...]:
+    size = label.upper()
     return (
+        Setting(
+            f"tiers.{tier}.label",
+            f"{env_prefix}_LABEL",
+            label,
+            _label,
+            f"Name of the {size} tier in the stats JSON, metrics, logs and Redis fields (the seed's: {label}).",
+        ),
         Setting(
             f"tiers.{tier}.model",
             f"{env_prefix}_NAME",
@@ -360,8 +372,8 @@ SETTINGS: tuple[Setting, ...] = (
         _bool,
         "Retry on the small tier when the large one fails the same way.",
     ),
-    *_tier_settings(Tier.SMALL, "MODEL_3B", "meta-llama/Llama-3.2-3B-Instruct", 0.375),
-    *_tier_settings(Tier.LARGE, "MODEL_8B", "meta-llama/Llama-3.1-8B-Instruct", 1.0),
+    *_tier_settings(Tier.SMALL, "MODEL_3B", "3b", "meta-llama/Llama-3.2-3B-Instruct", 0.375),
+    *_tier_settings(Tier.LARGE, "MODEL_8B", "8b", "meta-llama/Llama-3.1-8B-Instruct", 1.0),
     Setting(
         "counters.redis_url",
         "REDIS_URL",
@@ -442,6 +454,7 @@ class RoutingConfig:
 @dataclass(frozen=True, slots=True)
 class TierConfig:
     tier: Tier
+    label: str  # the tier's name in stats, metrics, logs and Redis fields
     model: str
     base_url: str
     api_key: str | None
@@ -486,6 +499,11 @@ class Settings:
     simulator: SimulatorConfig
     source: str = "defaults"
     values: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def tier_labels(self) -> dict[Tier, str]:
+        """Each tier's name in stats, metrics, logs and Redis fields (``tiers.<tier>.label``)."""
+        return {tier: config.label for tier, config in self.tiers.items()}
 
 
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
@@ -580,6 +598,11 @@ def load_settings(
             f"tiers.small.model and tiers.large.model are both {tiers[Tier.SMALL].model!r}: "
             "a pinned request could not tell the tiers apart"
         )
+    if tiers[Tier.SMALL].label == tiers[Tier.LARGE].label:
+        raise ConfigError(
+            f"tiers.small.label and tiers.large.label are both {tiers[Tier.SMALL].label!r}: "
+            "the stats could not tell the tiers apart"
+        )
     if values["routing.auto_model"] in (tiers[Tier.SMALL].model, tiers[Tier.LARGE].model):
         raise ConfigError(f"routing.auto_model = {values['routing.auto_model']!r} is also a tier's model id")
     return Settings(
@@ -646,6 +669,7 @@ def _tier_config(tier: Tier, values: Mapping[str, Any], environ: Mapping[str, st
         raise ConfigError(f"tiers.{tier}.api_key (from {where}) has non-printable or non-ASCII characters")
     return TierConfig(
         tier=tier,
+        label=get("label"),
         model=get("model"),
         base_url=get("base_url"),
         api_key=api_key,

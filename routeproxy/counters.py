@@ -11,10 +11,11 @@ import abc
 import os
 import socket
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import ClassVar
 
-from routeproxy.config import CounterConfig
+from routeproxy.config import CounterConfig, Tier
 from routeproxy.runtime import RuntimeConfig, check_runtime, merge_runtime
 from routeproxy.stats import Outcome, Snapshot, outcome_fields
 
@@ -33,7 +34,10 @@ class CounterStore(abc.ABC):
 
     store_name: ClassVar[str]
 
-    def __init__(self, *, replica_id: str | None = None, flush_interval: float = 0.5) -> None:
+    def __init__(
+        self, labels: Mapping[Tier, str], *, replica_id: str | None = None, flush_interval: float = 0.5
+    ) -> None:
+        self.labels = dict(labels)  # each tier's name in the counter fields (Settings.tier_labels)
         self.replica_id = replica_id or default_replica_id()
         self.flush_interval = flush_interval
         self._runtime = RuntimeConfig()
@@ -90,14 +94,16 @@ class MemoryCounterStore(CounterStore):
 
     store_name = "memory"
 
-    def __init__(self, *, replica_id: str | None = None, flush_interval: float = 0.5) -> None:
-        super().__init__(replica_id=replica_id, flush_interval=flush_interval)
+    def __init__(
+        self, labels: Mapping[Tier, str], *, replica_id: str | None = None, flush_interval: float = 0.5
+    ) -> None:
+        super().__init__(labels, replica_id=replica_id, flush_interval=flush_interval)
         self._counts: dict[str, int] = {}
         self._period = 0
         self._since = now_utc()
 
     def record(self, outcome: Outcome) -> None:
-        for name, increment in outcome_fields(outcome):
+        for name, increment in outcome_fields(outcome, self.labels):
             self._counts[name] = self._counts.get(name, 0) + increment
 
     async def start(self) -> None:
@@ -129,11 +135,19 @@ class MemoryCounterStore(CounterStore):
         return self._runtime
 
 
-def open_store(config: CounterConfig, *, replica_id: str | None = None, flush_interval: float = 0.5) -> CounterStore:
+def open_store(
+    config: CounterConfig,
+    labels: Mapping[Tier, str],
+    *,
+    replica_id: str | None = None,
+    flush_interval: float = 0.5,
+) -> CounterStore:
     """The Redis store when ``config.redis_url`` is set, else the in-memory one. No I/O until start()."""
     if config.redis_url is None:
-        return MemoryCounterStore(replica_id=replica_id, flush_interval=flush_interval)
+        return MemoryCounterStore(labels, replica_id=replica_id, flush_interval=flush_interval)
     # Imported here: a proxy without Redis never loads the Redis client.
     from routeproxy.redis_store import RedisCounterStore
 
-    return RedisCounterStore(config.redis_url, config.namespace, replica_id=replica_id, flush_interval=flush_interval)
+    return RedisCounterStore(
+        config.redis_url, config.namespace, labels, replica_id=replica_id, flush_interval=flush_interval
+    )

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import structlog
 
-from routeproxy.config import LogConfig
+from routeproxy.config import LogConfig, Settings
 from routeproxy.relay import RelayResult
 from routeproxy.route import RouteDecision
 
@@ -57,14 +57,14 @@ def preview(text: str, limit: int) -> str | None:
 
 
 def log_request(
-    decision: RouteDecision, result: RelayResult, request_id: str, preview_chars: int, *, body_stream: bool
+    decision: RouteDecision, result: RelayResult, request_id: str, settings: Settings, *, body_stream: bool
 ) -> None:
     """One line per chat request: info when it went well, warning for an upstream error, error when
     classification failed."""
     tier = result.tier or decision.tier
     fields: dict[str, Any] = {
         "request_id": request_id,
-        "tier": tier.label,
+        "tier": settings.tiers[tier].label,
         "complexity": decision.complexity.name if decision.complexity else None,
         "reason": decision.why,
         "status": result.status,
@@ -77,7 +77,7 @@ def log_request(
     if result.ttfb_s is not None and result.stream:
         fields["ttfb_ms"] = round(result.ttfb_s * 1000, 2)
     if decision.classification is not None:
-        shown = preview(decision.classification.query, preview_chars)
+        shown = preview(decision.classification.query, settings.routing.log_preview_chars)
         if shown is not None:
             fields["query"] = shown
     if result.disconnected:

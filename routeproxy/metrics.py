@@ -12,6 +12,8 @@ first scrape, which keeps ``rate()`` and ``histogram_quantile()`` in Grafana fre
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from routeproxy.classify import Complexity
@@ -63,7 +65,8 @@ _SLOTS: dict[Complexity | None, str] = {**{c: c.value for c in Complexity}, None
 class Metrics:
     """The proxy's Prometheus series, in a registry of their own."""
 
-    def __init__(self) -> None:
+    def __init__(self, labels: Mapping[Tier, str]) -> None:
+        """``labels`` names the tiers in every series (``Settings.tier_labels``)."""
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
 
@@ -75,7 +78,7 @@ class Metrics:
             registry=registry,
         )
         self._requests = {
-            (tier, complexity, status): requests.labels(tier.label, slot, status)
+            (tier, complexity, status): requests.labels(labels[tier], slot, status)
             for tier in Tier
             for complexity, slot in _SLOTS.items()
             for status in STATUS_CLASSES
@@ -103,8 +106,8 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=registry,
         )
-        self._latency = {tier: latency.labels(tier.label) for tier in Tier}
-        self._ttfb = {tier: ttfb.labels(tier.label) for tier in Tier}
+        self._latency = {tier: latency.labels(labels[tier]) for tier in Tier}
+        self._ttfb = {tier: ttfb.labels(labels[tier]) for tier in Tier}
         self._overhead = Histogram(
             f"{PREFIX}_proxy_overhead_seconds",
             "Time spent in the proxy before the upstream request was sent.",
@@ -120,7 +123,7 @@ class Metrics:
 
         def per_tier(name: str, help_text: str) -> dict[Tier, Counter]:
             counter = Counter(f"{PREFIX}_{name}", help_text, ["tier"], registry=registry)
-            return {tier: counter.labels(tier.label) for tier in Tier}
+            return {tier: counter.labels(labels[tier]) for tier in Tier}
 
         self._errors = per_tier("upstream_errors", "Upstream failures (refused, timeout, 5xx, broken stream).")
         self._fallbacks = per_tier("fallbacks", "Requests retried on the other tier, under the tier that answered.")
@@ -132,8 +135,8 @@ class Metrics:
             ["tier", "type"],
             registry=registry,
         )
-        self._prompt_tokens = {tier: tokens.labels(tier.label, "prompt") for tier in Tier}
-        self._completion_tokens = {tier: tokens.labels(tier.label, "completion") for tier in Tier}
+        self._prompt_tokens = {tier: tokens.labels(labels[tier], "prompt") for tier in Tier}
+        self._completion_tokens = {tier: tokens.labels(labels[tier], "completion") for tier in Tier}
 
         self._redis_failures_seen = 0
         self._redis_errors = Counter(

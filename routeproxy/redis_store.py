@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -39,6 +40,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
+from routeproxy.config import Tier
 from routeproxy.counters import CounterStore, now_utc
 from routeproxy.errors import CounterStoreUnavailable
 from routeproxy.runtime import RuntimeConfig, check_runtime, parse_runtime
@@ -55,8 +57,8 @@ KEY_LAYOUT_MARKDOWN = (
     """\
 All keys of one namespace (`counters.namespace`, default `routeproxy`) share the hash tag
 `{<namespace>}`, so they live in one Redis Cluster slot. `<p>` is the A/B period number, `<tier>` is
-`3b` or `8b`, `<complexity>` is `simple`, `medium`, `complex` or `pinned` (the request named a tier's
-model id).
+the tier's label (`tiers.small.label`, `tiers.large.label`: `3b`, `8b` by default), `<complexity>` is
+`simple`, `medium`, `complex` or `pinned` (the request named a tier's model id).
 
 | key | type | holds |
 | --- | --- | --- |
@@ -200,8 +202,16 @@ class RedisCounterStore(CounterStore):
 
     store_name = "redis"
 
-    def __init__(self, url: str, namespace: str, *, replica_id: str | None = None, flush_interval: float = 0.5) -> None:
-        super().__init__(replica_id=replica_id, flush_interval=flush_interval)
+    def __init__(
+        self,
+        url: str,
+        namespace: str,
+        labels: Mapping[Tier, str],
+        *,
+        replica_id: str | None = None,
+        flush_interval: float = 0.5,
+    ) -> None:
+        super().__init__(labels, replica_id=replica_id, flush_interval=flush_interval)
         self.keys = RedisKeys(namespace)
         self._client = redis_client(url)
         self._flush_script = self._client.register_script(_FLUSH_LUA)
@@ -221,7 +231,7 @@ class RedisCounterStore(CounterStore):
 
     def record(self, outcome: Outcome) -> None:
         pending = self._pending.setdefault(self._period, {})
-        for name, increment in outcome_fields(outcome):
+        for name, increment in outcome_fields(outcome, self.labels):
             pending[name] = pending.get(name, 0) + increment
             self._local[name] = self._local.get(name, 0) + increment
 

@@ -165,7 +165,7 @@ def explain(decision: RouteDecision, settings: Settings, *, enabled: bool, ab_te
     classification = decision.classification
     return {
         "tier": decision.tier.value,
-        "label": decision.tier.label,
+        "label": settings.tiers[decision.tier].label,
         "model": settings.tiers[decision.tier].model,
         "complexity": None if decision.complexity is None else decision.complexity.value,
         "score": None if classification is None else round(classification.score, 4),

@@ -20,7 +20,6 @@ from routeproxy.config import Tier
 
 PINNED = "pinned"  # the complexity slot of requests pinned to a tier by model id
 COMPLEXITY_SLOTS: tuple[str, ...] = (*(c.value for c in Complexity), PINNED)
-TIER_LABELS: tuple[str, ...] = tuple(tier.label for tier in Tier)
 # Upper bounds (ms) of the fixed histogram buckets; the last bucket ("inf") holds everything above.
 BUCKETS_MS: tuple[int, ...] = (
     50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 2500, 3000, 3500,
@@ -76,9 +75,9 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status <= 599 else "none"
 
 
-def outcome_fields(outcome: Outcome) -> Iterable[tuple[str, int]]:
-    """The (field, increment) pairs one outcome adds."""
-    tier = outcome.tier.label
+def outcome_fields(outcome: Outcome, labels: Mapping[Tier, str]) -> Iterable[tuple[str, int]]:
+    """The (field, increment) pairs one outcome adds; ``labels`` names the tiers (``Settings.tier_labels``)."""
+    tier = labels[outcome.tier]
     scopes = (tier, f"{tier}:{outcome.complexity.value if outcome.complexity else PINNED}")
     latency = max(0.0, outcome.latency_ms)
     bucket = _bucket(latency)
@@ -108,11 +107,11 @@ def outcome_fields(outcome: Outcome) -> Iterable[tuple[str, int]]:
         yield f"completion_tokens:{tier}", outcome.completion_tokens or 0
 
 
-def field_count() -> int:
+def field_count(tiers: int = len(Tier)) -> int:
     """How many distinct fields exist: the bound on the size of any local delta."""
     per_scope = 4 + len(BUCKET_NAMES)  # requests, latency sum, errors, fallbacks + buckets
     per_tier = (1 + len(COMPLEXITY_SLOTS)) * per_scope + len(STATUS_CLASSES) + 3 + len(BUCKET_NAMES) + 5
-    return len(TIER_LABELS) * per_tier
+    return tiers * per_tier
 
 
 PERCENTILES: tuple[tuple[str, float], ...] = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
@@ -161,14 +160,16 @@ def render_stats(
     routing_enabled: bool,
     baseline_latency_ms: float | None,
     relative_cost: Mapping[Tier, float],
+    labels: Mapping[Tier, str],
 ) -> dict[str, Any]:
-    """The seed's stats JSON (same keys, same order), then the extra fields.
+    """The seed's stats JSON (same keys, same order), then the extra fields; tiers appear under ``labels``, small
+    first.
 
     ``baseline_latency_ms`` None means "measure it": the average latency of the large tier.
     ``estimated_cost_savings_pct`` compares with sending every request to the large tier.
     """
-    requests = {tier: snapshot.get("requests", tier.label) for tier in Tier}
-    latency_sums = {tier: snapshot.get("latency_ms_sum", tier.label) for tier in Tier}
+    requests = {tier: snapshot.get("requests", labels[tier]) for tier in Tier}
+    latency_sums = {tier: snapshot.get("latency_ms_sum", labels[tier]) for tier in Tier}
     total = sum(requests.values())
     average = sum(latency_sums.values()) / total if total else 0.0
     if baseline_latency_ms is None:
@@ -177,13 +178,13 @@ def render_stats(
         baseline = round(baseline_latency_ms)
     all_large_cost = total * relative_cost[Tier.LARGE]
     actual_cost = sum(requests[tier] * relative_cost[tier] for tier in Tier)
-    latency_histograms = {tier: snapshot.histogram("latency_ms_bucket", tier.label) for tier in Tier}
-    ttfb_histograms = {tier: snapshot.histogram("ttfb_ms_bucket", tier.label) for tier in Tier}
-    errors = {tier: snapshot.get("errors", tier.label) for tier in Tier}
+    latency_histograms = {tier: snapshot.histogram("latency_ms_bucket", labels[tier]) for tier in Tier}
+    ttfb_histograms = {tier: snapshot.histogram("ttfb_ms_bucket", labels[tier]) for tier in Tier}
+    errors = {tier: snapshot.get("errors", labels[tier]) for tier in Tier}
     stats: dict[str, Any] = {
         "total_requests": total,
         "model_distribution": {
-            tier.label: {
+            labels[tier]: {
                 "count": requests[tier],
                 "percentage": _pct(requests[tier], total),
                 "avg_latency_ms": _avg(latency_sums[tier], requests[tier]),
@@ -198,41 +199,41 @@ def render_stats(
         "routing_enabled": routing_enabled,
         "complexity_distribution": {
             slot: {
-                "count": snapshot.get("requests", Tier.SMALL.label, slot)
-                + snapshot.get("requests", Tier.LARGE.label, slot),
-                "tiers": {tier.label: snapshot.get("requests", tier.label, slot) for tier in Tier},
+                "count": snapshot.get("requests", labels[Tier.SMALL], slot)
+                + snapshot.get("requests", labels[Tier.LARGE], slot),
+                "tiers": {labels[tier]: snapshot.get("requests", labels[tier], slot) for tier in Tier},
                 "avg_latency_ms": _avg(
-                    sum(snapshot.get("latency_ms_sum", tier.label, slot) for tier in Tier),
-                    sum(snapshot.get("requests", tier.label, slot) for tier in Tier),
+                    sum(snapshot.get("latency_ms_sum", labels[tier], slot) for tier in Tier),
+                    sum(snapshot.get("requests", labels[tier], slot) for tier in Tier),
                 ),
             }
             for slot in COMPLEXITY_SLOTS
         },
         "latency_percentiles_ms": {
-            **{tier.label: _percentiles(latency_histograms[tier]) for tier in Tier},
+            **{labels[tier]: _percentiles(latency_histograms[tier]) for tier in Tier},
             "overall": _percentiles(_sum_histograms(latency_histograms.values())),
         },
         "ttfb_percentiles_ms": {
-            **{tier.label: _percentiles(ttfb_histograms[tier]) for tier in Tier},
+            **{labels[tier]: _percentiles(ttfb_histograms[tier]) for tier in Tier},
             "overall": _percentiles(_sum_histograms(ttfb_histograms.values())),
         },
-        "streams": {tier.label: snapshot.get("streams", tier.label) for tier in Tier},
-        "upstream_errors": {tier.label: errors[tier] for tier in Tier},
+        "streams": {labels[tier]: snapshot.get("streams", labels[tier]) for tier in Tier},
+        "upstream_errors": {labels[tier]: errors[tier] for tier in Tier},
         "error_rate_pct": {
-            **{tier.label: _pct(errors[tier], requests[tier]) for tier in Tier},
+            **{labels[tier]: _pct(errors[tier], requests[tier]) for tier in Tier},
             "overall": _pct(sum(errors.values()), total),
         },
-        "fallbacks": {tier.label: snapshot.get("fallbacks", tier.label) for tier in Tier},
-        "classify_failures": sum(snapshot.get("classify_failures", tier.label) for tier in Tier),
-        "disconnects": {tier.label: snapshot.get("disconnects", tier.label) for tier in Tier},
+        "fallbacks": {labels[tier]: snapshot.get("fallbacks", labels[tier]) for tier in Tier},
+        "classify_failures": sum(snapshot.get("classify_failures", labels[tier]) for tier in Tier),
+        "disconnects": {labels[tier]: snapshot.get("disconnects", labels[tier]) for tier in Tier},
         "status_classes": {
-            tier.label: {name: snapshot.get("status", tier.label, name) for name in STATUS_CLASSES} for tier in Tier
+            labels[tier]: {name: snapshot.get("status", labels[tier], name) for name in STATUS_CLASSES} for tier in Tier
         },
         "tokens": {
-            tier.label: {
-                "requests_with_usage": snapshot.get("usage_reports", tier.label),
-                "prompt": snapshot.get("prompt_tokens", tier.label),
-                "completion": snapshot.get("completion_tokens", tier.label),
+            labels[tier]: {
+                "requests_with_usage": snapshot.get("usage_reports", labels[tier]),
+                "prompt": snapshot.get("prompt_tokens", labels[tier]),
+                "completion": snapshot.get("completion_tokens", labels[tier]),
             }
             for tier in Tier
         },

@@ -118,7 +118,7 @@ def workload_scenario(session: Session) -> Table:
             )
             answered = len(result.samples)
             stats = _read_until(client, f"{base}/stats", lambda answer: answer["total_requests"] >= answered)  # noqa: B023
-            small, large = stats["model_distribution"]["3b"], stats["model_distribution"]["8b"]
+            small, large = stats["model_distribution"].values()  # small first, whatever the tiers are called
             client_avg = sum(x.total_s for x in result.samples) / len(result.samples) * 1000 * speed
             average = stats["average_latency_ms"] * speed
             recomputed = (seed_small * SEED_SMALL_MS + (100 - seed_small) * SEED_LARGE_MS) / 100

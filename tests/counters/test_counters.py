@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from support.redis_server import RedisServer, persistent_redis_server, redis_server  # noqa: F401
+from support.upstreams import LABELS
 from support.wait import eventually_async
 
 from routeproxy.classify import Complexity
@@ -54,14 +55,19 @@ MIXED = [
 def totals(outcomes: list[Outcome]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for item in outcomes:
-        for name, increment in outcome_fields(item):
+        for name, increment in outcome_fields(item, LABELS):
             counts[name] = counts.get(name, 0) + increment
     return counts
 
 
 def stats_of(snapshot: Snapshot, baseline: float | None = 4500.0) -> dict[str, Any]:
     return render_stats(
-        snapshot, ab_test_ratio=0.5, routing_enabled=True, baseline_latency_ms=baseline, relative_cost=COSTS
+        snapshot,
+        ab_test_ratio=0.5,
+        routing_enabled=True,
+        baseline_latency_ms=baseline,
+        relative_cost=COSTS,
+        labels=LABELS,
     )
 
 
@@ -74,7 +80,9 @@ async def open_redis_store() -> AsyncIterator[StoreFactory]:
     opened: list[CounterStore] = []
 
     async def factory(url: str, replica_id: str, flush_interval: float = 3600.0) -> RedisCounterStore:
-        store = open_store(CounterConfig(url, "rp-test", 4500.0), replica_id=replica_id, flush_interval=flush_interval)
+        store = open_store(
+            CounterConfig(url, "rp-test", 4500.0), LABELS, replica_id=replica_id, flush_interval=flush_interval
+        )
         assert isinstance(store, RedisCounterStore)
         opened.append(store)
         await store.start()
@@ -89,7 +97,7 @@ async def open_redis_store() -> AsyncIterator[StoreFactory]:
 
 
 async def test_memory_store_adds_up_outcomes() -> None:
-    store = open_store(CounterConfig(None, "routeproxy", 4500.0))
+    store = open_store(CounterConfig(None, "routeproxy", 4500.0), LABELS)
     assert isinstance(store, MemoryCounterStore)
     await store.start()
     for item in MIXED:
@@ -107,7 +115,7 @@ async def test_memory_store_adds_up_outcomes() -> None:
 
 
 async def test_memory_runtime_change_is_kept_and_partial() -> None:
-    store = open_store(CounterConfig(None, "routeproxy", None))
+    store = open_store(CounterConfig(None, "routeproxy", None), LABELS)
     assert await store.set_runtime(RuntimeConfig(ab_test_ratio=0.3)) == RuntimeConfig(0.3, None)
     assert await store.set_runtime(RuntimeConfig(enable_model_routing=False)) == RuntimeConfig(0.3, False)
     assert store.current_runtime == await store.runtime() == RuntimeConfig(0.3, False)
@@ -167,7 +175,7 @@ async def test_stats_of_nothing_are_zero() -> None:
 async def test_percentiles_from_buckets_are_within_one_bucket(spread: tuple[float, float]) -> None:
     low, high = spread
     latencies = [low + (high - low) * ((i * 7919) % 1000) / 999 for i in range(1000)]
-    store = MemoryCounterStore()
+    store = MemoryCounterStore(LABELS)
     for latency in latencies:
         store.record(outcome(Tier.LARGE, Complexity.MEDIUM, latency))
     got = stats_of(await store.snapshot())["latency_percentiles_ms"]["8b"]

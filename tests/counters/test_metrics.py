@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from support.upstreams import LABELS
 
 from routeproxy.classify import Complexity
 from routeproxy.config import Tier
@@ -30,7 +31,7 @@ def outcome(tier: Tier = Tier.SMALL, complexity: Complexity | None = Complexity.
 
 
 def test_requests_are_counted_by_tier_complexity_and_status_class() -> None:
-    metrics = Metrics()
+    metrics = Metrics(LABELS)
     metrics.observe(outcome(Tier.SMALL, Complexity.SIMPLE), overhead_s=0.0003, classify_s=0.00002)
     metrics.observe(outcome(Tier.SMALL, Complexity.SIMPLE), overhead_s=0.0003, classify_s=0.00002)
     metrics.observe(outcome(Tier.LARGE, Complexity.COMPLEX, status=502), overhead_s=0.0003, classify_s=0.00002)
@@ -47,7 +48,7 @@ def test_requests_are_counted_by_tier_complexity_and_status_class() -> None:
 
 
 def test_every_label_combination_exists_before_the_first_request() -> None:
-    found = samples(Metrics())
+    found = samples(Metrics(LABELS))
     requests = [labels for name, labels in found if name == "routeproxy_requests_total"]
     assert len(requests) == 2 * 4 * 6  # tiers x complexity slots x status classes
     tiers = {dict(labels)["tier"] for labels in requests}
@@ -56,7 +57,7 @@ def test_every_label_combination_exists_before_the_first_request() -> None:
 
 
 def test_latency_and_ttfb_land_in_the_right_buckets() -> None:
-    metrics = Metrics()
+    metrics = Metrics(LABELS)
     metrics.observe(outcome(Tier.LARGE, latency_ms=4400.0, ttfb_ms=320.0, stream=True), overhead_s=0, classify_s=0)
     metrics.observe(outcome(Tier.LARGE, latency_ms=200_000.0), overhead_s=0, classify_s=0)
 
@@ -72,7 +73,7 @@ def test_latency_and_ttfb_land_in_the_right_buckets() -> None:
 
 
 def test_latency_histogram_tells_a_quick_error_from_a_long_generation() -> None:
-    metrics = Metrics()
+    metrics = Metrics(LABELS)
     metrics.observe(outcome(latency_ms=30.0, status=502), overhead_s=None, classify_s=None)  # refused at once
     metrics.observe(outcome(latency_ms=100_000.0), overhead_s=None, classify_s=None)  # 100 s of 8B output
     buckets = {
@@ -87,7 +88,7 @@ def test_latency_histogram_tells_a_quick_error_from_a_long_generation() -> None:
 
 
 def test_errors_fallbacks_disconnects_and_tokens_are_counted_per_tier() -> None:
-    metrics = Metrics()
+    metrics = Metrics(LABELS)
     metrics.observe(outcome(Tier.SMALL, upstream_error=True, status=504), overhead_s=None, classify_s=None)
     metrics.observe(outcome(Tier.LARGE, fallback=True), overhead_s=None, classify_s=None)
     metrics.observe(outcome(Tier.LARGE, disconnected=True, status=0), overhead_s=None, classify_s=None)
@@ -104,7 +105,7 @@ def test_errors_fallbacks_disconnects_and_tokens_are_counted_per_tier() -> None:
 
 
 def test_rejections_are_counted_by_status_code() -> None:
-    metrics = Metrics()
+    metrics = Metrics(LABELS)
     metrics.rejected(400)
     metrics.rejected(400)
     metrics.rejected(413)
@@ -114,7 +115,7 @@ def test_rejections_are_counted_by_status_code() -> None:
 
 
 def test_inflight_gauge_is_what_the_app_reports() -> None:
-    metrics = Metrics()
+    metrics = Metrics(LABELS)
     metrics.set_inflight(3)
     assert value(metrics, "routeproxy_inflight_requests") == 3
     metrics.set_inflight(0)
@@ -122,7 +123,7 @@ def test_inflight_gauge_is_what_the_app_reports() -> None:
 
 
 def test_runtime_redis_and_flush_gauges() -> None:
-    metrics = Metrics()
+    metrics = Metrics(LABELS)
     metrics.set_runtime(ab_test_ratio=0.3, routing_enabled=True)
     metrics.set_counter_store(failures=1, flush_lag_s=0.5)
     metrics.set_counter_store(failures=2, flush_lag_s=1.5)
@@ -136,7 +137,7 @@ def test_runtime_redis_and_flush_gauges() -> None:
 
 
 def test_two_instances_keep_separate_series() -> None:
-    first, second = Metrics(), Metrics()
+    first, second = Metrics(LABELS), Metrics(LABELS)
     first.set_counter_store(failures=1, flush_lag_s=0.0)
 
     assert value(first, "routeproxy_redis_errors_total") == 1
@@ -144,7 +145,7 @@ def test_two_instances_keep_separate_series() -> None:
 
 
 def test_render_serves_the_prometheus_text_format_with_every_declared_series() -> None:
-    metrics = Metrics()
+    metrics = Metrics(LABELS)
     body, content_type = metrics.render()
 
     assert content_type.startswith("text/plain; version=0.0.4")

@@ -102,6 +102,8 @@ def test_routeproxy_config_variable_selects_the_file(tmp_path: Path) -> None:
         ("routing:\n  ab_tset_ratio: 0.2\n", {}, "unknown setting 'routing.ab_tset_ratio'"),
         ("counters:\n  redis_url: http://x\n", {}, "counters.redis_url"),
         ("tiers:\n  small:\n    model: same\n  large:\n    model: same\n", {}, "both 'same'"),
+        ("", {"MODEL_3B_LABEL": "8b"}, "tiers.small.label and tiers.large.label are both '8b'"),
+        ("tiers:\n  small:\n    label: 3b small\n", {}, "tiers.small.label = '3b small'"),
         ("- a list\n", {}, "mapping at the top level"),
         ("routing: [\n", {}, "not valid YAML"),
     ],

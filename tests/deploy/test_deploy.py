@@ -22,6 +22,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from support.upstreams import LABELS
 
 from routeproxy.cli import build_parser
 from routeproxy.config import SETTINGS, Tier, UpstreamKind, load_settings
@@ -415,7 +416,7 @@ def dashboard_queries() -> list[str]:
 def exposed_sample_names() -> set[str]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    body, _ = Metrics().render()
+    body, _ = Metrics(LABELS).render()
     return {sample.name for family in text_string_to_metric_families(body.decode()) for sample in family.samples}
 
 

@@ -178,6 +178,26 @@ def test_bad_requests_get_openai_envelope(
     assert response.headers["x-request-id"]
 
 
+def test_tier_labels_come_from_the_settings(simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFactory) -> None:
+    proxy = start_proxy(
+        {tier: f"{server.url}/v1" for tier, server in simulators.items()},
+        **{"tiers.small.label": "llama-3b", "tiers.large.label": "llama-8b"},
+    )
+    for model in (SMALL_MODEL, LARGE_MODEL):
+        httpx.post(f"{proxy.url}/v1/chat/completions", json={"model": model, "messages": MESSAGES})
+    stats = httpx.get(f"{proxy.url}/v1/model-routing/stats").json()
+    assert {label: entry["count"] for label, entry in stats["model_distribution"].items()} == {
+        "llama-3b": 1,
+        "llama-8b": 1,
+    }
+    metrics = httpx.get(f"{proxy.url}/metrics").text
+    assert 'routeproxy_requests_total{complexity="pinned",status="2xx",tier="llama-3b"} 1.0' in metrics
+    explained = httpx.post(
+        f"{proxy.url}/v1/model-routing/explain", json={"model": LARGE_MODEL, "messages": MESSAGES}
+    ).json()
+    assert explained["label"] == "llama-8b"
+
+
 def test_upstream_error_status_and_body_pass_through(
     simulators: dict[Tier, ThreadedServer], proxy: ThreadedServer
 ) -> None:

@@ -16,6 +16,7 @@ from routeproxy.sim.threadserver import ThreadedServer
 SMALL_MODEL = "meta-llama/Llama-3.2-3B-Instruct"
 LARGE_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 MODELS = {Tier.SMALL: SMALL_MODEL, Tier.LARGE: LARGE_MODEL}
+LABELS = {Tier.SMALL: "3b", Tier.LARGE: "8b"}  # the tiers' default labels (tiers.<tier>.label)
 
 
 def fast_profile(tier: Tier, dialect: Dialect = Dialect.VLLM, **changes: Any) -> SimProfile:

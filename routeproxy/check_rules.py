@@ -55,6 +55,8 @@ class CheckRules:
     repetition_levels: tuple[tuple[float, float], ...]  # (share of repeated trigrams reached, weight), ascending
     logprob_min_tokens: int
     logprob_terms: tuple[LogprobTerm, ...]
+    arithmetic_weight: float  # the answer states a sum whose result is wrong (routeproxy.arithmetic)
+    arithmetic_tolerance: float
     truncated_weight: float
     unclosed_code_weight: float
     invalid_json_weight: float
@@ -144,6 +146,10 @@ def _build(tree: dict[str, Any], *, name: str, source: str) -> CheckRules:
         reader.done()
     logprobs.done()
 
+    arithmetic = top.child("arithmetic")
+    arithmetic_values = (arithmetic.number("weight", 0.0), arithmetic.number("tolerance", 0.001, 0.0, 1.0))
+    arithmetic.done()
+
     ends = top.child("answer_end")
     end_weights = {
         key: ends.number(key, 0.0)
@@ -177,6 +183,8 @@ def _build(tree: dict[str, Any], *, name: str, source: str) -> CheckRules:
         repetition_levels=tuple(sorted(rep_levels)),
         logprob_min_tokens=min_tokens,
         logprob_terms=tuple(terms),
+        arithmetic_weight=arithmetic_values[0],
+        arithmetic_tolerance=arithmetic_values[1],
         truncated_weight=end_weights["truncated"],
         unclosed_code_weight=end_weights["unclosed_code"],
         invalid_json_weight=end_weights["invalid_json"],

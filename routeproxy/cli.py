@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -271,6 +272,16 @@ def _eval_cascade(args: argparse.Namespace) -> int:
     except (OSError, AnswerFileError) as exc:
         print(f"routeproxy eval: {exc}", file=sys.stderr)
         return 1
+    if args.leave_one_pair_out:
+        from routeproxy.evaluate.refit import format_refit, leave_one_pair_out
+
+        fit = tuple(name for names in args.fit or () for name in names.split(",") if name)
+        refit = leave_one_pair_out(rows, rules, hold_tokens=args.hold_tokens, min_gap=args.min_gap, fit=fit)
+        if args.json:
+            print(orjson.dumps(dataclasses.asdict(refit), option=orjson.OPT_INDENT_2).decode())
+        else:
+            print(format_refit(refit))
+        return 0
     report = evaluate_cascade(rows, rules, hold_tokens=args.hold_tokens, random_draws=args.random_draws)
     if args.json:
         print(orjson.dumps(report_as_dict(report), option=orjson.OPT_INDENT_2).decode())
@@ -499,6 +510,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_HOLD_TOKENS,
         help="with --cascade: the stream prefix the proxy holds, in tokens",
+    )
+    eval_cmd.add_argument(
+        "--leave-one-pair-out",
+        action="store_true",
+        help="with --cascade: fit the check's signal weights on all pairs but one and score that one, for each pair",
+    )
+    eval_cmd.add_argument(
+        "--min-gap",
+        type=float,
+        default=0.05,
+        help="with --leave-one-pair-out: leave out pairs whose all-large minus all-small quality is under this",
+    )
+    eval_cmd.add_argument(
+        "--fit",
+        action="append",
+        metavar="SIGNAL[,SIGNAL]",
+        help="with --leave-one-pair-out: learn only these signals' weights (default every one); the others keep "
+        "the rule set's weights",
     )
     eval_cmd.add_argument("--json", action="store_true")
     eval_cmd.add_argument("--random-draws", type=int, default=300, help="random routers for the random band")

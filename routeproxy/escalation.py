@@ -20,10 +20,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from routeproxy.arithmetic import wrong_sums
 from routeproxy.check_rules import CheckRules, Cue, load_check_rules
 
 __all__ = ["AnswerCheck", "AnswerView", "CheckRules", "StreamAnswer", "answer_from_body", "check_answer"]
-__all__ += ["load_check_rules"]
+__all__ += ["answer_signals", "load_check_rules"]
 
 _NUMBER_WORDS = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
 _NUMBER_WORDS |= {"eleven": 11, "twelve": 12, "fifteen": 15, "twenty": 20}
@@ -154,6 +155,16 @@ class StreamAnswer:
 
 def check_answer(request_body: Mapping[str, Any], answer: AnswerView, rules: CheckRules) -> AnswerCheck:
     """Score the small tier's answer to this request; ``escalate`` when the score reaches the threshold."""
+    fired = answer_signals(request_body, answer, rules)
+    logit = rules.bias + sum(weight for _, weight in fired)
+    score = 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, logit))))
+    reasons = tuple(name for name, weight in sorted(fired, key=lambda item: -item[1]) if weight > 0)
+    return AnswerCheck(score=score, escalate=score >= rules.threshold, reasons=reasons)
+
+
+def answer_signals(request_body: Mapping[str, Any], answer: AnswerView, rules: CheckRules) -> list[tuple[str, float]]:
+    """Every signal the check reads, with the logit it adds (0 when it did not fire; negative for a long answer).
+    ``check_answer`` sums them; the offline fit (routeproxy.evaluate.refit) rescales them by name."""
     text = answer.text
     lowered = text.lower()
     head = lowered[: rules.head_chars]
@@ -165,15 +176,14 @@ def check_answer(request_body: Mapping[str, Any], answer: AnswerView, rules: Che
             fired.append((cue.name, weight))
     fired.append(("repetitive", _repetition_weight(lowered, rules)))
     fired.append(("low_logprobs", _logprob_weight(answer.logprobs, rules)))
+    if rules.arithmetic_weight and wrong_sums(text, rules.arithmetic_tolerance):
+        fired.append(("wrong_arithmetic", rules.arithmetic_weight))
     if answer.complete:
         fired.append(("short", _length_weight(words, rules)))
         fired.extend(_end_checks(request_body, answer, words, rules))
     else:
         fired.append(("short", _length_weight(max(words, rules.unfinished_words), rules)))
-    logit = rules.bias + sum(weight for _, weight in fired)
-    score = 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, logit))))
-    reasons = tuple(name for name, weight in sorted(fired, key=lambda item: -item[1]) if weight > 0)
-    return AnswerCheck(score=score, escalate=score >= rules.threshold, reasons=reasons)
+    return fired
 
 
 def _cue_weight(cue: Cue, text: str) -> float:

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from routeproxy.arithmetic import wrong_sums
+from routeproxy.arithmetic import without_code_blocks, wrong_sums
 from routeproxy.check_rules import CheckRules, Cue, load_check_rules
 
 __all__ = ["AnswerCheck", "AnswerView", "CheckRules", "StreamAnswer", "answer_from_body", "check_answer"]
@@ -37,6 +37,7 @@ _ASKED_WORDS = re.compile(
     re.IGNORECASE,
 )
 # "list 10 ...", "give me five examples", "name three ...", "10 tips", "top 5"
+_ASKED_ITEM_VERBS = ("list", "give", "name", "provide", "suggest", "top")
 _ASKED_ITEMS = re.compile(
     r"\b(?:list|give(?: me)?|name|provide|suggest|top)\s+(?:me\s+)?(?:the\s+)?"
     + _COUNT
@@ -45,7 +46,6 @@ _ASKED_ITEMS = re.compile(
 )
 _LIST_ITEM = re.compile(r"^\s*(?:[-*\u2022]|\d{1,3}[.)]|#{1,6} )\s*\S", re.MULTILINE)
 _WORD = re.compile(r"\w+")
-_CODE_BLOCK = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,13 +168,14 @@ def answer_signals(request_body: Mapping[str, Any], answer: AnswerView, rules: C
     text = answer.text
     lowered = text.lower()
     head = lowered[: rules.head_chars]
-    words = len(_WORD.findall(text))
+    tokens = _WORD.findall(lowered)
+    words = len(tokens)
     fired: list[tuple[str, float]] = []
     for cue in rules.cues:
         weight = _cue_weight(cue, head if cue.head_only else lowered)
         if weight:
             fired.append((cue.name, weight))
-    fired.append(("repetitive", _repetition_weight(lowered, rules)))
+    fired.append(("repetitive", _repetition_weight(lowered, tokens, rules)))
     fired.append(("low_logprobs", _logprob_weight(answer.logprobs, rules)))
     if rules.arithmetic_weight and wrong_sums(text, rules.arithmetic_tolerance):
         fired.append(("wrong_arithmetic", rules.arithmetic_weight))
@@ -187,12 +188,38 @@ def answer_signals(request_body: Mapping[str, Any], answer: AnswerView, rules: C
 
 
 def _cue_weight(cue: Cue, text: str) -> float:
-    count = sum(1 for _ in cue.regex.finditer(text))
+    count = sum(
+        _count_at_word_start(part, text) if word_start else sum(1 for _ in part.finditer(text))
+        for part, word_start in cue.parts
+    )
     weight = 0.0
     for reached, level_weight in cue.levels:
         if count >= reached:
             weight = level_weight
     return weight
+
+
+def _count_at_word_start(regex: re.Pattern[str], text: str) -> int:
+    """What ``finditer`` of ``\\b`` + regex counts: leftmost matches that start at a word boundary, not
+    overlapping; a match that does not start at one is retried one character further on."""
+    count = 0
+    position = 0
+    found = regex.search(text, position)
+    while found:
+        start, end = found.span()
+        before = start > 0 and _is_word(text[start - 1])
+        at = start < len(text) and _is_word(text[start])
+        if before != at:
+            count += 1
+            position = end if end > start else start + 1
+        else:
+            position = start + 1
+        found = regex.search(text, position) if position <= len(text) else None
+    return count
+
+
+def _is_word(char: str) -> bool:
+    return char.isalnum() or char == "_"
 
 
 def _length_weight(words: int, rules: CheckRules) -> float:
@@ -201,10 +228,14 @@ def _length_weight(words: int, rules: CheckRules) -> float:
     return rules.length_weight * max(rules.length_floor, min(rules.length_cap, shortfall))
 
 
-def _repetition_weight(lowered: str, rules: CheckRules) -> float:
+def _repetition_weight(lowered: str, words: list[str], rules: CheckRules) -> float:
     """Share of word trigrams that repeat an earlier one: loops and degeneration, not ordinary phrasing. Code
-    blocks are left out: code repeats itself legitimately."""
-    tokens = _WORD.findall(_CODE_BLOCK.sub(" ", lowered[: rules.repetition_scan_chars]))
+    blocks are left out: code repeats itself legitimately. ``words``: those of the whole answer, reused when
+    there is nothing to leave out."""
+    if len(lowered) <= rules.repetition_scan_chars and "```" not in lowered:
+        tokens = words
+    else:
+        tokens = _WORD.findall(without_code_blocks(lowered[: rules.repetition_scan_chars]))
     if len(tokens) < rules.repetition_min_words:
         return 0.0
     trigrams = list(zip(tokens, tokens[1:], tokens[2:], strict=False))
@@ -238,10 +269,13 @@ def _end_checks(
     elif answer.text.count("```") % 2:
         yield "unclosed_code", rules.unclosed_code_weight
     prompt = _last_user_text(request)
-    asked = [int(found) for found in _ASKED_WORDS.findall(prompt)]
+    lowered = prompt.lower()
+    # each pattern needs one of these words: a substring test skips the slower scan of a long prompt
+    asked = [int(found) for found in _ASKED_WORDS.findall(prompt)] if "word" in lowered else []
     if asked and words < rules.short_of_request_share * min(asked):
         yield "short_of_request", rules.short_of_request_weight
-    items = [_count_of(found) for found in _ASKED_ITEMS.findall(prompt)]
+    listing = any(verb in lowered for verb in _ASKED_ITEM_VERBS)
+    items = [_count_of(found) for found in _ASKED_ITEMS.findall(prompt)] if listing else []
     if items and len(_LIST_ITEM.findall(answer.text)) < min(items) and words < rules.reference_words:
         yield "short_of_request", rules.short_of_request_weight
     if _wants_json(request) and not answer.tool_calls and not _is_json_object(answer.text):

@@ -18,12 +18,14 @@ import json
 import math
 import random
 import re
+import statistics
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from routeproxy.escalation import AnswerView, CheckRules, StreamAnswer, check_answer
-from routeproxy.evaluate.metrics import apgr, cpt, pgr_curve, random_apgr_band
+from routeproxy.evaluate.metrics import apgr, cpt, pgr_curve, quantile, random_apgr_band
 
 # Measured with `routeproxy eval --cascade ... --hold-tokens N`: at 64 tokens the prefix keeps little of the
 # whole answer's APGR, at 128 it keeps it (short answers have ended by then); every held token is time to first
@@ -250,6 +252,29 @@ def format_report(report: CascadeReport) -> str:
         for p in report.pairs
     ]
     return "\n".join([head, *lines])
+
+
+def time_check(rows: Sequence[AnswerRow], rules: CheckRules, chars: int = 2000, limit: int = 500) -> str:
+    """Time of ``check_answer`` on whole answers cut to ``chars`` characters (the file's answers at least that
+    long, up to ``limit``, with their own prompts): per answer the fastest of 5 runs, so that other processes on a
+    busy machine do not count; then the median and p99 over the answers."""
+    long_rows = [row for row in rows if len(row.answer) >= chars][:limit]
+    timings = []
+    for row in long_rows:
+        view = whole_view(replace(row, answer=row.answer[:chars]))
+        runs = []
+        for _ in range(5):
+            start = time.perf_counter_ns()
+            check_answer(row.request, view, rules)
+            runs.append((time.perf_counter_ns() - start) / 1000)
+        timings.append(min(runs))
+    if not timings:
+        return f"no answer of {chars} characters or more to time"
+    timings.sort()
+    return (
+        f"check_answer on {len(long_rows)} answers cut to {chars} characters (fastest of 5 runs each): "
+        f"median {statistics.median(timings):.0f} us, p99 {quantile(timings, 0.99):.0f} us"
+    )
 
 
 def rows_by_pair(rows: Iterable[AnswerRow]) -> Mapping[str, list[AnswerRow]]:

@@ -58,6 +58,9 @@ class CheckRules:
     repetition_min_words: int
     repetition_scan_chars: int
     repetition_levels: tuple[tuple[float, float], ...]  # (share of repeated trigrams reached, weight), ascending
+    vocabulary_window: int  # type-token ratio of this many first words (outside code)
+    vocabulary_below: float
+    vocabulary_weight: float  # per tenth the ratio falls below ``vocabulary_below``
     logprob_min_tokens: int
     logprob_terms: tuple[LogprobTerm, ...]
     arithmetic_weight: float  # the answer states a sum whose result is wrong (routeproxy.arithmetic)
@@ -137,6 +140,14 @@ def _build(tree: dict[str, Any], *, name: str, source: str) -> CheckRules:
         rep_levels.append((float(share), float(weight)))
     repetition.done()
 
+    vocabulary = top.child("vocabulary")
+    vocabulary_values = (
+        vocabulary.whole("window", 80, 10, 100_000),
+        vocabulary.number("below", 0.6, 0.0, 1.0),
+        vocabulary.number("weight", 0.0),
+    )
+    vocabulary.done()
+
     logprobs = top.child("logprobs")
     min_tokens = logprobs.whole("min_tokens", 8, 1, 1_000_000)
     terms = []
@@ -192,6 +203,9 @@ def _build(tree: dict[str, Any], *, name: str, source: str) -> CheckRules:
         repetition_min_words=rep_min_words,
         repetition_scan_chars=rep_scan,
         repetition_levels=tuple(sorted(rep_levels)),
+        vocabulary_window=vocabulary_values[0],
+        vocabulary_below=vocabulary_values[1],
+        vocabulary_weight=vocabulary_values[2],
         logprob_min_tokens=min_tokens,
         logprob_terms=tuple(terms),
         arithmetic_weight=arithmetic_values[0],

@@ -175,7 +175,9 @@ def answer_signals(request_body: Mapping[str, Any], answer: AnswerView, rules: C
         weight = _cue_weight(cue, head if cue.head_only else lowered)
         if weight:
             fired.append((cue.name, weight))
-    fired.append(("repetitive", _repetition_weight(lowered, tokens, rules)))
+    prose = _prose_words(lowered, tokens, rules)
+    fired.append(("repetitive", _repetition_weight(prose, rules)))
+    fired.append(("narrow_vocabulary", _vocabulary_weight(prose, rules)))
     fired.append(("low_logprobs", _logprob_weight(answer.logprobs, rules)))
     if rules.arithmetic_weight and wrong_sums(text, rules.arithmetic_tolerance):
         fired.append(("wrong_arithmetic", rules.arithmetic_weight))
@@ -228,14 +230,27 @@ def _length_weight(words: int, rules: CheckRules) -> float:
     return rules.length_weight * max(rules.length_floor, min(rules.length_cap, shortfall))
 
 
-def _repetition_weight(lowered: str, words: list[str], rules: CheckRules) -> float:
-    """Share of word trigrams that repeat an earlier one: loops and degeneration, not ordinary phrasing. Code
-    blocks are left out: code repeats itself legitimately. ``words``: those of the whole answer, reused when
-    there is nothing to leave out."""
+def _prose_words(lowered: str, words: list[str], rules: CheckRules) -> list[str]:
+    """The words of the answer's first ``repetition.scan_chars`` outside code blocks (code repeats itself
+    legitimately); ``words``, those of the whole answer, are reused when there is nothing to leave out."""
     if len(lowered) <= rules.repetition_scan_chars and "```" not in lowered:
-        tokens = words
-    else:
-        tokens = _WORD.findall(without_code_blocks(lowered[: rules.repetition_scan_chars]))
+        return words
+    return _WORD.findall(without_code_blocks(lowered[: rules.repetition_scan_chars]))
+
+
+def _vocabulary_weight(tokens: list[str], rules: CheckRules) -> float:
+    """Type-token ratio of the first ``window`` words: ``weight`` per tenth it falls below ``below``. A weak answer
+    circles round a few words; the window is fixed, because the ratio falls with length in any text, and a shorter
+    answer is not judged (the length signal covers it)."""
+    window = rules.vocabulary_window
+    if not rules.vocabulary_weight or len(tokens) < window:
+        return 0.0
+    ratio = len(set(tokens[:window])) / window
+    return rules.vocabulary_weight * max(0.0, rules.vocabulary_below - ratio) * 10
+
+
+def _repetition_weight(tokens: list[str], rules: CheckRules) -> float:
+    """Share of word trigrams that repeat an earlier one: loops and degeneration, not ordinary phrasing."""
     if len(tokens) < rules.repetition_min_words:
         return 0.0
     trigrams = list(zip(tokens, tokens[1:], tokens[2:], strict=False))

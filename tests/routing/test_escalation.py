@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,11 @@ def call(name: str, arguments: str) -> dict[str, Any]:
 def distinct_words(count: int) -> str:
     """Neutral text of ``count`` words with no repeated trigram and no cue."""
     return " ".join(f"w{index}" for index in range(count)) + "."
+
+
+# 90 words drawn (seeded) from 18: a type-token ratio of 0.2, and almost no repeated trigram: not a loop
+VOCABULARY = "light leaf water sugar plant green sun air grow makes gives needs keeps feeds turns holds takes moves"
+NARROW = " ".join(random.Random(0).choices(VOCABULARY.split(), k=90)) + "."
 
 
 # (signal, request, answer that fires it, near miss that must not)
@@ -105,6 +111,18 @@ CUES = [
         request("Write a 300-word essay on photosynthesis."),
         AnswerView(LONG_GOOD, complete=True),
         AnswerView(distinct_words(200), complete=True),
+    ),
+    (
+        "wrong_arithmetic",
+        request("A box holds 12 eggs. How many eggs are in 15 boxes?"),
+        AnswerView("Each box holds 12 eggs, so 15 boxes hold 15 x 12 = 170 eggs. " + LONG_GOOD, complete=True),
+        AnswerView("Each box holds 12 eggs, so 15 boxes hold 15 x 12 = 180 eggs. " + LONG_GOOD, complete=True),
+    ),
+    (
+        "narrow_vocabulary",
+        request(),
+        AnswerView(NARROW, complete=True),
+        AnswerView(" ".join(NARROW.split()[:40]) + " " + distinct_words(60), complete=True),
     ),
     (
         "short",
@@ -336,7 +354,7 @@ def test_the_shipped_check_beats_answer_length_alone_on_the_dev_pairs() -> None:
     pairs = [pair for pair in report.pairs if not pair.pair.endswith("claude-2.1")]  # no gap: APGR is noise there
     assert len(pairs) == 5
     mean = sum(pair.full.apgr for pair in pairs) / len(pairs)
-    assert mean >= 0.55
-    assert mean > sum(pair.length_apgr for pair in pairs) / len(pairs)
+    assert mean >= 0.585  # 0.593 measured; 0.562 before wrong arithmetic and narrow vocabulary
+    assert mean > sum(pair.length_apgr for pair in pairs) / len(pairs) + 0.04
     assert sum(pair.prefix.apgr for pair in pairs) / len(pairs) >= mean - 0.02
     assert all(pair.full.apgr >= pair.random_low for pair in pairs)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.devdata import dev_data
 
 from routeproxy.cli import main
 from routeproxy.errors import ConfigError
@@ -15,15 +16,6 @@ from routeproxy.escalation import AnswerView, StreamAnswer, answer_from_body, ch
 from routeproxy.evaluate.cascade import evaluate_cascade, read_rows, whole_view
 
 RULES = load_check_rules("general")
-# ../shared/data beside the checkout (or beside the worktrees' folder); the test is skipped where it is absent.
-CASCADE_DEV = next(
-    (
-        found
-        for parent in Path(__file__).parents
-        if (found := parent / "shared" / "data" / "cascade-dev.jsonl").is_file()
-    ),
-    Path("../shared/data/cascade-dev.jsonl"),
-)
 PROSE = (
     "Photosynthesis turns light into chemical energy. Chlorophyll in the leaves absorbs mostly red and blue light, "
     "and the plant uses that energy to split water, release oxygen and build sugars from carbon dioxide. The sugars "
@@ -346,10 +338,10 @@ def test_a_bad_check_rule_set_names_the_key(tmp_path: Path) -> None:
         load_check_rules(str(path))
 
 
-@pytest.mark.skipif(not CASCADE_DEV.is_file(), reason=f"cascade dev data not found at {CASCADE_DEV}")
 def test_the_shipped_check_beats_answer_length_alone_on_the_dev_pairs() -> None:
-    with CASCADE_DEV.open(encoding="utf-8") as lines:
-        rows = list(read_rows(lines, str(CASCADE_DEV), labelled=True))
+    path = dev_data("cascade-dev.jsonl")
+    with path.open(encoding="utf-8") as lines:
+        rows = list(read_rows(lines, str(path), labelled=True))
     report = evaluate_cascade(rows, RULES, random_draws=50)
     pairs = [pair for pair in report.pairs if not pair.pair.endswith("claude-2.1")]  # no gap: APGR is noise there
     assert len(pairs) == 5

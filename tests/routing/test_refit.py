@@ -7,20 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.devdata import dev_data
 
 from routeproxy.cli import main
 from routeproxy.escalation import load_check_rules
 from routeproxy.evaluate.cascade import read_rows
 from routeproxy.evaluate.refit import leave_one_pair_out
 
-CASCADE_DEV = next(
-    (
-        found
-        for parent in Path(__file__).parents
-        if (found := parent / "shared" / "data" / "cascade-dev.jsonl").is_file()
-    ),
-    Path("../shared/data/cascade-dev.jsonl"),
-)
 REFUSAL = "I can't help with that. "
 
 
@@ -86,10 +79,10 @@ def test_timing_prints_the_checks_median_time(tmp_path: Path, capsys: pytest.Cap
     assert " us, p99 " in out
 
 
-@pytest.mark.skipif(not CASCADE_DEV.is_file(), reason=f"cascade dev data not found at {CASCADE_DEV}")
 def test_the_shipped_check_beats_answer_length_on_pairs_it_was_not_fitted_on() -> None:
-    with CASCADE_DEV.open(encoding="utf-8") as lines:
-        rows = list(read_rows(lines, str(CASCADE_DEV), labelled=True))
+    path = dev_data("cascade-dev.jsonl")
+    with path.open(encoding="utf-8") as lines:
+        rows = list(read_rows(lines, str(path), labelled=True))
     report = leave_one_pair_out(rows, load_check_rules("general"), hold_tokens=128)
     assert len(report.pairs) == 5
     assert [name for name in report.left_out if "claude" in name] == list(report.left_out)

@@ -9,7 +9,11 @@ import pytest
 
 from support.processes import ROOT
 
-DEV_DATA = ROOT.parent / "shared" / "data"
+# beside the checkout, or beside the folder of worktrees a checkout may sit in (../wt/<branch>)
+DEV_DATA = next(
+    (found for parent in ROOT.parents if (found := parent / "shared" / "data").is_dir()),
+    ROOT.parent / "shared" / "data",
+)
 
 
 def dev_data(name: str) -> Path:

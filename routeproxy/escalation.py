@@ -46,6 +46,8 @@ _ASKED_ITEMS = re.compile(
 )
 _LIST_ITEM = re.compile(r"^\s*(?:[-*\u2022]|\d{1,3}[.)]|#{1,6} )\s*\S", re.MULTILINE)
 _WORD = re.compile(r"\w+")
+# every byte that is not an ASCII letter, digit or underscore -> space
+_ASCII_WORD_BYTES = bytes(byte if (chr(byte).isalnum() and byte < 128) or byte == 95 else 32 for byte in range(256))
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +170,7 @@ def answer_signals(request_body: Mapping[str, Any], answer: AnswerView, rules: C
     text = answer.text
     lowered = text.lower()
     head = lowered[: rules.head_chars]
-    tokens = _WORD.findall(lowered)
+    tokens = _words(lowered)
     words = len(tokens)
     fired: list[tuple[str, float]] = []
     for cue in rules.cues:
@@ -230,12 +232,20 @@ def _length_weight(words: int, rules: CheckRules) -> float:
     return rules.length_weight * max(rules.length_floor, min(rules.length_cap, shortfall))
 
 
+def _words(text: str) -> list[str]:
+    """``\\w+`` runs: for ASCII text (most answers) by a byte translation and a split, which gives the same words
+    four times faster than the regular expression."""
+    if text.isascii():
+        return text.encode().translate(_ASCII_WORD_BYTES).decode().split()
+    return _WORD.findall(text)
+
+
 def _prose_words(lowered: str, words: list[str], rules: CheckRules) -> list[str]:
     """The words of the answer's first ``repetition.scan_chars`` outside code blocks (code repeats itself
     legitimately); ``words``, those of the whole answer, are reused when there is nothing to leave out."""
     if len(lowered) <= rules.repetition_scan_chars and "```" not in lowered:
         return words
-    return _WORD.findall(without_code_blocks(lowered[: rules.repetition_scan_chars]))
+    return _words(without_code_blocks(lowered[: rules.repetition_scan_chars]))
 
 
 def _vocabulary_weight(tokens: list[str], rules: CheckRules) -> float:

@@ -1,4 +1,4 @@
-"""The answer check's reading of written sums (routeproxy.arithmetic) and its word-boundary cue counting."""
+"""How the answer check reads text: written sums (routeproxy.arithmetic), cues at word starts, words."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 import pytest
 
 from routeproxy.arithmetic import without_code_blocks, wrong_sums
-from routeproxy.escalation import _count_at_word_start
+from routeproxy.escalation import _count_at_word_start, _words
 
 TOLERANCE = 0.001
 
@@ -62,3 +62,16 @@ def test_counting_cues_at_a_word_start_equals_a_leading_word_boundary(text: str)
     for body in ("perhaps", "i think", "possibly"):
         expected = sum(1 for _ in re.finditer(rf"\b{body}", text))
         assert _count_at_word_start(re.compile(body), text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "plain ascii, with punctuation: it's 12.5% (a_b) -- done!",
+        "caf\u00e9 na\u00efve \u2014 don\u2019t \u00fcber",
+        "",
+        "```x = 1```",
+    ],
+)
+def test_the_words_are_the_runs_of_word_characters_on_ascii_and_unicode_text(text: str) -> None:
+    assert _words(text) == re.findall(r"\w+", text)

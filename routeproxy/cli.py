@@ -278,10 +278,11 @@ def _eval_cascade(args: argparse.Namespace) -> int:
         print(time_check(rows, rules))
         return 0
     if args.leave_one_pair_out:
-        from routeproxy.evaluate.refit import format_refit, leave_one_pair_out
+        from routeproxy.evaluate.refit import MIN_GAP, format_refit, leave_one_pair_out
 
         fit = tuple(name for names in args.fit or () for name in names.split(",") if name)
-        refit = leave_one_pair_out(rows, rules, hold_tokens=args.hold_tokens, min_gap=args.min_gap, fit=fit)
+        gap = MIN_GAP if args.min_gap is None else args.min_gap
+        refit = leave_one_pair_out(rows, rules, hold_tokens=args.hold_tokens, min_gap=gap, fit=fit)
         if args.json:
             print(orjson.dumps(dataclasses.asdict(refit), option=orjson.OPT_INDENT_2).decode())
         else:
@@ -524,8 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cmd.add_argument(
         "--min-gap",
         type=float,
-        default=0.05,
-        help="with --leave-one-pair-out: leave out pairs whose all-large minus all-small quality is under this",
+        help="with --leave-one-pair-out: leave out pairs whose all-large minus all-small quality is under this "
+        "(default 0.05)",
     )
     eval_cmd.add_argument(
         "--timing", action="store_true", help="with --cascade: how long the check takes on answers of 2,000 characters"

@@ -10,8 +10,10 @@ pair is then scored with the factors fitted on the others, on the whole answer a
 hold. Pairs whose gap between the large and the small model is under ``min_gap`` are left out of both fitting
 and scoring: their APGR is noise (the claude-instant-1 -> claude-2.1 pair of the dev file).
 
-The fit on all usable pairs is printed too: those factors times the rule set's weights are what to ship, and the
-leave-one-pair-out figures are the honest estimate of how that procedure does on a pair it has not seen.
+The fit on all usable pairs is printed too: those factors times the rule set's weights are what this procedure
+would ship, and the leave-one-pair-out figures are the honest estimate of how it does on a pair it has not seen.
+``fit`` limits the fit to some signals (say, new ones) while the others keep the rule set's weights; comparing the
+two tells whether refitting a signal carries over better than its hand-set weight.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ TOLERANCE = 0.001
         ("He removes 7 / 1/2 = 14 toys.", 0),  # 1/2 written tight is one fraction
         ("2x + 3 = 7, a + 2 + 3 = 10, x^2 + 1 = 5", 0),  # algebra: variables, powers
         ("3 + 4 = 7 - x and 1 + 1 = 2 + 3 = 5", 0),  # chained: not a plain sum
+        ("From 12:30 + 2 = 14:30, and 9 + 3 = 12:00", 0),  # clock times
         ("Run `2 * 3 = 7` or\n```\nassert 2 * 3 = 7\n```", 0),  # code
         ("Step one: 2 * 3 = 7. Step two: 6 + 1 = 8.", 2),
     ],

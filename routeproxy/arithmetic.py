@@ -15,11 +15,13 @@ import re
 _NUMBER = r"\$?\d[\d,]*(?:\.\d+)?%?"
 _OPERATOR = r"(?:[-+*/\u00d7\u00f7x]|\\times|\\cdot|\\\*)"
 _TERM = rf"\(*\s*{_NUMBER}\s*\)*"
-# term (op term)+ = number, not preceded by a variable, more arithmetic or a clock time ("12:30 + 2"), and the
-# result must not run on into more arithmetic, a unit glued to it, a variable or a clock time
+# term (op term)+ = number, not preceded by a variable, more arithmetic, a digit group ("25,920": start at 25) or a
+# clock time ("12:30 + 2"); the result must not run on into more arithmetic, a unit glued to it, a variable, a
+# clock time or a remainder ("207 / 26 = 7 R 21")
 _SUM = re.compile(
-    rf"(?<![\w.^/=+*\-\\:])(?<![=+*/\u00d7\u00f7\-]\s)({_TERM}(?:\s*{_OPERATOR}\s*{_TERM})+)\s*=\s*(-?{_NUMBER})"
-    r"(?![\d.,]*\s*(?:[-+*/\u00d7\u00f7^=\\]|\\times|\\cdot)|[\d.,]*[A-Za-z(:])"
+    rf"(?<![\w.,^/=+*\-\\:])(?<![=+*/\u00d7\u00f7\-]\s)({_TERM}(?:\s*{_OPERATOR}\s*{_TERM})+)\s*=\s*(-?{_NUMBER})"
+    r"(?![\d.,]*\s*(?:[-+*/\u00d7\u00f7^=\\]|\\times|\\cdot|x\s*\$?\d)|[\d.,]*[A-Za-z(:]"
+    r"|[\d.,]*,?\s*(?:[Rr]|[Rr]em|[Rr]emainder)\b)"
 )
 _TOKEN = re.compile(rf"{_NUMBER}|{_OPERATOR}|[()]")
 _CODE_SPAN = re.compile(r"`[^`\n]*`")

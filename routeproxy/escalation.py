@@ -7,8 +7,9 @@ more need for the large model, and ``score >= threshold`` escalates. Signals, cu
 live in a check rule set (config/checks/*.yaml, see ``load_check_rules``).
 
 A held prefix (``AnswerView.complete`` false) is judged only on what a prefix can show: cues in its text,
-repetition, the vocabulary of its first words, its written sums, log-probabilities. Length, truncation, JSON and tool-call checks wait for the end of the answer; an
-answer still going at the hold is scored as if it had ``length.unfinished_words`` words.
+repetition, the vocabulary of its first words, its written sums, log-probabilities. Length, truncation, JSON and
+tool-call checks wait for the end of the answer; an answer still going at the hold is scored as if it had
+``length.unfinished_words`` words.
 """
 
 from __future__ import annotations

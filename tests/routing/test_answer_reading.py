@@ -30,6 +30,10 @@ TOLERANCE = 0.001
         ("2x + 3 = 7, a + 2 + 3 = 10, x^2 + 1 = 5", 0),  # algebra: variables, powers
         ("3 + 4 = 7 - x and 1 + 1 = 2 + 3 = 5", 0),  # chained: not a plain sum
         ("From 12:30 + 2 = 14:30, and 9 + 3 = 12:00", 0),  # clock times
+        ("24 / 26 = 0, remainder 24; 207 \u00f7 26 = 7 R 21", 0),  # division with a remainder
+        ("Cost = 25,920 / 864,000 = 0.03 per km", 0),  # a chain: the digit group 920 is not where a sum starts
+        ("$3,650 x 10% = $3,650 x 0.10 = $365", 0),
+        ("11,600 - (4,000 + 4,800) = 11,600 - 8,800 = 2,800 pounds", 0),
         ("Run `2 * 3 = 7` or\n```\nassert 2 * 3 = 7\n```", 0),  # code
         ("Step one: 2 * 3 = 7. Step two: 6 + 1 = 8.", 2),
     ],

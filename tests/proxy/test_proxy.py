@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
-import time
+import threading
 from typing import Any
 
 import httpx
 import openai
 import pytest
+from support.clients import streamed_chunks
 from support.ports import free_port
 from support.upstreams import LARGE_MODEL, SMALL_MODEL, ProxyFactory, fast_profile
 from support.wait import eventually
@@ -241,26 +241,19 @@ def test_upstream_first_byte_timeout_is_504(simulators: dict[Tier, ThreadedServe
 
 def test_streamed_bytes_are_identical_and_not_coalesced(scripted: Any, start_proxy: ProxyFactory) -> None:
     events = [b'data: {"n": %d, "choices": []}\n\n' % i for i in range(5)] + [b"data: [DONE]\n\n"]
-    _, server = scripted([(0.15, event) for event in events])
+    # The upstream sends each event only once the client has the one before: a proxy that held an event back
+    # (for the next one, or to fill a buffer) would leave the upstream waiting and the stream unfinished.
+    gates = [threading.Event() for _ in events]
+    _, server = scripted([(0.0, event) for event in events], gates=gates)
     proxy = start_proxy({Tier.SMALL: f"{server.url}/v1", Tier.LARGE: f"{server.url}/v1"})
 
-    arrivals: list[tuple[float, bytes]] = []
-    with (
-        httpx.Client(timeout=10) as client,
-        client.stream(
-            "POST",
-            f"{proxy.url}/v1/chat/completions",
-            json={"model": "auto", "messages": MESSAGES, "stream": True},
-        ) as response,
-    ):
-        assert response.headers["content-type"] == "text/event-stream"
-        assert response.headers["x-accel-buffering"] == "no"
-        for chunk in response.iter_raw():
-            arrivals.append((time.monotonic(), chunk))
-    assert b"".join(chunk for _, chunk in arrivals) == b"".join(events)
-    assert [chunk for _, chunk in arrivals] == events  # one client chunk per upstream chunk: no coalescing
-    gaps = [later[0] - earlier[0] for earlier, later in itertools.pairwise(arrivals)]
-    assert min(gaps) > 0.08  # each event was passed on when it came, not held for the next one
+    def received(chunk: bytes) -> None:
+        gates[events.index(chunk)].set()
+
+    headers, chunks = streamed_chunks(proxy.url, {"model": "auto", "messages": MESSAGES}, on_chunk=received)
+    assert headers["content-type"] == "text/event-stream"
+    assert headers["x-accel-buffering"] == "no"
+    assert chunks == events  # byte for byte, one client chunk per upstream chunk
 
 
 def test_partial_event_is_held_until_complete_and_broken_stream_ends_with_error_event(
@@ -270,15 +263,7 @@ def test_partial_event_is_held_until_complete_and_broken_stream_ends_with_error_
     chunks = [(0.0, b'data: {"a": 1}\n\ndata: {"b"'), (0.05, b": 2}\n\n"), (0.05, b'data: {"c": ')]
     _, server = scripted(chunks)
     proxy = start_proxy({Tier.SMALL: f"{server.url}/v1", Tier.LARGE: f"{server.url}/v1"})
-    with (
-        httpx.Client(timeout=10) as client,
-        client.stream(
-            "POST",
-            f"{proxy.url}/v1/chat/completions",
-            json={"model": "auto", "messages": MESSAGES, "stream": True},
-        ) as response,
-    ):
-        received = list(response.iter_raw())
+    _, received = streamed_chunks(proxy.url, {"model": "auto", "messages": MESSAGES})
     assert received[0] == b'data: {"a": 1}\n\n'
     assert received[1] == b'data: {"b": 2}\n\n'
     assert b"".join(received) == b'data: {"a": 1}\n\ndata: {"b": 2}\n\ndata: {"c": '
@@ -438,15 +423,7 @@ def test_tgi_tiers_get_model_tgi_and_legacy_framing_parses(tgi_upstreams: Any, s
             assert text
             assert sim_requests(tgi_upstreams[tier])[-1]["body"]["model"] == "tgi"
     # The legacy `data:` framing and TGI's keep-alive comments reach the client unchanged.
-    with (
-        httpx.Client(timeout=10) as client,
-        client.stream(
-            "POST",
-            f"{proxy.url}/v1/chat/completions",
-            json={"model": SMALL_MODEL, "messages": MESSAGES, "stream": True},
-        ) as response,
-    ):
-        raw = b"".join(response.iter_raw())
+    raw = b"".join(streamed_chunks(proxy.url, {"model": SMALL_MODEL, "messages": MESSAGES})[1])
     assert raw.startswith(b":\n\n")  # keep-alive comments while the first token is due (ttft 0.05 s, every 0.01 s)
     assert b"data:{" in raw and b"data: {" not in raw  # the legacy framing, not rewritten to the modern one
     assert raw.endswith(b"data:[DONE]\n\n")

@@ -16,6 +16,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.clients import streamed_chunks
 from support.ports import free_port
 from support.processes import Served, serve
 from support.redis_server import RedisServer
@@ -163,16 +164,10 @@ def test_idle_gap_over_the_limit_ends_the_stream_with_one_error_event(
     proxy = start_proxy(
         {tier: f"{server.url}/v1" for tier, server in simulators.items()}, **{"tiers.large.idle_timeout": 0.3}
     )
-    with (
-        httpx.Client(timeout=10) as client,
-        client.stream(
-            "POST",
-            f"{proxy.url}/v1/chat/completions",
-            json={"model": "auto", "messages": SIMPLE, "stream": True},
-            headers={"x-sim-token-ms": "2000", "x-sim-tokens": "3"},
-        ) as response,
-    ):
-        raw = b"".join(response.iter_raw())
+    _, chunks = streamed_chunks(
+        proxy.url, {"model": "auto", "messages": SIMPLE}, headers={"x-sim-token-ms": "2000", "x-sim-tokens": "3"}
+    )
+    raw = b"".join(chunks)
     events = [event for event in raw.split(b"\n\n") if event]
     last = orjson.loads(events[-1].removeprefix(b"data: "))
     assert last["error"]["code"] == "idle_timeout"

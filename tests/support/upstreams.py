@@ -4,6 +4,7 @@ an upstream that answers with scripted chunks."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -51,8 +52,12 @@ class ScriptedUpstream:
         status: int = 200,
         content_type: bytes = b"text/event-stream",
         headers: Sequence[tuple[bytes, bytes]] = (),
+        gates: Sequence[threading.Event] = (),
     ) -> None:
+        """``gates[i]``, when given, must be set (by the test, once its client has chunk i) before chunk i + 1 is
+        sent: an upstream that cannot go on until the client has what it sent so far."""
         self.chunks = chunks
+        self.gates = gates
         self.status = status
         self.content_type = content_type
         self.headers = list(headers)
@@ -81,8 +86,10 @@ class ScriptedUpstream:
                 "headers": [(b"content-type", self.content_type), *self.headers],
             }
         )
-        for delay, chunk in self.chunks:
+        for index, (delay, chunk) in enumerate(self.chunks):
             if delay:
                 await asyncio.sleep(delay)
+            if 0 < index <= len(self.gates) and not await asyncio.to_thread(self.gates[index - 1].wait, 5.0):
+                return  # the client never got the previous chunk: end without finishing the body
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -17,7 +17,6 @@ import orjson
 
 from routeproxy.config import SETTINGS_BY_KEY, Settings, Tier, load_settings
 from routeproxy.errors import ConfigError
-from routeproxy.evaluate.cascade import DEFAULT_HOLD_TOKENS
 
 
 def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Settings:
@@ -263,7 +262,14 @@ def _classify_answers(source: str, rules_name: str) -> int:
 
 def _eval_cascade(args: argparse.Namespace) -> int:
     from routeproxy.escalation import load_check_rules
-    from routeproxy.evaluate.cascade import AnswerFileError, evaluate_cascade, format_report, read_rows, report_as_dict
+    from routeproxy.evaluate.cascade import (
+        DEFAULT_HOLD_TOKENS,
+        AnswerFileError,
+        evaluate_cascade,
+        format_report,
+        read_rows,
+        report_as_dict,
+    )
 
     rules = load_check_rules(args.rules or "general")
     try:
@@ -272,6 +278,7 @@ def _eval_cascade(args: argparse.Namespace) -> int:
     except (OSError, AnswerFileError) as exc:
         print(f"routeproxy eval: {exc}", file=sys.stderr)
         return 1
+    hold_tokens = DEFAULT_HOLD_TOKENS if args.hold_tokens is None else args.hold_tokens
     if args.timing:
         from routeproxy.evaluate.cascade import time_check
 
@@ -282,13 +289,13 @@ def _eval_cascade(args: argparse.Namespace) -> int:
 
         fit = tuple(name for names in args.fit or () for name in names.split(",") if name)
         gap = MIN_GAP if args.min_gap is None else args.min_gap
-        refit = leave_one_pair_out(rows, rules, hold_tokens=args.hold_tokens, min_gap=gap, fit=fit)
+        refit = leave_one_pair_out(rows, rules, hold_tokens=hold_tokens, min_gap=gap, fit=fit)
         if args.json:
             print(orjson.dumps(dataclasses.asdict(refit), option=orjson.OPT_INDENT_2).decode())
         else:
             print(format_refit(refit))
         return 0
-    report = evaluate_cascade(rows, rules, hold_tokens=args.hold_tokens, random_draws=args.random_draws)
+    report = evaluate_cascade(rows, rules, hold_tokens=hold_tokens, random_draws=args.random_draws)
     if args.json:
         print(orjson.dumps(report_as_dict(report), option=orjson.OPT_INDENT_2).decode())
     else:
@@ -514,8 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cmd.add_argument(
         "--hold-tokens",
         type=int,
-        default=DEFAULT_HOLD_TOKENS,
-        help="with --cascade: the stream prefix the proxy holds, in tokens",
+        help="with --cascade: the stream prefix the proxy holds, in tokens (default: the evaluator's, 128)",
     )
     eval_cmd.add_argument(
         "--leave-one-pair-out",

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from support import http
 from support.processes import Served, serve
 from support.redis_server import RedisServer
 from support.upstreams import ProxyFactory
@@ -54,7 +55,7 @@ def send(url: str, prompt: str, client: httpx.Client) -> httpx.Response:
 
 
 def stats(url: str) -> dict[str, Any]:
-    result: dict[str, Any] = httpx.get(f"{url}/v1/model-routing/stats", timeout=10).json()
+    result: dict[str, Any] = http.get(f"{url}/v1/model-routing/stats", timeout=10).json()
     return result
 
 
@@ -75,7 +76,7 @@ def settled_stats(replicas: list[Served], total: int) -> list[dict[str, Any]]:
 def test_three_replicas_report_the_same_exact_totals(redis_server: RedisServer, served: list[Served]) -> None:
     replicas = start_replicas(3, redis_server.url, served)
     sent: Counter[tuple[str, str]] = Counter()
-    with httpx.Client(timeout=10) as client:
+    with http.client(timeout=10) as client:
         for index in range(60):
             response = send(replicas[index % 3].url, PROMPTS[index % len(PROMPTS)], client)
             assert response.status_code == 200
@@ -111,7 +112,7 @@ def test_three_replicas_report_the_same_exact_totals(redis_server: RedisServer, 
 def test_a_ratio_change_through_one_replica_reaches_the_others(redis_server: RedisServer, served: list[Served]) -> None:
     first, second = start_replicas(2, redis_server.url, served)
     medium = "How should a farm plan its feeding schedule?"
-    with httpx.Client(timeout=10) as client:
+    with http.client(timeout=10) as client:
         assert send(second.url, medium, client).headers["x-routeproxy-complexity"] == "medium"
         changed = client.put(f"{first.url}/v1/model-routing/config", json={"ab_test_ratio": 1.0})
         assert changed.status_code == 200
@@ -135,7 +136,7 @@ def test_a_ratio_change_through_one_replica_reaches_the_others(redis_server: Red
 
 def test_reset_starts_a_fresh_period_for_every_replica(redis_server: RedisServer, served: list[Served]) -> None:
     first, second = start_replicas(2, redis_server.url, served)
-    with httpx.Client(timeout=10) as client:
+    with http.client(timeout=10) as client:
         for index in range(6):
             send((first, second)[index % 2].url, PROMPTS[index], client)
         assert [report["total_requests"] for report in settled_stats([first, second], 6)] == [6, 6]
@@ -153,7 +154,7 @@ def test_redis_paused_mid_load_fails_or_stalls_no_request_and_totals_stay_exact(
     overheads_ms: list[float] = []  # the proxy's own time before the upstream request, as it reports it
 
     def one(index: int) -> int:
-        with httpx.Client(timeout=10) as client:
+        with http.client(timeout=10) as client:
             response = send(replicas[index % 2].url, PROMPTS[index % len(PROMPTS)], client)
         overheads_ms.append(float(response.headers["x-routeproxy-overhead-ms"]))
         return response.status_code
@@ -187,7 +188,7 @@ def test_admin_endpoints_without_a_token_answer_loopback_clients_only(client_hos
 
 def test_stats_command_reads_the_shared_redis(redis_server: RedisServer, served: list[Served]) -> None:
     (replica,) = start_replicas(1, redis_server.url, served)
-    with httpx.Client(timeout=10) as client:
+    with http.client(timeout=10) as client:
         for prompt in PROMPTS:
             send(replica.url, prompt, client)
     endpoint = settled_stats([replica], len(PROMPTS))[0]
@@ -222,7 +223,7 @@ def test_a_proxy_counts_into_redis_cluster(
         {tier: f"{server.url}/v1" for tier, server in simulators.items()},
         **{"counters.redis_url": cluster_redis_server.url, "routing.enabled": True},
     )
-    with httpx.Client(timeout=10) as client:
+    with http.client(timeout=10) as client:
         for prompt in PROMPTS:
             assert send(proxy.url, prompt, client).status_code == 200
     report = stats(proxy.url)

@@ -8,8 +8,8 @@ import sys
 import textwrap
 from typing import Any
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from support import http
 from support.processes import ROOT, Served, serve
 from support.upstreams import ProxyFactory
 
@@ -18,7 +18,7 @@ from routeproxy.sim.threadserver import ThreadedServer
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    response = httpx.get(f"{url}/metrics")
+    response = http.get(f"{url}/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     samples = {}
@@ -49,7 +49,7 @@ def test_metrics_after_traffic_match_the_stats_endpoint(
         "How should a farm plan its feeding schedule?",
         "How can a small team improve its weekly planning?",
     ]
-    with httpx.Client(base_url=proxy.url, timeout=10) as client:
+    with http.client(base_url=proxy.url, timeout=10) as client:
         for index in range(24):
             body: dict[str, Any] = {"model": "auto", "messages": [{"role": "user", "content": prompts[index % 4]}]}
             if index % 3 == 0:
@@ -112,7 +112,7 @@ def test_sidecar_layout_app_and_proxy_as_two_processes(served: list[Served]) -> 
         env={"ENABLE_MODEL_ROUTING": "true", "ROUTEPROXY_API_KEYS": "pod-local-key-1234"},
     )
     served.append(sidecar)
-    assert httpx.get(f"{sidecar.url}/readyz").json()["status"] == "ready"
+    assert http.get(f"{sidecar.url}/readyz").json()["status"] == "ready"
     environ = {
         **os.environ,
         "OPENAI_BASE_URL": f"{sidecar.url}/v1",
@@ -121,5 +121,5 @@ def test_sidecar_layout_app_and_proxy_as_two_processes(served: list[Served]) -> 
     app = subprocess.run([sys.executable, "-c", APP], env=environ, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert app.returncode == 0, app.stderr
     assert app.stdout.split() == ["large", "meta-llama/Llama-3.1-8B-Instruct", "True", "True"]
-    stats = httpx.get(f"{sidecar.url}/v1/model-routing/stats").json()
+    stats = http.get(f"{sidecar.url}/v1/model-routing/stats").json()
     assert stats["total_requests"] == 2

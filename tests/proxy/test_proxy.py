@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from support import http
 from support.clients import streamed_chunks
 from support.ports import free_port
 from support.upstreams import LARGE_MODEL, SMALL_MODEL, ProxyFactory, fast_profile
@@ -22,12 +23,12 @@ MESSAGES = [{"role": "user", "content": "How do I improve feed conversion in bro
 
 
 def sim_requests(server: ThreadedServer) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = httpx.get(f"{server.url}/_sim/requests").json()
+    records: list[dict[str, Any]] = http.get(f"{server.url}/_sim/requests").json()
     return records
 
 
 def sim_stats(server: ThreadedServer) -> dict[str, int]:
-    stats: dict[str, int] = httpx.get(f"{server.url}/_sim/stats").json()
+    stats: dict[str, int] = http.get(f"{server.url}/_sim/stats").json()
     return stats
 
 
@@ -116,7 +117,7 @@ def test_unknown_model_is_404_in_openai_envelope(proxy: ThreadedServer) -> None:
 def test_wrong_method_or_path_gets_openai_envelope(
     proxy: ThreadedServer, method: str, path: str, status: int, error_type: str
 ) -> None:
-    response = httpx.request(method, f"{proxy.url}{path}")
+    response = http.request(method, f"{proxy.url}{path}")
     assert response.status_code == status
     assert response.json()["error"]["type"] == error_type
     assert path in response.json()["error"]["message"]
@@ -134,7 +135,7 @@ def test_a_bug_in_the_chat_handler_is_a_500_envelope(proxy: ThreadedServer) -> N
 
     resources.router = BrokenRouter()
     try:
-        response = httpx.post(f"{proxy.url}/v1/chat/completions", json={"model": "auto", "messages": MESSAGES})
+        response = http.post(f"{proxy.url}/v1/chat/completions", json={"model": "auto", "messages": MESSAGES})
     finally:
         resources.router = healthy_router
     assert response.status_code == 500
@@ -144,7 +145,7 @@ def test_a_bug_in_the_chat_handler_is_a_500_envelope(proxy: ThreadedServer) -> N
         "param": None,
         "code": None,
     }
-    after = httpx.post(f"{proxy.url}/v1/chat/completions", json={"model": "auto", "messages": MESSAGES})
+    after = http.post(f"{proxy.url}/v1/chat/completions", json={"model": "auto", "messages": MESSAGES})
     assert after.status_code == 200
 
 
@@ -170,7 +171,7 @@ def test_a_bug_in_the_chat_handler_is_a_500_envelope(proxy: ThreadedServer) -> N
 def test_bad_requests_get_openai_envelope(
     proxy: ThreadedServer, body: bytes, content_type: str, status: int, fragment: str
 ) -> None:
-    response = httpx.post(f"{proxy.url}/v1/chat/completions", content=body, headers={"content-type": content_type})
+    response = http.post(f"{proxy.url}/v1/chat/completions", content=body, headers={"content-type": content_type})
     assert response.status_code == status
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -184,15 +185,15 @@ def test_tier_labels_come_from_the_settings(simulators: dict[Tier, ThreadedServe
         **{"tiers.small.label": "llama-3b", "tiers.large.label": "llama-8b"},
     )
     for model in (SMALL_MODEL, LARGE_MODEL):
-        httpx.post(f"{proxy.url}/v1/chat/completions", json={"model": model, "messages": MESSAGES})
-    stats = httpx.get(f"{proxy.url}/v1/model-routing/stats").json()
+        http.post(f"{proxy.url}/v1/chat/completions", json={"model": model, "messages": MESSAGES})
+    stats = http.get(f"{proxy.url}/v1/model-routing/stats").json()
     assert {label: entry["count"] for label, entry in stats["model_distribution"].items()} == {
         "llama-3b": 1,
         "llama-8b": 1,
     }
-    metrics = httpx.get(f"{proxy.url}/metrics").text
+    metrics = http.get(f"{proxy.url}/metrics").text
     assert 'routeproxy_requests_total{complexity="pinned",status="2xx",tier="llama-3b"} 1.0' in metrics
-    explained = httpx.post(
+    explained = http.post(
         f"{proxy.url}/v1/model-routing/explain", json={"model": LARGE_MODEL, "messages": MESSAGES}
     ).json()
     assert explained["label"] == "llama-8b"
@@ -202,14 +203,12 @@ def test_upstream_error_status_and_body_pass_through(
     simulators: dict[Tier, ThreadedServer], proxy: ThreadedServer
 ) -> None:
     fault = {"x-sim-status": "503"}
-    upstream = httpx.post(
+    upstream = http.post(
         f"{simulators[Tier.LARGE].url}/v1/chat/completions",
         json={"model": LARGE_MODEL, "messages": MESSAGES},
         headers=fault,
     )
-    relayed = httpx.post(
-        f"{proxy.url}/v1/chat/completions", json={"model": "auto", "messages": MESSAGES}, headers=fault
-    )
+    relayed = http.post(f"{proxy.url}/v1/chat/completions", json={"model": "auto", "messages": MESSAGES}, headers=fault)
     assert relayed.status_code == upstream.status_code == 503
     assert relayed.content == upstream.content  # the upstream's own error body, byte for byte
     assert relayed.json()["error"]["message"] == "Simulated 503 (x-sim-status)"
@@ -219,7 +218,7 @@ def test_upstream_error_status_and_body_pass_through(
 def test_unreachable_upstream_is_502_envelope(start_proxy: ProxyFactory) -> None:
     dead = f"http://127.0.0.1:{free_port()}/v1"
     proxy = start_proxy({Tier.SMALL: dead, Tier.LARGE: dead})
-    response = httpx.post(f"{proxy.url}/v1/chat/completions", json={"model": "auto", "messages": MESSAGES})
+    response = http.post(f"{proxy.url}/v1/chat/completions", json={"model": "auto", "messages": MESSAGES})
     assert response.status_code == 502
     assert response.json()["error"]["type"] == "upstream_error"
 
@@ -229,7 +228,7 @@ def test_upstream_first_byte_timeout_is_504(simulators: dict[Tier, ThreadedServe
         {tier: f"{server.url}/v1" for tier, server in simulators.items()},
         **{"tiers.large.first_byte_timeout": 0.3},
     )
-    response = httpx.post(
+    response = http.post(
         f"{proxy.url}/v1/chat/completions",
         json={"model": "auto", "messages": MESSAGES},
         headers={"x-sim-hang": "1"},
@@ -288,7 +287,7 @@ def test_client_disconnect_closes_upstream_stream(
     large = simulators[Tier.LARGE]
     before = sim_stats(large)
     with (
-        httpx.Client(timeout=10) as client,
+        http.client(timeout=10) as client,
         client.stream(
             "POST",
             f"{proxy.url}/v1/chat/completions",
@@ -316,7 +315,7 @@ def test_client_disconnect_before_headers_cancels_upstream(
     before = sim_stats(large)
 
     async def give_up() -> None:
-        async with httpx.AsyncClient() as client:
+        async with http.async_client() as client:
             with pytest.raises(httpx.ReadTimeout):
                 await client.post(
                     f"{proxy.url}/v1/chat/completions",
@@ -342,7 +341,7 @@ def test_headers_forwarded_and_credentials_replaced(
         {tier: f"{server.url}/v1" for tier, server in simulators.items()},
         **{"tiers.large.api_key": "upstream-secret"},
     )
-    httpx.post(
+    http.post(
         f"{proxy.url}/v1/chat/completions",
         json={"model": "auto", "messages": MESSAGES},
         headers={
@@ -361,7 +360,7 @@ def test_headers_forwarded_and_credentials_replaced(
     assert "x-routeproxy-query-type" not in headers
     assert headers["x-request-id"] != "client-id-1"
     # Without a tier key the client's own credentials pass through (e.g. a per-user HF token).
-    httpx.post(
+    http.post(
         f"{proxy.url}/v1/chat/completions",
         json={"model": SMALL_MODEL, "messages": MESSAGES},
         headers={"authorization": "Bearer client-key"},
@@ -374,7 +373,7 @@ def test_client_request_id_is_returned_and_each_attempt_gets_a_fresh_upstream_id
 ) -> None:
     ids = set()
     for _ in range(2):
-        response = httpx.post(
+        response = http.post(
             f"{proxy.url}/v1/chat/completions",
             json={"model": "auto", "messages": MESSAGES},
             headers={"x-request-id": "same-client-id"},

@@ -16,6 +16,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import http
 from support.clients import streamed_chunks
 from support.ports import free_port
 from support.processes import Served, serve
@@ -69,7 +70,7 @@ def unaccepting_listener() -> Iterator[str]:
 
 
 def routed(url: str, messages: list[dict[str, str]] = SIMPLE, **kwargs: Any) -> httpx.Response:
-    return httpx.post(f"{url}/v1/chat/completions", json={"model": "auto", "messages": messages}, timeout=10, **kwargs)
+    return http.post(f"{url}/v1/chat/completions", json={"model": "auto", "messages": messages}, timeout=10, **kwargs)
 
 
 def test_small_tier_refusing_falls_back_to_large(
@@ -83,7 +84,7 @@ def test_small_tier_refusing_falls_back_to_large(
     assert response.headers["x-routeproxy-tier"] == "large"
     assert response.headers["x-routeproxy-fallback"] == "connect_error"
     assert response.json()["model"] == "meta-llama/Llama-3.1-8B-Instruct"
-    stats = httpx.get(f"{proxy.url}/v1/model-routing/stats").json()
+    stats = http.get(f"{proxy.url}/v1/model-routing/stats").json()
     assert stats["fallbacks"]["8b"] == 1
 
 
@@ -103,7 +104,7 @@ def test_small_tier_answering_503_falls_back_before_any_byte_is_relayed(
     assert len(failing.requests) == 1
     # Each attempt carried its own request id; the client's stays the client's.
     first_id = failing.requests[0]["headers"][b"x-request-id"]
-    second_id = httpx.get(f"{simulators[Tier.LARGE].url}/_sim/requests").json()[-1]["headers"]["x-request-id"]
+    second_id = http.get(f"{simulators[Tier.LARGE].url}/_sim/requests").json()[-1]["headers"]["x-request-id"]
     assert first_id.decode() != second_id
 
 
@@ -150,7 +151,7 @@ def test_a_pinned_request_is_not_switched_to_the_other_model(
     simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFactory
 ) -> None:
     proxy = start_proxy({Tier.SMALL: dead_url(), Tier.LARGE: f"{simulators[Tier.LARGE].url}/v1"})
-    response = httpx.post(
+    response = http.post(
         f"{proxy.url}/v1/chat/completions",
         json={"model": "meta-llama/Llama-3.2-3B-Instruct", "messages": SIMPLE},
     )
@@ -183,7 +184,7 @@ def test_over_the_concurrency_limit_gets_429_with_retry_after(
     )
 
     async def scenario() -> None:
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with http.async_client(timeout=10) as client:
             slow = {"x-sim-tokens": "20", "x-sim-token-ms": "50"}
             body = {"model": "auto", "messages": SIMPLE, "stream": True}
             url = f"{proxy.url}/v1/chat/completions"
@@ -223,7 +224,7 @@ def test_over_the_concurrency_limit_gets_429_with_retry_after(
 def test_bad_input_gets_a_named_4xx_and_the_proxy_keeps_serving(
     proxy: ThreadedServer, body: bytes, status: int, fragment: str
 ) -> None:
-    response = httpx.post(
+    response = http.post(
         f"{proxy.url}/v1/chat/completions", content=body, headers={"content-type": "application/json"}, timeout=30
     )
     assert response.status_code == status
@@ -236,7 +237,7 @@ def test_body_over_the_limit_is_413(simulators: dict[Tier, ThreadedServer], star
         {tier: f"{server.url}/v1" for tier, server in simulators.items()}, **{"server.max_body_bytes": 2048}
     )
     big = {"model": "auto", "messages": [{"role": "user", "content": "x" * 4000}]}
-    declared = httpx.post(f"{proxy.url}/v1/chat/completions", json=big)
+    declared = http.post(f"{proxy.url}/v1/chat/completions", json=big)
     assert declared.status_code == 413
     assert declared.json()["error"]["code"] == "payload_too_large"
 
@@ -245,7 +246,7 @@ def test_body_over_the_limit_is_413(simulators: dict[Tier, ThreadedServer], star
         for start in range(0, len(payload), 512):
             yield payload[start : start + 512]
 
-    streamed = httpx.post(
+    streamed = http.post(
         f"{proxy.url}/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"}
     )
     assert streamed.status_code == 413
@@ -298,7 +299,7 @@ def test_random_json_never_crashes_the_parser_or_the_classifier(document: Any) -
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(document=REQUEST | JSON)
 def test_random_json_through_the_live_proxy_is_never_a_5xx(proxy: ThreadedServer, document: Any) -> None:
-    response = httpx.post(
+    response = http.post(
         f"{proxy.url}/v1/chat/completions",
         content=orjson.dumps(document),
         headers={"content-type": "application/json"},
@@ -322,7 +323,7 @@ def test_sigterm_during_50_open_streams_lets_all_finish_then_exits_0(
 
     async def scenario() -> list[bytes]:
         limits = httpx.Limits(max_connections=60)
-        async with httpx.AsyncClient(timeout=20, limits=limits) as client:
+        async with http.async_client(timeout=20, limits=limits) as client:
             started = asyncio.Event()
             opened = 0
 
@@ -342,7 +343,7 @@ def test_sigterm_during_50_open_streams_lets_all_finish_then_exits_0(
             os.kill(pid, signal.SIGTERM)
 
             async def refused() -> bool:  # uvicorn closes its listening socket, then waits for open streams
-                async with httpx.AsyncClient() as probe:
+                async with http.async_client() as probe:
                     try:
                         await probe.get(f"{proxy.url}/healthz")
                     except httpx.ConnectError:
@@ -365,15 +366,15 @@ def test_sigterm_during_50_open_streams_lets_all_finish_then_exits_0(
 
 
 def test_readyz_reports_draining_and_the_counter_store(proxy: ThreadedServer) -> None:
-    ready = httpx.get(f"{proxy.url}/readyz")
+    ready = http.get(f"{proxy.url}/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"]["counters"] == "memory: ok"
     resources = proxy.server.lifespan.state["resources"]
     resources.draining = True
-    unready = httpx.get(f"{proxy.url}/readyz")
+    unready = http.get(f"{proxy.url}/readyz")
     assert unready.status_code == 503
     assert unready.json()["reasons"] == ["draining"]
-    assert httpx.get(f"{proxy.url}/healthz").status_code == 200  # liveness is not readiness
+    assert http.get(f"{proxy.url}/healthz").status_code == 200  # liveness is not readiness
 
 
 def test_serve_exits_cleanly_on_sigint_too(served: list[Served]) -> None:
@@ -387,7 +388,7 @@ def test_serve_exits_cleanly_on_sigint_too(served: list[Served]) -> None:
 def test_a_client_leaving_mid_body_gives_its_slot_back(proxy: ThreadedServer) -> None:
 
     def inflight() -> int:
-        count: int = httpx.get(f"{proxy.url}/readyz").json()["checks"]["inflight"]
+        count: int = http.get(f"{proxy.url}/readyz").json()["checks"]["inflight"]
         return count
 
     for _ in range(3):

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import openai
 import orjson
 import pytest
+from support import http
 from support.processes import Served, serve
 from support.upstreams import ProxyFactory, fast_profile
 
@@ -57,7 +57,7 @@ def test_client_keys_guard_v1(locked_proxy: ThreadedServer, authorization: str |
         ("GET", "/v1/models"),
         ("POST", "/v1/model-routing/explain"),
     ):
-        response = httpx.request(
+        response = http.request(
             method, f"{locked_proxy.url}{path}", json={"model": "auto", "messages": MESSAGES}, headers=headers
         )
         assert response.status_code == 401, path
@@ -72,7 +72,7 @@ def test_a_valid_client_key_works_and_never_goes_upstream(
         with openai.OpenAI(base_url=f"{locked_proxy.url}/v1", api_key=key) as client:
             assert client.chat.completions.create(model="auto", messages=MESSAGES).choices
             assert next(model.id for model in client.models.list()) == "auto"
-    received = httpx.get(f"{keyed_upstreams[Tier.LARGE].url}/_sim/requests").json()[-1]["headers"]
+    received = http.get(f"{keyed_upstreams[Tier.LARGE].url}/_sim/requests").json()[-1]["headers"]
     assert received["authorization"] == f"Bearer {UPSTREAM_KEY}"
 
 
@@ -84,22 +84,22 @@ def test_without_a_tier_key_the_client_key_is_still_not_forwarded(
     )
     with openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=CLIENT_KEY) as client:
         client.chat.completions.create(model="auto", messages=MESSAGES)
-    received = httpx.get(f"{simulators[Tier.LARGE].url}/_sim/requests").json()[-1]["headers"]
+    received = http.get(f"{simulators[Tier.LARGE].url}/_sim/requests").json()[-1]["headers"]
     assert "authorization" not in received
 
 
 def test_stats_stay_readable_and_admin_needs_the_token(locked_proxy: ThreadedServer) -> None:
-    assert httpx.get(f"{locked_proxy.url}/v1/model-routing/stats").status_code == 200
-    assert httpx.get(f"{locked_proxy.url}/v1/model-routing/config").status_code == 200
+    assert http.get(f"{locked_proxy.url}/v1/model-routing/stats").status_code == 200
+    assert http.get(f"{locked_proxy.url}/v1/model-routing/config").status_code == 200
     for headers in ({}, {"authorization": f"Bearer {CLIENT_KEY}"}, {"authorization": "Bearer admin-token-wrong"}):
-        reset = httpx.post(f"{locked_proxy.url}/v1/model-routing/reset", headers=headers)
+        reset = http.post(f"{locked_proxy.url}/v1/model-routing/reset", headers=headers)
         assert reset.status_code == 401
-        change = httpx.put(f"{locked_proxy.url}/v1/model-routing/config", json={"ab_test_ratio": 0.3}, headers=headers)
+        change = http.put(f"{locked_proxy.url}/v1/model-routing/config", json={"ab_test_ratio": 0.3}, headers=headers)
         assert change.status_code == 401
         assert change.json()["error"]["code"] == "invalid_admin_token"
     admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
-    assert httpx.post(f"{locked_proxy.url}/v1/model-routing/reset", headers=admin).status_code == 200
-    changed = httpx.put(f"{locked_proxy.url}/v1/model-routing/config", json={"ab_test_ratio": 0.3}, headers=admin)
+    assert http.post(f"{locked_proxy.url}/v1/model-routing/reset", headers=admin).status_code == 200
+    changed = http.put(f"{locked_proxy.url}/v1/model-routing/config", json={"ab_test_ratio": 0.3}, headers=admin)
     assert changed.status_code == 200
     assert changed.json()["ab_test_ratio"] == 0.3
 
@@ -108,7 +108,7 @@ def test_spoofable_headers_are_stripped_and_content_length_recomputed(
     proxy: ThreadedServer, simulators: dict[Tier, ThreadedServer]
 ) -> None:
     body = orjson.dumps({"model": "auto", "messages": MESSAGES, "query_type": "x" * 50})
-    httpx.post(
+    http.post(
         f"{proxy.url}/v1/chat/completions",
         content=body,
         headers={
@@ -120,7 +120,7 @@ def test_spoofable_headers_are_stripped_and_content_length_recomputed(
             "host": "evil.example",
         },
     )
-    record = httpx.get(f"{simulators[Tier.LARGE].url}/_sim/requests").json()[-1]
+    record = http.get(f"{simulators[Tier.LARGE].url}/_sim/requests").json()[-1]
     headers = record["headers"]
     for name in ("x-forwarded-for", "x-forwarded-host", "forwarded", "x-real-ip"):
         assert name not in headers
@@ -149,7 +149,7 @@ def test_no_secret_appears_in_logs_error_bodies_or_stats(
     served.append(proxy)
     said: list[str] = []
     auth = {"authorization": f"Bearer {CLIENT_KEY}"}
-    with httpx.Client(base_url=proxy.url, timeout=10) as client:
+    with http.client(base_url=proxy.url, timeout=10) as client:
         requests: list[tuple[str, str, dict[str, Any], dict[str, str]]] = [
             ("POST", "/v1/chat/completions", {"model": "auto", "messages": MESSAGES}, auth),
             ("POST", "/v1/chat/completions", {"model": "auto", "messages": MESSAGES, "stream": True}, auth),

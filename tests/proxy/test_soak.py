@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support import http
 
 from routeproxy.config import Tier
 from routeproxy.sim.threadserver import ThreadedServer
@@ -62,7 +63,7 @@ async def drive(url: str, kinds: list[str], concurrency: int) -> Counter[str]:
     outcomes: Counter[str] = Counter()
     queue = list(kinds)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+    async with http.async_client(timeout=30, limits=limits) as client:
 
         async def worker() -> None:
             while queue:
@@ -77,7 +78,7 @@ def test_soak_loses_nothing_and_leaks_nothing(proxy: ThreadedServer, simulators:
     url = f"{proxy.url}/v1/chat/completions"
     chooser = random.Random(20261125)
     asyncio.run(drive(url, ["ok"] * 200, 16))  # warm up pools and caches before the baselines
-    httpx.post(f"{proxy.url}/v1/model-routing/reset")
+    http.post(f"{proxy.url}/v1/model-routing/reset")
     fds_before, rss_before = open_fds(), rss_mb()
 
     kinds = chooser.choices(KINDS, WEIGHTS, k=1600)
@@ -91,7 +92,7 @@ def test_soak_loses_nothing_and_leaks_nothing(proxy: ThreadedServer, simulators:
     assert outcomes["left"] == sent["client_leaves"]
 
     # Every request is in the books: sent = succeeded + failed + disconnected.
-    stats = httpx.get(f"{proxy.url}/v1/model-routing/stats").json()
+    stats = http.get(f"{proxy.url}/v1/model-routing/stats").json()
     large = "8b"  # routing is off in this proxy: everything goes to the large tier
     assert stats["total_requests"] == len(kinds)
     assert stats["disconnects"][large] == sent["client_leaves"]
@@ -101,7 +102,7 @@ def test_soak_loses_nothing_and_leaks_nothing(proxy: ThreadedServer, simulators:
     assert succeeded == sent["ok"] + sent["ok_stream"]
 
     # Nothing left open upstream, no file descriptors piling up, memory flat.
-    upstream = httpx.get(f"{simulators[Tier.LARGE].url}/_sim/stats").json()
+    upstream = http.get(f"{simulators[Tier.LARGE].url}/_sim/stats").json()
     assert upstream["open_streams"] == 0
     assert upstream["disconnected_streams"] >= sent["client_leaves"]
     assert open_fds() - fds_before < 40

@@ -8,9 +8,9 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
 import orjson
 import pytest
+from support import http
 from support.upstreams import ProxyFactory, settings_for
 
 from routeproxy.classify import Classification, Classifier, Complexity, load_rules
@@ -43,7 +43,7 @@ def routed_proxy(simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFacto
 
 
 def last_body(server: ThreadedServer) -> dict[str, Any]:
-    body: dict[str, Any] = httpx.get(f"{server.url}/_sim/requests").json()[-1]["body"]
+    body: dict[str, Any] = http.get(f"{server.url}/_sim/requests").json()[-1]["body"]
     return body
 
 
@@ -58,7 +58,7 @@ def test_seed_examples_route_as_the_seed_says(
     tier: str,
     complexity: str,
 ) -> None:
-    response = httpx.post(f"{routed_proxy.url}/v1/chat/completions", json=request_body)
+    response = http.post(f"{routed_proxy.url}/v1/chat/completions", json=request_body)
     assert response.status_code == 200
     assert response.headers["x-routeproxy-tier"] == tier
     assert response.headers["x-routeproxy-complexity"] == complexity
@@ -71,7 +71,7 @@ def test_seed_examples_route_as_the_seed_says(
 
 def test_comparison_without_hints_goes_to_large_model(routed_proxy: ThreadedServer) -> None:
     for text in ("Compare Ross 308 vs Cobb 500 at multiple ages", "Is Python better than Go for web servers?"):
-        response = httpx.post(
+        response = http.post(
             f"{routed_proxy.url}/v1/chat/completions",
             json={"model": "auto", "messages": [{"role": "user", "content": text}]},
         )
@@ -82,20 +82,20 @@ def test_comparison_without_hints_goes_to_large_model(routed_proxy: ThreadedServ
 def test_query_type_header_is_a_hint_and_is_not_forwarded(
     routed_proxy: ThreadedServer, simulators: dict[Tier, ThreadedServer]
 ) -> None:
-    response = httpx.post(
+    response = http.post(
         f"{routed_proxy.url}/v1/chat/completions",
         json={"model": "auto", "messages": [{"role": "user", "content": "Ross 308 and Cobb 500 at day 35"}]},
         headers={"x-routeproxy-query-type": "comparative"},
     )
     assert response.headers["x-routeproxy-complexity"] == "complex"
     assert response.headers["x-routeproxy-reason"].startswith("hint_query_type")
-    received = httpx.get(f"{simulators[Tier.LARGE].url}/_sim/requests").json()[-1]["headers"]
+    received = http.get(f"{simulators[Tier.LARGE].url}/_sim/requests").json()[-1]["headers"]
     assert "x-routeproxy-query-type" not in received
 
 
 def test_medium_queries_split_by_ratio_and_say_why(routed_proxy: ThreadedServer) -> None:
     tiers = []
-    with httpx.Client() as client:
+    with http.client() as client:
         for prompt in MEDIUM_PROMPTS:
             response = client.post(
                 f"{routed_proxy.url}/v1/chat/completions",
@@ -114,7 +114,7 @@ def test_explain_endpoint_agrees_with_the_proxy(routed_proxy: ThreadedServer) ->
     bodies = [SEED_SIMPLE, SEED_COMPLEX] + [
         {"model": "auto", "messages": [{"role": "user", "content": prompt}]} for prompt in MEDIUM_PROMPTS[:10]
     ]
-    with httpx.Client() as client:
+    with http.client() as client:
         for body in bodies:
             explained = client.post(f"{routed_proxy.url}/v1/model-routing/explain", json=body).json()
             proxied = client.post(f"{routed_proxy.url}/v1/chat/completions", json=body)
@@ -147,7 +147,7 @@ def test_same_query_same_tier_in_processes_with_different_hash_seeds(routed_prox
     assert first == second
     assert {line["tier"] for line in first} == {"small", "large"}
     # ... and the CLI agrees with the running proxy (a third process).
-    with httpx.Client() as client:
+    with http.client() as client:
         for line in first[:10]:
             response = client.post(
                 f"{routed_proxy.url}/v1/chat/completions",

@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 
+from support import http
+
 
 def streamed_chunks(
     url: str,
@@ -18,7 +20,7 @@ def streamed_chunks(
     client read, in order (``on_chunk`` sees each one as it arrives)."""
     chunks: list[bytes] = []
     with (
-        httpx.Client(timeout=10) as client,
+        http.client(timeout=10) as client,
         client.stream(
             "POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, headers=dict(headers or {})
         ) as response,

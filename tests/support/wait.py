@@ -9,6 +9,8 @@ from typing import TypeVar
 
 import httpx
 
+from support import http
+
 T = TypeVar("T")
 
 
@@ -37,6 +39,6 @@ async def eventually_async(
 def answers(url: str) -> bool:
     """Whether ``GET url`` answers 200 now (a server still starting refuses the connection)."""
     try:
-        return httpx.get(url, timeout=1).status_code == 200
+        return http.get(url, timeout=1).status_code == 200
     except httpx.TransportError:
         return False

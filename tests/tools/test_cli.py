@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import orjson
 import pytest
+from support import http
 from support.devdata import dev_data
 from support.ports import free_port
 from support.processes import Served, serve
@@ -60,7 +60,7 @@ def test_preview_length_zero_keeps_prompts_out_of_logs(served: list[Served]) -> 
     proxy = serve("--simulate", "--speed", "500", env={"ROUTEPROXY_LOG_PREVIEW_CHARS": "0"})
     served.append(proxy)
     secret = "my-very-private-prompt-text"
-    httpx.post(
+    http.post(
         f"{proxy.url}/v1/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": secret}]}
     )
     text = served.pop().stop()
@@ -76,7 +76,7 @@ def test_workers_flag_runs_several_processes(served: list[Served]) -> None:
     def answer_on_a_new_connection(_: int) -> list[str]:
         with openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="any", max_retries=0) as client:
             assert client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}]).choices
-        replicas: list[str] = httpx.get(f"{proxy.url}/v1/model-routing/stats", timeout=10).json()["replicas"]
+        replicas: list[str] = http.get(f"{proxy.url}/v1/model-routing/stats", timeout=10).json()["replicas"]
         return replicas
 
     def both_workers_answered() -> bool:
@@ -176,7 +176,7 @@ def test_simulate_command_serves_the_chosen_dialect(dialect: str, done_line: byt
             "messages": [{"role": "user", "content": "hi"}],
             "stream": True,
         }
-        response = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=10)
+        response = http.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=10)
         assert response.headers["x-simulator"] == "routeproxy"
         assert response.content.rstrip().endswith(done_line)
     finally:

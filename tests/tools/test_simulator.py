@@ -12,6 +12,7 @@ import openai
 import orjson
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
+from support import http
 from support.wait import eventually
 
 from routeproxy.config import Tier
@@ -42,7 +43,7 @@ def serve() -> Iterator[Serve]:
 
 
 def chat(server: ThreadedServer, body: dict[str, Any], **headers: str) -> httpx.Response:
-    return httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=headers, timeout=10)
+    return http.post(f"{server.url}/v1/chat/completions", json=body, headers=headers, timeout=10)
 
 
 def request(model: str | None = MODEL, **fields: Any) -> dict[str, Any]:
@@ -66,7 +67,7 @@ def events(raw: bytes, prefix: bytes = b"data: ") -> list[Any]:
 
 
 def stats(server: ThreadedServer) -> dict[str, int]:
-    result: dict[str, int] = httpx.get(f"{server.url}/_sim/stats").json()
+    result: dict[str, int] = http.get(f"{server.url}/_sim/stats").json()
     return result
 
 
@@ -250,9 +251,9 @@ def test_tgi_rejects_top_p_one_with_a_validation_error(serve: Serve) -> None:
 def test_tgi_bad_json_is_400_and_wrong_content_type_is_415(serve: Serve) -> None:
     server = serve(Dialect.TGI)
     url = f"{server.url}/v1/chat/completions"
-    bad = httpx.post(url, content=b"{nope", headers={"content-type": "application/json"})
+    bad = http.post(url, content=b"{nope", headers={"content-type": "application/json"})
     assert bad.status_code == 400 and bad.text.startswith("Failed to parse the request body as JSON")
-    wrong = httpx.post(url, content=orjson.dumps(request()), headers={"content-type": "text/plain"})
+    wrong = http.post(url, content=orjson.dumps(request()), headers={"content-type": "text/plain"})
     assert wrong.status_code == 415
     assert wrong.text == "Expected request with `Content-Type: application/json`"
 
@@ -290,7 +291,7 @@ def test_wrong_key_is_401_in_each_dialects_shape(serve: Serve, dialect: Dialect,
         assert denied.content == body
     allowed = chat(server, request(model=SDK_MODELS[dialect]), authorization="Bearer secret")
     assert allowed.status_code == 200
-    assert httpx.get(f"{server.url}/health").status_code == 200  # health is never guarded
+    assert http.get(f"{server.url}/health").status_code == 200  # health is never guarded
 
 
 # -- faults --
@@ -361,7 +362,7 @@ def test_die_after_without_stream_sends_half_a_body(serve: Serve) -> None:
 
 async def test_hang_can_be_cancelled_and_counts_a_disconnect(serve: Serve) -> None:
     server = serve(Dialect.VLLM)
-    async with httpx.AsyncClient(base_url=server.url) as client:
+    async with http.async_client(base_url=server.url) as client:
         hanging = spawn(client.post("/v1/chat/completions", json=request(), headers={"x-sim-hang": "1"}))
         await asyncio.to_thread(eventually, lambda: stats(server)["open_streams"] == 1)
         hanging.cancel()
@@ -373,7 +374,7 @@ async def test_hang_can_be_cancelled_and_counts_a_disconnect(serve: Serve) -> No
 
 async def test_client_leaving_mid_stream_is_counted_promptly(serve: Serve) -> None:
     server = serve(Dialect.TGI)
-    async with httpx.AsyncClient(base_url=server.url) as client:
+    async with http.async_client(base_url=server.url) as client:
         headers = {"x-sim-tokens": "1000", "x-sim-token-ms": "50"}
         async with client.stream("POST", "/v1/chat/completions", json=request(stream=True), headers=headers) as r:
             async for line in r.aiter_lines():
@@ -395,8 +396,8 @@ def test_bad_fault_header_is_refused(serve: Serve) -> None:
 def test_sim_requests_records_bodies_and_lowercased_headers(serve: Serve) -> None:
     server = serve(Dialect.VLLM)
     chat(server, request(temperature=0.5), **{"X-Custom": "yes"})
-    httpx.get(f"{server.url}/v1/models")
-    records = httpx.get(f"{server.url}/_sim/requests").json()
+    http.get(f"{server.url}/v1/models")
+    records = http.get(f"{server.url}/_sim/requests").json()
     assert [(record["method"], record["path"]) for record in records] == [
         ("POST", "/v1/chat/completions"),
         ("GET", "/v1/models"),
@@ -405,13 +406,13 @@ def test_sim_requests_records_bodies_and_lowercased_headers(serve: Serve) -> Non
     assert records[0]["headers"]["x-custom"] == "yes"
     assert records[1]["body"] is None
     assert httpx.delete(f"{server.url}/_sim/requests").status_code == 204
-    assert httpx.get(f"{server.url}/_sim/requests").json() == []
+    assert http.get(f"{server.url}/_sim/requests").json() == []
     assert stats(server)["requests"] == 2 and stats(server)["completed_streams"] == 1
 
 
 @pytest.mark.parametrize("dialect", list(Dialect))
 def test_models_lists_the_served_model(serve: Serve, dialect: Dialect) -> None:
-    listed = httpx.get(f"{serve(dialect).url}/v1/models").json()
+    listed = http.get(f"{serve(dialect).url}/v1/models").json()
     assert listed["object"] == "list" and listed["data"][0]["id"] == MODEL
 
 
@@ -435,7 +436,7 @@ def test_seed_profiles_match_the_seed_latencies() -> None:
 
 async def test_client_leaving_before_a_completion_is_counted(serve: Serve) -> None:
     server = serve(Dialect.VLLM)
-    async with httpx.AsyncClient(base_url=server.url) as client:
+    async with http.async_client(base_url=server.url) as client:
         waiting = spawn(client.post("/v1/chat/completions", json=request(), headers={"x-sim-ttft-ms": "60000"}))
         await asyncio.to_thread(eventually, lambda: stats(server)["open_streams"] == 1)
         waiting.cancel()

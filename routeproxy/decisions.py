@@ -299,6 +299,7 @@ class RedisDecisionStore(DecisionStore):
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._healthy = True
         self.dropped = 0  # decisions pushed out of a full batch during an outage
         self.unknown = 0  # queued feedback whose id turned out unknown
 
@@ -370,8 +371,15 @@ class RedisDecisionStore(DecisionStore):
                         log.warning("feedback.unknown_after_outage", request_id=item.request_id)
                     self._queue.popleft()
             except _REDIS_FAILURES as exc:
-                log.info("decisions.redis_unavailable", error=repr(exc), pending=len(self._pending), queued=self.queued)
+                if self._healthy:  # once per outage, not once per flush
+                    log.warning(
+                        "decisions.redis_unavailable", error=repr(exc), pending=len(self._pending), queued=self.queued
+                    )
+                self._healthy = False
                 return False
+        if not self._healthy:
+            log.info("decisions.redis_back")
+        self._healthy = True
         return True
 
     async def _apply(self, request_id: str, units: int, *, count_unknown: bool = False) -> FeedbackResult:

@@ -19,15 +19,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import structlog
-from redis.exceptions import RedisError
 
 from routeproxy.analysis import Analysis, analyse, thresholds_of
 from routeproxy.config import Settings
 from routeproxy.counters import CounterStore
 from routeproxy.errors import CounterStoreUnavailable
-from routeproxy.redis_store import redis_client
 from routeproxy.rollout import (
     AuditEntry,
     Evidence,
@@ -49,20 +46,10 @@ from routeproxy.tasks import spawn
 
 log = structlog.get_logger("routeproxy")
 
-_REDIS_FAILURES = (RedisError, OSError, TimeoutError)
-
-# Compare-and-set: writes the state only if the stored version is the one the caller read ('' = none stored yet),
-# and sets the shared ab_test_ratio in the same atomic step.
-_SAVE_LUA = """
-local version = redis.call('HGET', KEYS[1], 'version') or ''
-if version ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'version', ARGV[2], 'state', ARGV[3])
-redis.call('HSET', KEYS[2], 'ab_test_ratio', ARGV[4])
-return 1
-"""
-
 
 class RolloutStore(abc.ABC):
+    """Where the rollout state lives. A store that cannot answer raises CounterStoreUnavailable."""
+
     @abc.abstractmethod
     async def load(self) -> RolloutState | None: ...
 
@@ -90,27 +77,6 @@ class MemoryRolloutStore(RolloutStore):
         self._state = state
         await self.counters.set_runtime(RuntimeConfig(ab_test_ratio=ratio))
         return True
-
-
-class RedisRolloutStore(RolloutStore):
-    """``{<namespace>}:rollout``: a hash of ``state`` (JSON) and ``version``."""
-
-    def __init__(self, url: str, namespace: str) -> None:
-        self.key = f"{{{namespace}}}:rollout"
-        self.config_key = f"{{{namespace}}}:config"
-        self._client = redis_client(url)
-        self._save = self._client.register_script(_SAVE_LUA)
-
-    async def load(self) -> RolloutState | None:
-        raw = await self._client.hget(self.key, "state")
-        return None if raw is None else RolloutState.from_json(orjson.loads(raw))
-
-    async def save(self, state: RolloutState, expected: int | None, ratio: float) -> bool:
-        args = ["" if expected is None else str(expected), str(state.version), orjson.dumps(state.to_json()).decode()]
-        return bool(await self._save(keys=[self.key, self.config_key], args=[*args, repr(float(ratio))]))
-
-    async def close(self) -> None:
-        await self._client.aclose()
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +115,7 @@ class RolloutController:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        with contextlib.suppress(*_REDIS_FAILURES):
+        with contextlib.suppress(CounterStoreUnavailable):
             self.state = await self.store.load()
         if self.enabled and self._task is None:
             self._stopping.clear()
@@ -159,7 +125,7 @@ class RolloutController:
         while not self._stopping.is_set():
             try:
                 await self.tick()
-            except _REDIS_FAILURES as exc:
+            except CounterStoreUnavailable as exc:
                 log.info("rollout.store_unavailable", error=repr(exc))
             except Exception:  # a bug here must not stop the controller for the life of the process
                 log.exception("rollout.tick_crashed")
@@ -253,7 +219,7 @@ class RolloutController:
         return self.enabled and not (self.state is not None and self.state.paused)
 
     async def refresh(self) -> None:
-        with contextlib.suppress(*_REDIS_FAILURES):
+        with contextlib.suppress(CounterStoreUnavailable):
             self.state = await self.store.load()
 
     def describe(self, evidence: Evidence | None = None) -> dict[str, Any]:
@@ -304,9 +270,13 @@ def open_rollout(
 ) -> RolloutController:
     """The controller, its state in Redis when ``counters.redis_url`` is set (shared, kept across restarts)."""
     redis_url = settings.counters.redis_url
-    store: RolloutStore = (
-        MemoryRolloutStore(counters) if redis_url is None else RedisRolloutStore(redis_url, settings.counters.namespace)
-    )
+    store: RolloutStore
+    if redis_url is None:
+        store = MemoryRolloutStore(counters)
+    else:
+        from routeproxy.redis_quality import RedisRolloutStore  # the Redis client only when Redis is configured
+
+        store = RedisRolloutStore(redis_url, settings.counters.namespace)
     thresholds = thresholds_of(settings.quality)
     uses_implicit = settings.quality.verdict_uses_implicit
     labels = settings.tier_labels

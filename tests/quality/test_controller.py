@@ -10,10 +10,11 @@ from support.redis_server import RedisServer
 
 from routeproxy.analysis import analyse
 from routeproxy.config import CounterConfig, Tier
-from routeproxy.controller import Action, RedisRolloutStore, RolloutController
+from routeproxy.controller import Action, RolloutController
 from routeproxy.counters import open_store
 from routeproxy.decisions import feedback_fields
 from routeproxy.quality import Thresholds
+from routeproxy.redis_quality import RedisRolloutStore
 from routeproxy.redis_store import RedisCounterStore
 from routeproxy.rollout import OFF, RolloutPolicy
 

@@ -11,7 +11,8 @@ from support.wait import eventually
 
 from routeproxy.config import CounterConfig, Tier
 from routeproxy.counters import open_store
-from routeproxy.decisions import Decision, RedisDecisionStore, RequestNotFound, regeneration_key
+from routeproxy.decisions import Decision, RequestNotFound, regeneration_key
+from routeproxy.redis_quality import RedisDecisionStore
 from routeproxy.redis_store import RedisCounterStore
 
 Replica = tuple[RedisCounterStore, RedisDecisionStore]

@@ -11,7 +11,6 @@ Without Redis it lives in this process.
 from __future__ import annotations
 
 import abc
-import asyncio
 import contextlib
 import time
 from collections.abc import Callable
@@ -42,7 +41,7 @@ from routeproxy.rollout import (
 )
 from routeproxy.runtime import RuntimeConfig
 from routeproxy.stats import Snapshot
-from routeproxy.tasks import spawn
+from routeproxy.tasks import Repeating
 
 log = structlog.get_logger("routeproxy")
 
@@ -111,32 +110,22 @@ class RolloutController:
         self.last: Outcome | None = None
         self.last_evidence: Evidence | None = None
         self.acted = 0  # changes this replica wrote (the others lost the compare-and-set or had nothing to do)
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Repeating(self._look, interval_s, "rollout-controller")
 
     async def start(self) -> None:
         with contextlib.suppress(CounterStoreUnavailable):
             self.state = await self.store.load()
-        if self.enabled and self._task is None:
-            self._stopping.clear()
-            self._task = spawn(self._run(), name="rollout-controller")
+        if self.enabled:
+            self._loop.start(at_once=True)
 
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.tick()
-            except CounterStoreUnavailable as exc:
-                log.info("rollout.store_unavailable", error=repr(exc))
-            except Exception:  # a bug here must not stop the controller for the life of the process
-                log.exception("rollout.tick_crashed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
+    async def _look(self) -> None:
+        try:
+            await self.tick()
+        except CounterStoreUnavailable as exc:
+            log.info("rollout.store_unavailable", error=repr(exc))
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._stopping.set()
-            await self._task
-            self._task = None
+        await self._loop.stop()
         await self.store.close()
 
     async def evidence(self) -> Evidence | None:

@@ -17,7 +17,6 @@ replayed call changes nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -41,7 +40,7 @@ from routeproxy.decisions import (
 from routeproxy.errors import CounterStoreUnavailable
 from routeproxy.redis_store import redis_client
 from routeproxy.rollout import RolloutState
-from routeproxy.tasks import spawn
+from routeproxy.tasks import Repeating
 
 log = structlog.get_logger(__name__)
 
@@ -149,8 +148,7 @@ class RedisDecisionStore(DecisionStore):
         self._inflight: list[Decision] = []  # sent, not acknowledged: resent unchanged
         self._queue: deque[_Queued] = deque()
         self._lock = asyncio.Lock()
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Repeating(self.flush, flush_interval, "decisions-flush")
         self._healthy = True
         self.dropped = 0  # decisions pushed out of a full batch during an outage
         self.unknown = 0  # queued feedback whose id turned out unknown
@@ -168,26 +166,10 @@ class RedisDecisionStore(DecisionStore):
         self._pending.append(decision)
 
     async def start(self) -> None:
-        if self._task is None:
-            self._stopping.clear()
-            self._task = spawn(self._run(), name="decisions-flush")
-
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.flush_interval)
-            if self._stopping.is_set():
-                return
-            try:
-                await self.flush()
-            except Exception:  # a bug here must not end remembering for the life of the process
-                log.exception("decisions.flush_crashed")
+        self._loop.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._stopping.set()
-            await self._task
-            self._task = None
+        await self._loop.stop()
         if not await self.flush():
             log.warning("decisions.lost_on_close", decisions=len(self._pending), feedback=len(self._queue))
         await self._client.aclose()

@@ -23,7 +23,6 @@ fails and nothing waits: the delta keeps accumulating locally and goes out when 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -45,7 +44,7 @@ from routeproxy.counters import CounterStore, now_utc
 from routeproxy.errors import CounterStoreUnavailable
 from routeproxy.runtime import RuntimeConfig, check_runtime, parse_runtime
 from routeproxy.stats import BUCKETS_MS, Outcome, Snapshot, outcome_fields
-from routeproxy.tasks import spawn
+from routeproxy.tasks import Repeating
 
 log = structlog.get_logger("routeproxy.counters")
 
@@ -243,8 +242,7 @@ class RedisCounterStore(CounterStore):
         self._local: dict[str, int] = {}  # this replica's outcomes in its known period (the stale view)
         self._local_since = now_utc()
         self._lock = asyncio.Lock()
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Repeating(self.flush, flush_interval, f"counters-flush:{self.replica_id}")
         self._healthy = True
 
     def record(self, outcome: Outcome) -> None:
@@ -281,28 +279,13 @@ class RedisCounterStore(CounterStore):
         return inflight + sum(len(deltas) for deltas in self._pending.values())
 
     async def start(self) -> None:
-        if self._task is not None:
+        if self._loop.running:
             return
         await self.flush()  # learn the period and the runtime config now, if Redis answers
-        self._stopping.clear()
-        self._task = spawn(self._run(), name=f"counters-flush:{self.replica_id}")
-
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.flush_interval)
-            if self._stopping.is_set():
-                return
-            try:
-                await self.flush()
-            except Exception:  # a bug here must not end counting for the life of the process
-                log.exception("counters.flush_crashed")
+        self._loop.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._stopping.set()
-            await self._task
-            self._task = None
+        await self._loop.stop()
         # Twice, so a batch whose reply was lost in the first attempt is confirmed by the second.
         if not await self.flush() and not await self.flush():
             log.warning("counters.lost_on_close", fields=self.backlog_fields)

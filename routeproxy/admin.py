@@ -12,21 +12,33 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from routeproxy.admission import read_body
+from routeproxy.analysis import Analysis, analyse, render_ab, thresholds_of
 from routeproxy.auth import check_admin
-from routeproxy.errors import InvalidRequest
+from routeproxy.config import Settings
+from routeproxy.controller import Action, RolloutController, evidence_of
+from routeproxy.errors import Conflict, InvalidRequest
 from routeproxy.resources import Resources, resources_of
 from routeproxy.runtime import RuntimeConfig
-from routeproxy.stats import render_stats
+from routeproxy.stats import Snapshot, render_stats
 
 log = structlog.get_logger("routeproxy")
 
 
-async def routing_stats(request: Request) -> Response:
-    """The seed's stats JSON, totals across every replica sharing the store."""
-    resources = resources_of(request)
-    enabled, ratio = resources.routing_now()
-    snapshot = await resources.counters.snapshot()
-    settings = resources.settings
+def _analyse(settings: Settings, snapshot: Snapshot) -> Analysis:
+    quality = settings.quality
+    return analyse(snapshot, thresholds_of(quality), settings.tier_labels, uses_implicit=quality.verdict_uses_implicit)
+
+
+def stats_json(
+    settings: Settings,
+    snapshot: Snapshot,
+    *,
+    enabled: bool,
+    ratio: float,
+    rollout: RolloutController,
+    queued: int,
+) -> dict[str, Any]:
+    """The seed's stats JSON, then the A/B analysis and the rollout (the endpoint's and ``routeproxy stats``')."""
     stats = render_stats(
         snapshot,
         ab_test_ratio=ratio,
@@ -35,7 +47,28 @@ async def routing_stats(request: Request) -> Response:
         relative_cost={tier: config.relative_cost for tier, config in settings.tiers.items()},
         labels=settings.tier_labels,
     )
-    return JSONResponse(stats)
+    analysis = _analyse(settings, snapshot)
+    stats["ab_analysis"] = render_ab(snapshot, analysis, thresholds_of(settings.quality), queued=queued)
+    stats["rollout"] = rollout.describe(evidence_of(analysis, snapshot.period))
+    return stats
+
+
+async def routing_stats(request: Request) -> Response:
+    """Totals across every replica sharing the store."""
+    resources = resources_of(request)
+    snapshot = await resources.counters.snapshot()
+    await resources.rollout.refresh()
+    enabled, ratio = resources.routing_now()
+    return JSONResponse(
+        stats_json(
+            resources.settings,
+            snapshot,
+            enabled=enabled,
+            ratio=ratio,
+            rollout=resources.rollout,
+            queued=resources.decisions.queued,
+        )
+    )
 
 
 async def routing_reset(request: Request) -> Response:
@@ -48,6 +81,7 @@ async def routing_reset(request: Request) -> Response:
 
 def _runtime_json(resources: Resources, shared: RuntimeConfig) -> dict[str, Any]:
     enabled, ratio = resources.routing_now()
+    state = resources.rollout.state
     return {
         "ab_test_ratio": ratio,
         "enable_model_routing": enabled,
@@ -56,17 +90,45 @@ def _runtime_json(resources: Resources, shared: RuntimeConfig) -> dict[str, Any]
             "ab_test_ratio": resources.settings.routing.ab_test_ratio,
             "enable_model_routing": resources.settings.routing.enabled,
         },
+        "rollout": {
+            "enabled": resources.rollout.enabled,
+            "paused": bool(state and state.paused),
+            "step_index": state.step if resources.rollout.enabled and state else None,
+            "ratio": resources.rollout.policy.ratio(state.step) if resources.rollout.enabled and state else None,
+        },
     }
 
 
-def _parse_runtime_change(raw: bytes) -> RuntimeConfig:
+def _parse_rollout_action(change: Any, steps: int) -> Action | None:
+    if change is None:
+        return None
+    if not isinstance(change, dict) or not change:
+        raise InvalidRequest('rollout must be an object such as {"paused": true} or {"step": 1}', param="rollout")
+    unknown = sorted(set(change) - {"paused", "step", "why"})
+    if unknown:
+        raise InvalidRequest(f"unknown rollout setting {unknown[0]!r}", param=f"rollout.{unknown[0]}")
+    paused, step, why = change.get("paused"), change.get("step"), change.get("why")
+    if paused is not None and not isinstance(paused, bool):
+        raise InvalidRequest(f"rollout.paused must be true or false, not {paused!r}", param="rollout.paused")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or not -1 <= step < steps):
+        raise InvalidRequest(
+            f"rollout.step must be a whole number from -1 (ratio 0) to {steps - 1}, not {step!r}", param="rollout.step"
+        )
+    if why is not None and (not isinstance(why, str) or len(why) > 500):
+        raise InvalidRequest("rollout.why must be a string of at most 500 characters", param="rollout.why")
+    if paused is None and step is None:
+        raise InvalidRequest('rollout needs "paused" or "step"', param="rollout")
+    return Action(paused=paused, step=step, why=why)
+
+
+def _parse_runtime_change(raw: bytes, steps: int) -> tuple[RuntimeConfig, Action | None]:
     try:
         change = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(change, dict) or not change:
         raise InvalidRequest('send a JSON object such as {"ab_test_ratio": 0.3, "enable_model_routing": true}')
-    unknown = sorted(set(change) - {"ab_test_ratio", "enable_model_routing"})
+    unknown = sorted(set(change) - {"ab_test_ratio", "enable_model_routing", "rollout"})
     if unknown:
         raise InvalidRequest(f"unknown runtime setting {unknown[0]!r}", param=unknown[0])
     ratio = change.get("ab_test_ratio")
@@ -77,7 +139,8 @@ def _parse_runtime_change(raw: bytes) -> RuntimeConfig:
         raise InvalidRequest(
             f"enable_model_routing must be true or false, not {enabled!r}", param="enable_model_routing"
         )
-    return RuntimeConfig(ab_test_ratio=None if ratio is None else float(ratio), enable_model_routing=enabled)
+    runtime = RuntimeConfig(ab_test_ratio=None if ratio is None else float(ratio), enable_model_routing=enabled)
+    return runtime, _parse_rollout_action(change.get("rollout"), steps)
 
 
 async def routing_config(request: Request) -> Response:
@@ -86,7 +149,20 @@ async def routing_config(request: Request) -> Response:
     if request.method == "GET":
         return JSONResponse(_runtime_json(resources, await resources.counters.runtime()))
     check_admin(request, resources.settings.server.admin_token)
-    change = _parse_runtime_change(await read_body(request, 64 * 1024))
+    rollout = resources.rollout
+    change, action = _parse_runtime_change(await read_body(request, 64 * 1024), len(rollout.policy.schedule))
+    if action is not None and not rollout.enabled:
+        raise InvalidRequest("the rollout controller is off (routing.rollout.enabled)", param="rollout")
+    await rollout.refresh()
+    if change.ab_test_ratio is not None and rollout.driving and not (action and action.paused):
+        raise Conflict(
+            "the rollout controller sets ab_test_ratio: pause it first "
+            '({"rollout": {"paused": true}}) or move it with {"rollout": {"step": N}}',
+            param="ab_test_ratio",
+            code="rollout_active",
+        )
+    if action is not None:
+        await rollout.operate(action)
     shared = await resources.counters.set_runtime(change)
     log.info(
         "runtime_config_changed",
@@ -105,6 +181,22 @@ async def prometheus_metrics(request: Request) -> Response:
     metrics.set_runtime(ab_test_ratio=ratio, routing_enabled=enabled)
     metrics.set_inflight(resources.inflight)
     metrics.set_counter_store(failures=resources.counters.failures, flush_lag_s=resources.counters.flush_lag_s)
+    snapshot = await resources.counters.snapshot()
+    analysis = _analyse(resources.settings, snapshot)
+    comparison = analysis.feedback
+    interval = comparison.degradation_interval
+    metrics.set_quality(
+        means={analysis.small: comparison.small.mean, analysis.large: comparison.large.mean},
+        counts={analysis.small: comparison.small.count, analysis.large: comparison.large.count},
+        degradation=None
+        if comparison.degradation is None or interval is None
+        else (comparison.degradation, interval.low, interval.high),
+        verdict=analysis.verdict.value,
+    )
+    state = resources.rollout.state
+    metrics.set_rollout(
+        step=state.step if resources.rollout.enabled and state else None, paused=bool(state and state.paused)
+    )
     body, content_type = metrics.render()
     return Response(body, media_type=content_type)
 

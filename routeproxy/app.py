@@ -22,8 +22,11 @@ from routeproxy.auth import digest
 from routeproxy.chat import chat_completions
 from routeproxy.classify import Classifier, load_rules
 from routeproxy.config import Settings, load_settings
+from routeproxy.controller import open_rollout
 from routeproxy.counters import open_store
+from routeproxy.decisions import open_decisions
 from routeproxy.errors import RouteproxyError, error_envelope, error_response
+from routeproxy.feedback import post_feedback
 from routeproxy.logs import configure_logging
 from routeproxy.metrics import Metrics
 from routeproxy.models import explain_route, list_models
@@ -99,12 +102,18 @@ def create_app(settings: Settings) -> ProxyApp:
         pool = UpstreamPool(settings.tiers, forward_client_auth=not client_keys)
         counters = open_store(settings.counters, settings.tier_labels)
         await counters.start()
+        decisions = open_decisions(settings, counters)
+        await decisions.start()
+        rollout = open_rollout(settings, counters)
+        await rollout.start()
         resources = Resources(
             settings=settings,
             router=router,
             pool=pool,
             counters=counters,
             metrics=Metrics(settings.tier_labels),
+            decisions=decisions,
+            rollout=rollout,
             client_key_digests=frozenset(digest(key) for key in client_keys),
         )
         restore_signals = _drain_on_signals(resources)
@@ -112,6 +121,8 @@ def create_app(settings: Settings) -> ProxyApp:
             yield {"resources": resources}
         finally:
             restore_signals()
+            await rollout.close()
+            await decisions.close()  # decisions and feedback that wait go out before the counters' last flush
             await counters.close()  # the last flush: nothing counted is left behind
             await pool.aclose()
 
@@ -122,6 +133,7 @@ def create_app(settings: Settings) -> ProxyApp:
         Route("/v1/model-routing/stats", routing_stats, methods=["GET"]),
         Route("/v1/model-routing/reset", routing_reset, methods=["POST"]),
         Route("/v1/model-routing/config", routing_config, methods=["GET", "PUT"]),
+        Route("/v1/model-routing/feedback", post_feedback, methods=["POST"]),
         Route("/metrics", prometheus_metrics, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

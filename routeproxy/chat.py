@@ -13,13 +13,14 @@ from starlette.responses import Response
 from routeproxy.admission import read_body, request_id_of
 from routeproxy.auth import check_client_key
 from routeproxy.config import Settings, Tier
+from routeproxy.decisions import Decision, regeneration_key
 from routeproxy.errors import RouteproxyError, error_response
 from routeproxy.logs import log_request
 from routeproxy.parse import Hints, check_content_type, parse_chat_body, pop_hints
 from routeproxy.relay import Exchange, RelayResult
 from routeproxy.resources import Resources, resources_of
 from routeproxy.route import Reason, RouteDecision, response_headers
-from routeproxy.stats import Outcome
+from routeproxy.stats import PINNED, Outcome
 from routeproxy.upstream import RawHeaders
 
 log = structlog.get_logger("routeproxy")
@@ -97,6 +98,9 @@ def _relay(
         resources.release()
         outcome = _outcome(decision, result)
         resources.counters.record(outcome)
+        resources.decisions.remember(
+            _decision(decision, outcome, request_id, resources.counters.labels[outcome.tier], resources.counters.period)
+        )
         resources.metrics.observe(outcome, overhead_s=overhead_s[0] if overhead_s else None, classify_s=classify_s)
         if resources.log_requests or result.upstream_error or decision.classify_error:
             log_request(decision, result, request_id, settings, body_stream=bool(body.get("stream")))
@@ -104,6 +108,24 @@ def _relay(
     # A pinned request named its model: it is not switched to the other one behind the client's back.
     fallback = None if decision.reason is Reason.PINNED else settings.routing.fallback_for(decision.tier)
     return Exchange(resources.pool, decision.tier, fallback, prepare, request.headers.raw, started, finish)
+
+
+def _decision(decision: RouteDecision, outcome: Outcome, request_id: str, label: str, period: int) -> Decision:
+    """What feedback for this request will need: the tier that answered, the complexity, the period."""
+    classification = decision.classification
+    return Decision(
+        request_id,
+        label,
+        outcome.complexity.value if outcome.complexity else PINNED,
+        period,
+        outcome.stream,
+        outcome.status,
+        outcome.latency_ms,
+        time.time(),
+        None
+        if decision.sticky is None or classification is None
+        else regeneration_key(decision.sticky, classification.query),
+    )
 
 
 def _outcome(decision: RouteDecision, result: RelayResult) -> Outcome:

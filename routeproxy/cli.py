@@ -335,6 +335,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from routeproxy.bench.workloads import DEFAULT_WORKLOADS, BenchOptions, render_json, render_text, run_bench
 
+    if args.scenario == "rollout":
+        return _bench_rollout(args)
     settings = _settings(args, _routing_overrides(args))
     workloads = list(args.workload or DEFAULT_WORKLOADS)
     if args.scenario and "scenario" not in workloads:
@@ -361,12 +363,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_rollout(args: argparse.Namespace) -> int:
+    from routeproxy.bench.rollout import DEFAULT_CASES, Case, run_demo
+
+    cases: tuple[Case, ...] = DEFAULT_CASES
+    if args.quality:
+        small, large = args.quality
+        if not (0 <= small <= 1 and 0 <= large <= 1):
+            print("routeproxy bench: --quality takes two satisfaction rates from 0 to 1", file=sys.stderr)
+            return 2
+        cases = (Case(f"3B {small:.2f} vs 8B {large:.2f}", small, large),)
+    run_demo(cases, max_requests=args.requests or 3000)
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     """The shared statistics as a table: read from Redis, or from a running proxy when counters are in memory."""
     import asyncio
 
     import httpx
 
+    from routeproxy.analysis import format_ab_lines, format_rollout_lines
     from routeproxy.stats import format_stats_table
 
     overrides = {"counters.redis_url": args.redis_url} if args.redis_url else {}
@@ -388,28 +405,32 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode())
     else:
         print(format_stats_table(stats))
+        if "ab_analysis" in stats:
+            print("\n".join(["", *format_ab_lines(stats["ab_analysis"]), *format_rollout_lines(stats["rollout"])]))
     return 0
 
 
 async def _stats_from_redis(settings: Settings) -> dict[str, Any]:
+    from routeproxy.admin import stats_json
+    from routeproxy.controller import open_rollout
     from routeproxy.counters import open_store
-    from routeproxy.stats import render_stats
 
     store = open_store(settings.counters, settings.tier_labels, replica_id="routeproxy-stats-cli")
+    rollout = open_rollout(settings, store)
     try:
         snapshot = await store.snapshot()
         runtime = await store.runtime()
+        await rollout.refresh()
     finally:
+        await rollout.close()
         await store.close()
-    return render_stats(
+    return stats_json(
+        settings,
         snapshot,
-        ab_test_ratio=settings.routing.ab_test_ratio if runtime.ab_test_ratio is None else runtime.ab_test_ratio,
-        routing_enabled=settings.routing.enabled
-        if runtime.enable_model_routing is None
-        else runtime.enable_model_routing,
-        baseline_latency_ms=settings.counters.baseline_latency_ms,
-        relative_cost={tier: config.relative_cost for tier, config in settings.tiers.items()},
-        labels=settings.tier_labels,
+        enabled=settings.routing.enabled if runtime.enable_model_routing is None else runtime.enable_model_routing,
+        ratio=settings.routing.ab_test_ratio if runtime.ab_test_ratio is None else runtime.ab_test_ratio,
+        rollout=rollout,
+        queued=0,
     )
 
 
@@ -557,7 +578,18 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["latency", "throughput", "stream", "paced", "memory", "classifier", "scenario"],
         help="repeatable (default: every one but scenario)",
     )
-    bench.add_argument("--scenario", choices=["seed"], help="also run the seed's query-mix scenario")
+    bench.add_argument(
+        "--scenario",
+        choices=["seed", "rollout"],
+        help="seed: also run the seed's query-mix scenario; rollout: only the rollout controller's demonstration",
+    )
+    bench.add_argument(
+        "--quality",
+        type=float,
+        nargs=2,
+        metavar=("SMALL", "LARGE"),
+        help="--scenario rollout: one case with this true satisfaction of 3B and 8B (default: three cases)",
+    )
     bench.add_argument("--requests", type=int, help="at most this many requests per run (each workload has a default)")
     bench.add_argument("--duration", type=float, help="at most this many seconds per run")
     bench.add_argument("--concurrency", type=int, action="append", help="repeatable (throughput default: 32 and 128)")

@@ -185,6 +185,25 @@ def _one_of(*allowed: str) -> Callable[[Any], str]:
     return convert
 
 
+def _schedule(value: Any) -> tuple[float, ...]:
+    """A rising list of ratios above 0 and at most 1: a YAML list or a comma-separated string."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    try:
+        steps = tuple(_ratio(item) for item in items if str(item).strip())
+    except ValueError:
+        raise ValueError("expected ratios from 0.0 to 1.0, comma-separated") from None
+    if not steps or steps[0] <= 0 or list(steps) != sorted(set(steps)):
+        raise ValueError("expected at least one ratio, each above 0 and above the one before")
+    return steps
+
+
+def _percent(value: Any) -> float:
+    number = _float(value)
+    if not 0.0 <= number <= 100.0:
+        raise ValueError("expected a percentage from 0 to 100")
+    return number
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
     key: str
@@ -372,6 +391,48 @@ SETTINGS: tuple[Setting, ...] = (
         _bool,
         "Retry on the small tier when the large one fails the same way.",
     ),
+    Setting(
+        "routing.rollout.enabled",
+        "ROUTEPROXY_ROLLOUT",
+        False,
+        _bool,
+        "Let the rollout controller set ab_test_ratio from the A/B verdict, following routing.rollout.schedule.",
+    ),
+    Setting(
+        "routing.rollout.schedule",
+        "ROUTEPROXY_ROLLOUT_SCHEDULE",
+        "0.1,0.3,0.5,0.8",
+        _schedule,
+        "The rollout's steps of ab_test_ratio (the seed's weekly plan), rising.",
+    ),
+    Setting(
+        "routing.rollout.min_hold_s",
+        "ROUTEPROXY_ROLLOUT_MIN_HOLD_S",
+        604800.0,
+        _positive,
+        "Seconds a step is held at least before a pass moves it up (default one week).",
+    ),
+    Setting(
+        "routing.rollout.min_feedback",
+        "ROUTEPROXY_ROLLOUT_MIN_FEEDBACK",
+        200,
+        _int_in(1, 10_000_000),
+        "Feedback events on MEDIUM queries (both tiers) a step needs before the controller moves it.",
+    ),
+    Setting(
+        "routing.rollout.rollback_to",
+        "ROUTEPROXY_ROLLOUT_ROLLBACK_TO",
+        "previous",
+        _one_of("previous", "zero"),
+        "Where a rollback verdict goes: the previous step, or ratio 0 (which pauses the controller).",
+    ),
+    Setting(
+        "routing.rollout.interval_s",
+        "ROUTEPROXY_ROLLOUT_INTERVAL_S",
+        5.0,
+        _positive,
+        "Seconds between two looks of the controller at the shared totals.",
+    ),
     *_tier_settings(Tier.SMALL, "MODEL_3B", "3b", "meta-llama/Llama-3.2-3B-Instruct", 0.375),
     *_tier_settings(Tier.LARGE, "MODEL_8B", "8b", "meta-llama/Llama-3.1-8B-Instruct", 1.0),
     Setting(
@@ -394,6 +455,62 @@ SETTINGS: tuple[Setting, ...] = (
         4500.0,
         _optional_seconds,
         "Baseline for latency_improvement_pct (the seed's 4500); 0 = measure it from the large tier.",
+    ),
+    Setting(
+        "quality.review_at_pct",
+        "ROUTEPROXY_QUALITY_REVIEW_AT_PCT",
+        5.0,
+        _percent,
+        "Degradation of 3B against 8B (%) from which the A/B verdict is `review` (below it: `pass`).",
+    ),
+    Setting(
+        "quality.rollback_at_pct",
+        "ROUTEPROXY_QUALITY_ROLLBACK_AT_PCT",
+        10.0,
+        _percent,
+        "Degradation (%) above which the A/B verdict is `rollback`.",
+    ),
+    Setting(
+        "quality.min_feedback_per_tier",
+        "ROUTEPROXY_QUALITY_MIN_FEEDBACK",
+        30,
+        _int_in(2, 10_000_000),
+        "Feedback events each tier needs on MEDIUM queries before there is any verdict.",
+    ),
+    Setting(
+        "quality.verdict_uses_implicit",
+        "ROUTEPROXY_QUALITY_VERDICT_USES_IMPLICIT",
+        False,
+        _bool,
+        "Let the implicit signals (errors, clients leaving, regenerations) also decide the verdict (the worse wins).",
+    ),
+    Setting(
+        "quality.decision_ttl_s",
+        "ROUTEPROXY_DECISION_TTL_S",
+        86400.0,
+        _positive,
+        "Seconds a request's routing decision is remembered for feedback (Redis TTL; in memory, the same).",
+    ),
+    Setting(
+        "quality.max_remembered",
+        "ROUTEPROXY_MAX_REMEMBERED",
+        100_000,
+        _int_in(100, 100_000_000),
+        "Decisions kept in memory without Redis, and decisions waiting for Redis while it is down (oldest go).",
+    ),
+    Setting(
+        "quality.max_queued_feedback",
+        "ROUTEPROXY_MAX_QUEUED_FEEDBACK",
+        10_000,
+        _int_in(1, 10_000_000),
+        "Feedback events kept while Redis is down; past it, feedback is refused with 503 (never dropped).",
+    ),
+    Setting(
+        "quality.regeneration_window_s",
+        "ROUTEPROXY_REGENERATION_WINDOW_S",
+        120.0,
+        _positive,
+        "The same sticky key and query asked again within this many seconds counts as a regeneration.",
     ),
     Setting(
         "logging.format",
@@ -434,6 +551,28 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RolloutConfig:
+    enabled: bool
+    schedule: tuple[float, ...]
+    min_hold_s: float
+    min_feedback: int
+    rollback_to: str
+    interval_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class QualityConfig:
+    review_at_pct: float
+    rollback_at_pct: float
+    min_feedback_per_tier: int
+    verdict_uses_implicit: bool
+    decision_ttl_s: float
+    max_remembered: int
+    max_queued_feedback: int
+    regeneration_window_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class RoutingConfig:
     enabled: bool
     ab_test_ratio: float
@@ -444,6 +583,7 @@ class RoutingConfig:
     log_preview_chars: int
     fallback_small_to_large: bool
     fallback_large_to_small: bool
+    rollout: RolloutConfig
 
     def fallback_for(self, tier: Tier) -> Tier | None:
         """The tier to retry on when ``tier`` fails before answering, if that fallback is on."""
@@ -497,6 +637,7 @@ class Settings:
     counters: CounterConfig
     logging: LogConfig
     simulator: SimulatorConfig
+    quality: QualityConfig
     source: str = "defaults"
     values: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
@@ -605,6 +746,11 @@ def load_settings(
         )
     if values["routing.auto_model"] in (tiers[Tier.SMALL].model, tiers[Tier.LARGE].model):
         raise ConfigError(f"routing.auto_model = {values['routing.auto_model']!r} is also a tier's model id")
+    if values["quality.review_at_pct"] > values["quality.rollback_at_pct"]:
+        raise ConfigError(
+            f"quality.review_at_pct = {values['quality.review_at_pct']} is above "
+            f"quality.rollback_at_pct = {values['quality.rollback_at_pct']}"
+        )
     return Settings(
         server=ServerConfig(
             host=values["server.host"],
@@ -626,6 +772,14 @@ def load_settings(
             log_preview_chars=values["routing.log_preview_chars"],
             fallback_small_to_large=values["routing.fallback_small_to_large"],
             fallback_large_to_small=values["routing.fallback_large_to_small"],
+            rollout=RolloutConfig(
+                enabled=values["routing.rollout.enabled"],
+                schedule=values["routing.rollout.schedule"],
+                min_hold_s=values["routing.rollout.min_hold_s"],
+                min_feedback=values["routing.rollout.min_feedback"],
+                rollback_to=values["routing.rollout.rollback_to"],
+                interval_s=values["routing.rollout.interval_s"],
+            ),
         ),
         tiers=tiers,
         counters=CounterConfig(
@@ -635,6 +789,16 @@ def load_settings(
         ),
         logging=LogConfig(format=values["logging.format"], level=values["logging.level"]),
         simulator=SimulatorConfig(speed=values["simulator.speed"]),
+        quality=QualityConfig(
+            review_at_pct=values["quality.review_at_pct"],
+            rollback_at_pct=values["quality.rollback_at_pct"],
+            min_feedback_per_tier=values["quality.min_feedback_per_tier"],
+            verdict_uses_implicit=values["quality.verdict_uses_implicit"],
+            decision_ttl_s=values["quality.decision_ttl_s"],
+            max_remembered=values["quality.max_remembered"],
+            max_queued_feedback=values["quality.max_queued_feedback"],
+            regeneration_window_s=values["quality.regeneration_window_s"],
+        ),
         source=str(config_path) if config_path is not None else "defaults",
         values=values,
     )

@@ -11,7 +11,7 @@ import abc
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import ClassVar
 
@@ -74,6 +74,16 @@ class CounterStore(abc.ABC):
     async def set_runtime(self, change: RuntimeConfig) -> RuntimeConfig: ...
 
     @property
+    def period(self) -> int:
+        """The A/B period this replica knows now (0 until the shared store first answered); no I/O."""
+        return 0
+
+    @abc.abstractmethod
+    def add_fields(self, fields: Iterable[tuple[str, int]], period: int) -> None:
+        """Add counts that are not one request's outcome (feedback, regenerations) to ``period``, the period of the
+        request they are about; counts for a period that is over are dropped. Synchronous, no I/O."""
+
+    @property
     def current_runtime(self) -> RuntimeConfig:
         """The last known runtime settings; no I/O (the request path reads this)."""
         return self._runtime
@@ -104,6 +114,16 @@ class MemoryCounterStore(CounterStore):
 
     def record(self, outcome: Outcome) -> None:
         for name, increment in outcome_fields(outcome, self.labels):
+            self._counts[name] = self._counts.get(name, 0) + increment
+
+    @property
+    def period(self) -> int:
+        return self._period
+
+    def add_fields(self, fields: Iterable[tuple[str, int]], period: int) -> None:
+        if period != self._period:
+            return
+        for name, increment in fields:
             self._counts[name] = self._counts.get(name, 0) + increment
 
     async def start(self) -> None:

@@ -7,6 +7,7 @@
     │   └── UnsupportedMediaType 415
     ├── Unauthorized           401
     ├── Forbidden              403
+    ├── Conflict               409: the change clashes with the state it would change
     ├── Overloaded             429
     ├── CounterStoreUnavailable 503: the shared store did not answer a reset or a config change
     └── UpstreamError          the chosen upstream could not give an answer
@@ -66,6 +67,11 @@ class Unauthorized(RouteproxyError):
 class Forbidden(RouteproxyError):
     status_code = 403
     error_type = "permission_error"
+
+
+class Conflict(RouteproxyError):
+    status_code = 409
+    error_type = "conflict_error"
 
 
 class Overloaded(RouteproxyError):

@@ -12,6 +12,7 @@ first scrape, which keeps ``rate()`` and ``histogram_quantile()`` in Grafana fre
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -54,8 +55,19 @@ SERIES: tuple[str, ...] = tuple(
         "inflight_requests",
         "ab_test_ratio",
         "routing_enabled",
+        "feedback_total",
+        "feedback_rejected_total",
+        "quality_mean_score",
+        "quality_feedback_count",
+        "quality_degradation_ratio",
+        "quality_verdict",
+        "rollout_step",
+        "rollout_paused",
     )
 )
+VERDICTS: tuple[str, ...] = ("pass", "review", "rollback", "insufficient_data")
+FEEDBACK_KINDS: tuple[str, ...] = ("thumbs", "score")
+FEEDBACK_REJECTIONS: tuple[str, ...] = ("invalid", "unknown_id", "unauthorized", "store_full")
 
 REJECT_STATUSES: tuple[int, ...] = (400, 401, 403, 404, 413, 415, 429, 503)
 
@@ -159,6 +171,59 @@ class Metrics:
             f"{PREFIX}_routing_enabled", "1 when auto requests are routed by complexity, else 0.", registry=registry
         )
 
+        feedback = Counter(
+            f"{PREFIX}_feedback",
+            "Feedback accepted by this process, by the tier and complexity of the request it rates and its kind.",
+            ["tier", "complexity", "kind"],
+            registry=registry,
+        )
+        self._feedback = {
+            (labels[tier], slot, kind): feedback.labels(labels[tier], slot, kind)
+            for tier in Tier
+            for slot in _SLOTS.values()
+            for kind in FEEDBACK_KINDS
+        }
+        rejected = Counter(
+            f"{PREFIX}_feedback_rejected", "Feedback this process refused, by reason.", ["reason"], registry=registry
+        )
+        self._feedback_rejected = {reason: rejected.labels(reason) for reason in FEEDBACK_REJECTIONS}
+        mean = Gauge(
+            f"{PREFIX}_quality_mean_score",
+            "Mean feedback score on MEDIUM queries in the current A/B period, by tier (shared totals; NaN = none).",
+            ["tier"],
+            registry=registry,
+        )
+        count = Gauge(
+            f"{PREFIX}_quality_feedback_count",
+            "Feedback events on MEDIUM queries in the current A/B period, by tier (shared totals).",
+            ["tier"],
+            registry=registry,
+        )
+        self._quality_mean = {labels[tier]: mean.labels(labels[tier]) for tier in Tier}
+        self._quality_count = {labels[tier]: count.labels(labels[tier]) for tier in Tier}
+        degradation = Gauge(
+            f"{PREFIX}_quality_degradation_ratio",
+            "Relative degradation of 3B against 8B on MEDIUM queries: the estimate and its 95 % bounds (NaN = none).",
+            ["bound"],
+            registry=registry,
+        )
+        self._degradation = {bound: degradation.labels(bound) for bound in ("point", "low", "high")}
+        verdict = Gauge(
+            f"{PREFIX}_quality_verdict",
+            "1 for the A/B verdict in force, 0 for the others.",
+            ["verdict"],
+            registry=registry,
+        )
+        self._verdict = {name: verdict.labels(name) for name in VERDICTS}
+        self._rollout_step = Gauge(
+            f"{PREFIX}_rollout_step",
+            "The rollout controller's step index (-1 = ratio 0; NaN = controller off).",
+            registry=registry,
+        )
+        self._rollout_paused = Gauge(
+            f"{PREFIX}_rollout_paused", "1 while the rollout controller is paused.", registry=registry
+        )
+
     def observe(self, outcome: Outcome, *, overhead_s: float | None, classify_s: float | None) -> None:
         """Count one finished proxied request."""
         tier = outcome.tier
@@ -204,6 +269,36 @@ class Metrics:
             self._redis_errors.inc(failures - self._redis_failures_seen)
             self._redis_failures_seen = failures
         self._flush_lag.set(flush_lag_s)
+
+    def feedback(self, tier: str, complexity: str, kind: str) -> None:
+        child = self._feedback.get((tier, complexity, kind))
+        if child is not None:
+            child.inc()
+
+    def feedback_rejected(self, reason: str) -> None:
+        self._feedback_rejected[reason].inc()
+
+    def set_quality(
+        self,
+        *,
+        means: dict[str, float | None],
+        counts: dict[str, int],
+        degradation: tuple[float, float, float] | None,
+        verdict: str,
+    ) -> None:
+        """Pulled from the shared totals at scrape time."""
+        for tier, gauge in self._quality_mean.items():
+            value = means.get(tier)
+            gauge.set(math.nan if value is None else value)
+            self._quality_count[tier].set(counts.get(tier, 0))
+        for bound, value in zip(("point", "low", "high"), degradation or (math.nan,) * 3, strict=True):
+            self._degradation[bound].set(value)
+        for name, gauge in self._verdict.items():
+            gauge.set(1 if name == verdict else 0)
+
+    def set_rollout(self, *, step: int | None, paused: bool) -> None:
+        self._rollout_step.set(math.nan if step is None else step)
+        self._rollout_paused.set(1 if paused else 0)
 
     def render(self) -> tuple[bytes, str]:
         """The body and content type of ``GET /metrics`` (Prometheus text format 0.0.4)."""

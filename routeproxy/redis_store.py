@@ -23,10 +23,9 @@ fails and nothing waits: the delta keeps accumulating locally and goes out when 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -45,7 +44,7 @@ from routeproxy.counters import CounterStore, now_utc
 from routeproxy.errors import CounterStoreUnavailable
 from routeproxy.runtime import RuntimeConfig, check_runtime, parse_runtime
 from routeproxy.stats import BUCKETS_MS, Outcome, Snapshot, outcome_fields
-from routeproxy.tasks import spawn
+from routeproxy.tasks import Repeating
 
 log = structlog.get_logger("routeproxy.counters")
 
@@ -68,9 +67,20 @@ the tier's label (`tiers.small.label`, `tiers.large.label`: `3b`, `8b` by defaul
 | `{routeproxy}:replicas:<p>` | set | ids of the replicas that flushed counts in period `<p>` |
 | `{routeproxy}:seq:<p>` | hash | `<replica id>:<process token>` -> last applied flush number |
 | `{routeproxy}:config` | hash | shared runtime settings `ab_test_ratio`, `enable_model_routing` |
+| `{routeproxy}:decision:<id>` | hash | one request's routing decision, for feedback (fields below) |
+| `{routeproxy}:recent:<key>` | string | `<tier>\\|<complexity>\\|<request id>` of the last answer to `<key>` |
+| `{routeproxy}:rollout` | hash | the rollout controller's `state` (JSON) and `version` (compare-and-set) |
 
 In `{routeproxy}:config`, `enable_model_routing` is `true` or `false`; a missing field means each
-replica's own setting. Keys of a period that a reset left behind expire after 7 days.
+replica's own setting. Keys of a period that a reset left behind expire after 7 days. `<id>` is the
+`x-request-id` routeproxy returned; a decision expires after `quality.decision_ttl_s`. `<key>` is a blake2b
+hex of the A/B sticky key and the query; it expires after `quality.regeneration_window_s`. The rollout state
+holds step, paused, step_since, feedback_at_step, period and history; the controller writes it and
+`ab_test_ratio` in one atomic step.
+
+Fields of `{routeproxy}:decision:<request id>`: `tier`, `complexity`, `period` (the A/B period it is counted in),
+`stream` (`1`/`0`), `status` (HTTP status sent, `0` if the client left first), `latency_ms`, `at` (epoch
+seconds), and `score` (the last feedback, in thousandths) once feedback arrived.
 
 Fields of `{routeproxy}:stats:<p>` are integers, absent until first incremented. `[:<complexity>]`
 means the field exists per tier and also per tier and complexity.
@@ -86,10 +96,17 @@ means the field exists per tier and also per tier and complexity.
 | `ttfb_ms_sum:<tier>`, `ttfb_ms_count:<tier>` | time to the first upstream body byte of streams |
 | `ttfb_ms_bucket:<tier>:le_<ms>` | streams with that time to first byte |
 | `status:<tier>:<class>` | status class sent: `2xx` ... `5xx`, `none` if the client left first |
-| `disconnects:<tier>` | clients that went away before the end |
+| `disconnects:<tier>[:<complexity>]` | clients that went away before the end |
 | `classify_failures:<tier>` | requests whose classification failed |
 | `usage_reports:<tier>` | requests whose upstream reported token usage |
 | `prompt_tokens:<tier>`, `completion_tokens:<tier>` | the tokens they reported |
+| `feedback:<tier>[:<complexity>]` | requests with feedback (a second feedback for one request replaces the first) |
+| `score_milli:<tier>[:<complexity>]` | sum of their scores, in thousandths (thumbs up = 1000, down = 0) |
+| `score_sq_micro:<tier>[:<complexity>]` | sum of the squared scores, in millionths (for the variance) |
+| `feedback_fractional:<tier>[:<complexity>]` | feedback with a score other than 0 or 1 (switches to Welch) |
+| `regenerations:<tier>[:<complexity>]` | answers asked again (same sticky key and query) within the window |
+| `feedback_replaced` | feedback that replaced an earlier score for the same request |
+| `feedback_unknown` | feedback queued while Redis was down whose request id turned out unknown |
 
 Bucket bounds in ms: """
     + ", ".join(map(str, BUCKETS_MS))
@@ -225,8 +242,7 @@ class RedisCounterStore(CounterStore):
         self._local: dict[str, int] = {}  # this replica's outcomes in its known period (the stale view)
         self._local_since = now_utc()
         self._lock = asyncio.Lock()
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Repeating(self.flush, flush_interval, f"counters-flush:{self.replica_id}")
         self._healthy = True
 
     def record(self, outcome: Outcome) -> None:
@@ -234,6 +250,19 @@ class RedisCounterStore(CounterStore):
         for name, increment in outcome_fields(outcome, self.labels):
             pending[name] = pending.get(name, 0) + increment
             self._local[name] = self._local.get(name, 0) + increment
+
+    @property
+    def period(self) -> int:
+        return self._period or 0
+
+    def add_fields(self, fields: Iterable[tuple[str, int]], period: int) -> None:
+        if self._period is not None and period < self._period:
+            return
+        pending = self._pending.setdefault(period, {})
+        for name, increment in fields:
+            pending[name] = pending.get(name, 0) + increment
+            if period == self._period:
+                self._local[name] = self._local.get(name, 0) + increment
 
     @property
     def healthy(self) -> bool:
@@ -250,28 +279,13 @@ class RedisCounterStore(CounterStore):
         return inflight + sum(len(deltas) for deltas in self._pending.values())
 
     async def start(self) -> None:
-        if self._task is not None:
+        if self._loop.running:
             return
         await self.flush()  # learn the period and the runtime config now, if Redis answers
-        self._stopping.clear()
-        self._task = spawn(self._run(), name=f"counters-flush:{self.replica_id}")
-
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.flush_interval)
-            if self._stopping.is_set():
-                return
-            try:
-                await self.flush()
-            except Exception:  # a bug here must not end counting for the life of the process
-                log.exception("counters.flush_crashed")
+        self._loop.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._stopping.set()
-            await self._task
-            self._task = None
+        await self._loop.stop()
         # Twice, so a batch whose reply was lost in the first attempt is confirmed by the second.
         if not await self.flush() and not await self.flush():
             log.warning("counters.lost_on_close", fields=self.backlog_fields)

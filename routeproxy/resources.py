@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from routeproxy.config import Settings
+from routeproxy.controller import RolloutController
 from routeproxy.counters import CounterStore
+from routeproxy.decisions import DecisionStore
 from routeproxy.errors import Overloaded
 from routeproxy.metrics import Metrics
 from routeproxy.route import Router
@@ -22,6 +24,8 @@ class Resources:
     pool: UpstreamPool
     counters: CounterStore
     metrics: Metrics
+    decisions: DecisionStore
+    rollout: RolloutController
     client_key_digests: frozenset[bytes] = frozenset()
     inflight: int = 0
     draining: bool = False

@@ -49,6 +49,7 @@ class RouteDecision:
     ab_ratio: float | None = None
     classify_error: str | None = None
     detail: str | None = None  # CLASSIFIED: the signal that pushed hardest; AB_TEST: the draw against the ratio
+    sticky: str | None = None  # what the A/B draw hashes (also what "asked again" compares); None when pinned
 
     @property
     def why(self) -> str:
@@ -68,19 +69,20 @@ def decide(classification: Classification, *, enabled: bool, ab_test_ratio: floa
     """
     complexity = classification.complexity
     if not enabled:
-        return RouteDecision(Tier.LARGE, complexity, Reason.ROUTING_DISABLED, classification)
+        return RouteDecision(Tier.LARGE, complexity, Reason.ROUTING_DISABLED, classification, sticky=sticky)
     if complexity is Complexity.SIMPLE or complexity is Complexity.COMPLEX:
         tier = Tier.SMALL if complexity is Complexity.SIMPLE else Tier.LARGE
         top = _top_signal(classification, complexity.value)
-        return RouteDecision(tier, complexity, Reason.CLASSIFIED, classification, detail=top)
+        return RouteDecision(tier, complexity, Reason.CLASSIFIED, classification, detail=top, sticky=sticky)
     draw = stable_draw(sticky)
     if draw < ab_test_ratio:
         tier, detail = Tier.SMALL, f"ab:{draw:.2f}<{ab_test_ratio:.2f}"
     else:
         tier, detail = Tier.LARGE, f"ab:{draw:.2f}>={ab_test_ratio:.2f}"
     return RouteDecision(
-        tier, complexity, Reason.AB_TEST, classification, ab_draw=draw, ab_ratio=ab_test_ratio, detail=detail
-    )
+        tier, complexity, Reason.AB_TEST, classification, ab_draw=draw, ab_ratio=ab_test_ratio, detail=detail,
+        sticky=sticky,
+    )  # fmt: skip
 
 
 def pinned(tier: Tier) -> RouteDecision:

@@ -89,6 +89,8 @@ def outcome_fields(outcome: Outcome, labels: Mapping[Tier, str]) -> Iterable[tup
             yield f"errors:{scope}", 1
         if outcome.fallback:
             yield f"fallbacks:{scope}", 1
+        if outcome.disconnected:
+            yield f"disconnects:{scope}", 1
     yield f"status:{tier}:{status_class(outcome.status)}", 1
     if outcome.stream:
         yield f"streams:{tier}", 1
@@ -97,8 +99,6 @@ def outcome_fields(outcome: Outcome, labels: Mapping[Tier, str]) -> Iterable[tup
             yield f"ttfb_ms_sum:{tier}", round(ttfb)
             yield f"ttfb_ms_count:{tier}", 1
             yield f"ttfb_ms_bucket:{tier}:{_bucket(ttfb)}", 1
-    if outcome.disconnected:
-        yield f"disconnects:{tier}", 1
     if outcome.classify_failed:
         yield f"classify_failures:{tier}", 1
     if outcome.prompt_tokens is not None or outcome.completion_tokens is not None:
@@ -109,8 +109,8 @@ def outcome_fields(outcome: Outcome, labels: Mapping[Tier, str]) -> Iterable[tup
 
 def field_count(tiers: int = len(Tier)) -> int:
     """How many distinct fields exist: the bound on the size of any local delta."""
-    per_scope = 4 + len(BUCKET_NAMES)  # requests, latency sum, errors, fallbacks + buckets
-    per_tier = (1 + len(COMPLEXITY_SLOTS)) * per_scope + len(STATUS_CLASSES) + 3 + len(BUCKET_NAMES) + 5
+    per_scope = 5 + len(BUCKET_NAMES)  # requests, latency sum, errors, fallbacks, disconnects + buckets
+    per_tier = (1 + len(COMPLEXITY_SLOTS)) * per_scope + len(STATUS_CLASSES) + 3 + len(BUCKET_NAMES) + 4
     return tiers * per_tier
 
 

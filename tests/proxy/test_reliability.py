@@ -29,7 +29,7 @@ from routeproxy.config import Tier
 from routeproxy.errors import InvalidRequest
 from routeproxy.parse import parse_chat_body, pop_hints
 from routeproxy.sim.threadserver import ThreadedServer
-from routeproxy.tasks import spawn
+from routeproxy.tasks import Repeating, spawn
 
 SIMPLE = [{"role": "user", "content": "Write a haiku about rain"}]  # SIMPLE: routed to the small tier
 
@@ -400,3 +400,21 @@ def test_a_client_leaving_mid_body_gives_its_slot_back(proxy: ThreadedServer) ->
             eventually(lambda: inflight() == 1, what="the half-sent request admitted")
         eventually(lambda: inflight() == 0, what="the slot given back after the client left")
     assert routed(proxy.url).status_code == 200
+
+
+async def test_a_repeating_step_that_raises_does_not_end_the_loop() -> None:
+    steps: list[int] = []
+    enough = asyncio.Event()
+
+    async def step() -> None:
+        steps.append(len(steps))
+        if len(steps) >= 3:
+            enough.set()
+        if len(steps) == 1:
+            raise RuntimeError("a bug in the first step")
+
+    loop = Repeating(step, 0.001, "test-loop")
+    loop.start(at_once=True)
+    await asyncio.wait_for(enough.wait(), 10)
+    await loop.stop()
+    assert steps[:3] == [0, 1, 2] and not loop.running

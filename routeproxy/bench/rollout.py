@@ -1,0 +1,184 @@
+"""``routeproxy bench --scenario rollout``: the rollout controller on simulated traffic with a known truth.
+
+Two simulated tiers (the seed's latencies, sped up) behind a real proxy with the controller on and short holds.
+A client asks MEDIUM questions and rates each answer with a thumb drawn from the configured true satisfaction of the
+tier that answered (a seeded random draw), through ``POST /v1/model-routing/feedback``. The controller's steps are
+printed as they happen, with the figures it decided on. Each case ends when the rollout completes, when it is back
+at ratio 0, or after ``max_requests``: bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from routeproxy.app import create_app
+from routeproxy.config import LogConfig, Tier, load_settings
+from routeproxy.logs import configure_logging
+from routeproxy.sim.simulator import create_simulator_app, seed_profile
+from routeproxy.sim.threadserver import ThreadedServer
+
+SPEED = 500.0  # the seed's 2.5 s / 4.5 s answers take 5 ms / 9 ms
+CONCURRENCY = 16
+LOOK_EVERY = 100  # requests between two looks at the stats
+_QUESTIONS = (
+    "How should a farm plan its feeding schedule for flock {n}?",
+    "How can a small team improve its weekly planning in sprint {n}?",
+    "How should I adjust ventilation for house {n} as the broilers grow?",
+    "What are good practices for managing litter moisture in barn {n}?",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    name: str
+    small: float  # true P(thumbs up) of the 3B tier's answers on MEDIUM queries
+    large: float
+
+
+DEFAULT_CASES = (
+    Case("3B as good as 8B", 0.95, 0.95),
+    Case("3B clearly worse (22 %)", 0.70, 0.90),
+    Case("3B 11 % worse, just past the 10 % threshold", 0.80, 0.90),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CaseResult:
+    case: Case
+    requests: int
+    seconds: float
+    history: list[dict[str, Any]]
+    final: dict[str, Any]  # the rollout block at the end
+    analysis: dict[str, Any]  # the ab_analysis block at the end
+
+
+def _settings(upstreams: dict[Tier, str], *, hold_s: float, min_feedback: int) -> Any:
+    values: dict[str, Any] = {f"tiers.{tier}.base_url": url for tier, url in upstreams.items()}
+    for tier in Tier:
+        values[f"tiers.{tier}.kind"] = "vllm"
+        values[f"tiers.{tier}.api_key"] = None
+    values.update({
+        "routing.enabled": True,
+        "routing.rollout.enabled": True,
+        "routing.rollout.min_hold_s": hold_s,
+        "routing.rollout.min_feedback": min_feedback,
+        "routing.rollout.interval_s": 0.2,
+        "logging.level": "warning",
+    })  # fmt: skip
+    return load_settings(environ={}, overrides=values)
+
+
+async def _drive(
+    url: str, case: Case, *, max_requests: int, seed: int, report: Callable[[int, float, dict[str, Any]], bool]
+) -> int:
+    """Ask, rate, and every LOOK_EVERY requests let ``report`` look at the stats; it returns True to stop."""
+    rng = random.Random(seed)
+    truth = {"small": case.small, "large": case.large}
+    sent = 0
+    started = time.monotonic()
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+        async def one(index: int) -> None:
+            question = _QUESTIONS[index % len(_QUESTIONS)].format(n=index)
+            body = {"model": "auto", "messages": [{"role": "user", "content": question}]}
+            response = await client.post("/v1/chat/completions", json=body)
+            response.raise_for_status()
+            thumbs = "up" if rng.random() < truth[response.headers["x-routeproxy-tier"]] else "down"
+            rating = {"request_id": response.headers["x-request-id"], "thumbs": thumbs}
+            (await client.post("/v1/model-routing/feedback", json=rating)).raise_for_status()
+
+        while sent < max_requests:
+            batch = range(sent, min(sent + LOOK_EVERY, max_requests))
+            for start in range(batch.start, batch.stop, CONCURRENCY):
+                await asyncio.gather(*(one(index) for index in range(start, min(start + CONCURRENCY, batch.stop))))
+            sent = batch.stop
+            stats = (await client.get("/v1/model-routing/stats")).json()
+            if report(sent, time.monotonic() - started, stats):
+                break
+    return sent
+
+
+def run_case(
+    case: Case,
+    *,
+    max_requests: int = 3000,
+    hold_s: float = 1.0,
+    min_feedback: int = 200,
+    seed: int = 12,
+    out: Callable[[str], None] = print,
+) -> CaseResult:
+    simulators = {
+        tier: ThreadedServer(create_simulator_app(seed_profile(tier, model, speed=SPEED))).start()
+        for tier, model in (
+            (Tier.SMALL, "meta-llama/Llama-3.2-3B-Instruct"),
+            (Tier.LARGE, "meta-llama/Llama-3.1-8B-Instruct"),
+        )
+    }
+    settings = _settings(
+        {tier: f"{server.url}/v1" for tier, server in simulators.items()}, hold_s=hold_s, min_feedback=min_feedback
+    )
+    proxy = ThreadedServer(create_app(settings)).start()
+    shown = 0
+    last: dict[str, Any] = {}
+
+    def report(sent: int, elapsed: float, stats: dict[str, Any]) -> bool:
+        nonlocal shown, last
+        last = stats
+        rollout = stats["rollout"]
+        for entry in rollout["history"][shown:]:
+            figures = entry["figures"]
+            counts = figures.get("feedback", {})
+            means = figures.get("mean_score", {})
+            detail = (
+                f" [3b {means.get('3b')} n={counts.get('3b')}, 8b {means.get('8b')} n={counts.get('8b')}]"
+                if means
+                else ""
+            )
+            out(
+                f"  {elapsed:6.1f} s  {sent:5d} requests  ratio {entry['from_ratio']} -> {entry['to_ratio']}  "
+                f"{entry['why']}{detail}"
+            )
+        shown = len(rollout["history"])
+        return bool(rollout["waiting_for"] == "complete" or (rollout["paused"] and rollout["step_index"] == -1))
+
+    out(
+        f"{case.name}: true satisfaction on MEDIUM 3b {case.small:.2f}, 8b {case.large:.2f}; "
+        f"hold {hold_s:g} s, {min_feedback} feedback events per step, at most {max_requests} requests"
+    )
+    started = time.monotonic()
+    try:
+        sent = asyncio.run(_drive(proxy.url, case, max_requests=max_requests, seed=seed, report=report))
+    finally:
+        proxy.stop()
+        for server in simulators.values():
+            server.stop()
+    rollout, analysis = last["rollout"], last["ab_analysis"]
+    interval = analysis["difference"]["degradation_interval_pct"]
+    out(
+        f"  end after {sent} requests, {time.monotonic() - started:.1f} s: ratio {rollout['ratio']}"
+        f"{' (paused)' if rollout['paused'] else ''}, {rollout['status']}; verdict {analysis['verdict']}, "
+        f"degradation {analysis['difference']['degradation_pct']}% (95% interval {interval}) "
+        f"on {analysis['tiers']['3b']['feedback_count']} + {analysis['tiers']['8b']['feedback_count']} feedback events"
+    )
+    return CaseResult(case, sent, time.monotonic() - started, rollout["history"], rollout, analysis)
+
+
+def run_demo(
+    cases: Sequence[Case] = DEFAULT_CASES,
+    *,
+    max_requests: int = 3000,
+    out: Callable[[str], None] = print,
+) -> list[CaseResult]:
+    configure_logging(LogConfig(format="json", level="warning"))  # the proxy runs in this process: keep it quiet
+    results = []
+    for case in cases:
+        results.append(run_case(case, max_requests=max_requests, out=out))
+        out("")
+    return results

@@ -16,7 +16,7 @@ from routeproxy.analysis import Analysis, analyse, render_ab, thresholds_of
 from routeproxy.auth import check_admin
 from routeproxy.config import Settings
 from routeproxy.controller import Action, RolloutController, evidence_of
-from routeproxy.errors import Conflict, InvalidRequest
+from routeproxy.errors import Conflict, InvalidRequest, preview
 from routeproxy.resources import Resources, resources_of
 from routeproxy.runtime import RuntimeConfig
 from routeproxy.stats import Snapshot, render_stats
@@ -73,7 +73,7 @@ async def routing_stats(request: Request) -> Response:
 
 async def routing_reset(request: Request) -> Response:
     resources = resources_of(request)
-    check_admin(request, resources.settings.server.admin_token)
+    check_admin(request, resources.settings.server)
     await resources.counters.reset()
     log.info("counters_reset", client=request.client.host if request.client else None)
     return JSONResponse({"reset": True, "store": resources.counters.store_name})
@@ -106,13 +106,14 @@ def _parse_rollout_action(change: Any, steps: int) -> Action | None:
         raise InvalidRequest('rollout must be an object such as {"paused": true} or {"step": 1}', param="rollout")
     unknown = sorted(set(change) - {"paused", "step", "why"})
     if unknown:
-        raise InvalidRequest(f"unknown rollout setting {unknown[0]!r}", param=f"rollout.{unknown[0]}")
+        raise InvalidRequest(f"unknown rollout setting {preview(unknown[0])!r}", param=f"rollout.{preview(unknown[0])}")
     paused, step, why = change.get("paused"), change.get("step"), change.get("why")
     if paused is not None and not isinstance(paused, bool):
-        raise InvalidRequest(f"rollout.paused must be true or false, not {paused!r}", param="rollout.paused")
+        raise InvalidRequest(f"rollout.paused must be true or false, not {preview(paused)}", param="rollout.paused")
     if step is not None and (isinstance(step, bool) or not isinstance(step, int) or not -1 <= step < steps):
         raise InvalidRequest(
-            f"rollout.step must be a whole number from -1 (ratio 0) to {steps - 1}, not {step!r}", param="rollout.step"
+            f"rollout.step must be a whole number from -1 (ratio 0) to {steps - 1}, not {preview(step)}",
+            param="rollout.step",
         )
     if why is not None and (not isinstance(why, str) or len(why) > 500):
         raise InvalidRequest("rollout.why must be a string of at most 500 characters", param="rollout.why")
@@ -130,14 +131,16 @@ def _parse_runtime_change(raw: bytes, steps: int) -> tuple[RuntimeConfig, Action
         raise InvalidRequest('send a JSON object such as {"ab_test_ratio": 0.3, "enable_model_routing": true}')
     unknown = sorted(set(change) - {"ab_test_ratio", "enable_model_routing", "rollout"})
     if unknown:
-        raise InvalidRequest(f"unknown runtime setting {unknown[0]!r}", param=unknown[0])
+        raise InvalidRequest(f"unknown runtime setting {preview(unknown[0])!r}", param=preview(unknown[0]))
     ratio = change.get("ab_test_ratio")
     if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1):
-        raise InvalidRequest(f"ab_test_ratio must be a number from 0.0 to 1.0, not {ratio!r}", param="ab_test_ratio")
+        raise InvalidRequest(
+            f"ab_test_ratio must be a number from 0.0 to 1.0, not {preview(ratio)}", param="ab_test_ratio"
+        )
     enabled = change.get("enable_model_routing")
     if enabled is not None and not isinstance(enabled, bool):
         raise InvalidRequest(
-            f"enable_model_routing must be true or false, not {enabled!r}", param="enable_model_routing"
+            f"enable_model_routing must be true or false, not {preview(enabled)}", param="enable_model_routing"
         )
     runtime = RuntimeConfig(ab_test_ratio=None if ratio is None else float(ratio), enable_model_routing=enabled)
     return runtime, _parse_rollout_action(change.get("rollout"), steps)
@@ -148,9 +151,11 @@ async def routing_config(request: Request) -> Response:
     resources = resources_of(request)
     if request.method == "GET":
         return JSONResponse(_runtime_json(resources, await resources.counters.runtime()))
-    check_admin(request, resources.settings.server.admin_token)
+    check_admin(request, resources.settings.server)
     rollout = resources.rollout
-    change, action = _parse_runtime_change(await read_body(request, 64 * 1024), len(rollout.policy.schedule))
+    change, action = _parse_runtime_change(
+        await read_body(request, 64 * 1024, resources.settings.server.body_timeout), len(rollout.policy.schedule)
+    )
     if action is not None and not rollout.enabled:
         raise InvalidRequest("the rollout controller is off (routing.rollout.enabled)", param="rollout")
     await rollout.refresh()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 
 from starlette.requests import Request
 
-from routeproxy.errors import PayloadTooLarge
+from routeproxy.errors import PayloadTooLarge, RequestTimeout, preview
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -18,15 +19,26 @@ def request_id_of(request: Request) -> str:
     return given if given and _REQUEST_ID.match(given) else os.urandom(16).hex()
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, deadline_s: float) -> bytes:
+    """The whole body, refused past ``limit`` bytes (413) or when it has not all come within ``deadline_s`` (408)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the request body is {declared} bytes; the limit is {limit}", code="payload_too_large")
+        raise PayloadTooLarge(
+            f"the request body is {preview(declared)} bytes; the limit is {limit}", code="payload_too_large"
+        )
     parts: list[bytes] = []
     size = 0
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes", code="payload_too_large")
-        parts.append(part)
+    try:
+        async with asyncio.timeout(deadline_s):
+            async for part in request.stream():
+                size += len(part)
+                if size > limit:
+                    raise PayloadTooLarge(
+                        f"the request body is over the limit of {limit} bytes", code="payload_too_large"
+                    )
+                parts.append(part)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body did not arrive within {deadline_s:g} s ({size} bytes came)", code="body_timeout"
+        ) from None
     return b"".join(parts)

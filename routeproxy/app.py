@@ -25,7 +25,7 @@ from routeproxy.config import Settings, load_settings
 from routeproxy.controller import open_rollout
 from routeproxy.counters import open_store
 from routeproxy.decisions import open_decisions
-from routeproxy.errors import RouteproxyError, error_envelope, error_response
+from routeproxy.errors import RouteproxyError, error_envelope, error_response, preview
 from routeproxy.feedback import post_feedback
 from routeproxy.logs import configure_logging
 from routeproxy.metrics import Metrics
@@ -72,7 +72,7 @@ def _drain_on_signals(resources: Resources) -> Callable[[], None]:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     error_type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-    message = f"{request.method} {request.url.path}: {exc.detail}"
+    message = f"{preview(request.method)} {preview(request.url.path)}: {exc.detail}"
     return JSONResponse(error_envelope(message, error_type), status_code=exc.status_code, headers=exc.headers)
 
 
@@ -83,7 +83,7 @@ async def _routeproxy_error(request: Request, exc: Exception) -> Response:
 
 def _internal_error(path: str) -> Response:
     """A bug: logged with its traceback, answered with a 500 envelope (chat and every other endpoint alike)."""
-    log.exception("unexpected_error", path=path)
+    log.exception("unexpected_error", path=preview(path))
     return JSONResponse(error_envelope("internal error in routeproxy", "internal_error"), status_code=500)
 
 
@@ -139,6 +139,7 @@ def create_app(settings: Settings) -> ProxyApp:
         Route("/readyz", readyz, methods=["GET"]),
     ]
     return ProxyApp(
+        settings,
         Starlette(
             routes=routes,
             lifespan=lifespan,
@@ -147,7 +148,7 @@ def create_app(settings: Settings) -> ProxyApp:
                 RouteproxyError: _routeproxy_error,
                 Exception: _unexpected_error,
             },
-        )
+        ),
     )
 
 
@@ -164,7 +165,8 @@ class ProxyApp:
     route). The chat handler renders its own errors in OpenAI's envelope, so it needs none of them.
     """
 
-    def __init__(self, app: Starlette) -> None:
+    def __init__(self, settings: Settings, app: Starlette) -> None:
+        self.settings = settings  # the server reads its limits here (server.py)
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -178,7 +180,7 @@ async def _serve_chat(scope: Scope, receive: Receive, send: Send) -> None:
     request = Request(scope, receive)
     response: Response | Exchange
     if scope["method"] != "POST":
-        message = f"{scope['method']} {scope['path']}: Method Not Allowed"
+        message = f"{preview(scope['method'])} {preview(scope['path'])}: Method Not Allowed"
         response = JSONResponse(
             error_envelope(message, "invalid_request_error"), status_code=405, headers={"allow": "POST"}
         )

@@ -32,11 +32,13 @@ async def chat_completions(request: Request) -> Response | Exchange:
     request_id = request_id_of(request)
     try:
         check_client_key(request, resources.client_key_digests)
+        # The slot is taken once the whole body is in: a client sending its body slowly holds no slot.
+        raw = await read_request_body(request, resources.settings)
         resources.admit()
     except RouteproxyError as exc:
         return _rejected(resources, exc, request_id)
     try:
-        body, hints = await parse_request(request, resources.settings)
+        body, hints = parse_chat_request(raw, request)
         enabled, ratio = resources.routing_now()
         routing_started = time.perf_counter()
         decision = resources.router.route(body, hints, request.headers, enabled=enabled, ab_test_ratio=ratio)
@@ -50,10 +52,15 @@ async def chat_completions(request: Request) -> Response | Exchange:
     return _relay(resources, request, body, decision, request_id, started, classify_s)
 
 
-async def parse_request(request: Request, settings: Settings) -> tuple[dict[str, Any], Hints]:
-    """The chat body (size-limited, validated) and the routing hints popped from it and the headers."""
+async def read_request_body(request: Request, settings: Settings) -> bytes:
+    """The raw chat body, within the size limit and the body deadline, once its content type is acceptable."""
     check_content_type(request.headers.get("content-type"))
-    body = parse_chat_body(await read_body(request, settings.server.max_body_bytes))
+    return await read_body(request, settings.server.max_body_bytes, settings.server.body_timeout)
+
+
+def parse_chat_request(raw: bytes, request: Request) -> tuple[dict[str, Any], Hints]:
+    """The validated chat body and the routing hints popped from it and the headers."""
+    body = parse_chat_body(raw)
     return body, pop_hints(body, request.headers)
 
 

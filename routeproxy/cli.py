@@ -24,10 +24,12 @@ def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import structlog
     import uvicorn
 
     from routeproxy.app import create_app
     from routeproxy.logs import configure_logging
+    from routeproxy.server import uvicorn_options
 
     overrides: dict[str, Any] = {}
     for key, value in (
@@ -40,8 +42,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             overrides[key] = value
     settings = _settings(args, overrides)
     configure_logging(settings.logging)
+    if settings.server.workers > 1 and settings.counters.redis_url is None:
+        raise ConfigError(
+            f"--workers {settings.server.workers} needs REDIS_URL: without it each worker keeps its own counters, "
+            "runtime config and metrics, and answers differently. Set REDIS_URL (counters.redis_url) so the "
+            "workers share one view, or run one worker per process behind a load balancer"
+        )
     if args.simulate:
         overrides.update(_start_simulators(settings))
+        # The local demo keeps its admin endpoints usable from this machine without a token (README, Security).
+        if SETTINGS_BY_KEY["server.admin_loopback_without_token"].env not in os.environ:
+            overrides["server.admin_loopback_without_token"] = True
         settings = _settings(args, overrides)
     else:
         for tier, config in settings.tiers.items():
@@ -50,19 +61,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     f"tiers.{tier}.api_key names the environment variable {config.api_key_env}, which is not set "
                     f"(export it, or run with --simulate for the built-in simulated upstreams)"
                 )
-    options: dict[str, Any] = {
-        "host": settings.server.host,
-        "port": settings.server.port,
-        "loop": "uvloop",
-        "http": "httptools",
-        "access_log": False,  # one structured line per request comes from the app itself
-        "server_header": False,
-        # The client address must be the real peer (admin endpoints answer loopback only), never a header's.
-        "proxy_headers": False,
-        "log_level": settings.logging.level,
-        # On SIGTERM uvicorn stops accepting at once and gives in-flight requests this long to finish.
-        "timeout_graceful_shutdown": settings.server.drain_seconds,
-    }
+    if settings.server.admin_token is None and settings.server.admin_loopback_without_token:
+        structlog.get_logger("routeproxy").warning(
+            "admin_open_on_loopback",
+            note="no admin token: reset and config changes answer any loopback peer (local development only)",
+        )
+    options = uvicorn_options(settings)
     # After a graceful shutdown uvicorn restores the handlers it found and raises the signal again; with the
     # default SIGTERM handler that would end the process with status 143. A drained shutdown is a clean exit.
     signal.signal(signal.SIGTERM, _exit_cleanly)

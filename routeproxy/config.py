@@ -301,6 +301,36 @@ SETTINGS: tuple[Setting, ...] = (
         "Chat requests one process serves at once; past it, 429 with Retry-After.",
     ),
     Setting(
+        "server.header_timeout",
+        "ROUTEPROXY_HEADER_TIMEOUT",
+        10.0,
+        _positive,
+        "Seconds a client has to send a request's head (request line and headers) once it connected or began "
+        "the request; past it, 408 and the connection is closed (slowloris).",
+    ),
+    Setting(
+        "server.body_timeout",
+        "ROUTEPROXY_BODY_TIMEOUT",
+        60.0,
+        _positive,
+        "Seconds a client has to send a whole request body; past it, 408. After an early answer (413) the rest "
+        "of the body is read and dropped for at most this long, then the connection is closed.",
+    ),
+    Setting(
+        "server.max_header_bytes",
+        "ROUTEPROXY_MAX_HEADER_BYTES",
+        32 * 1024,
+        _int_in(1024, 1024 * 1024),
+        "Most bytes in a request's target and headers together; past it, 431.",
+    ),
+    Setting(
+        "server.max_headers",
+        "ROUTEPROXY_MAX_HEADERS",
+        100,
+        _int_in(8, 10_000),
+        "Most header lines in a request; past it, 431.",
+    ),
+    Setting(
         "server.drain_seconds",
         "ROUTEPROXY_DRAIN_SECONDS",
         30.0,
@@ -326,7 +356,15 @@ SETTINGS: tuple[Setting, ...] = (
         "ROUTEPROXY_ADMIN_TOKEN",
         None,
         _optional_text,
-        "Bearer token for reset and runtime config; unset = those answer loopback clients only.",
+        "Bearer token for reset and runtime config changes; unset = those are refused (see the next setting).",
+    ),
+    Setting(
+        "server.admin_loopback_without_token",
+        "ROUTEPROXY_ADMIN_LOOPBACK_WITHOUT_TOKEN",
+        False,
+        _bool,
+        "Local development only: without an admin token, let loopback peers reset and change the config "
+        "(`serve --simulate` turns it on). Never behind a mesh sidecar, whose peers are on loopback too.",
     ),
     Setting(
         "routing.enabled",
@@ -546,8 +584,13 @@ class ServerConfig:
     max_body_bytes: int
     max_concurrent_requests: int
     drain_seconds: float
+    header_timeout: float
+    body_timeout: float
+    max_header_bytes: int
+    max_headers: int
     api_keys: frozenset[str] = field(repr=False)
     admin_token: str | None = field(repr=False)
+    admin_loopback_without_token: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -759,8 +802,13 @@ def load_settings(
             max_body_bytes=values["server.max_body_bytes"],
             max_concurrent_requests=values["server.max_concurrent_requests"],
             drain_seconds=values["server.drain_seconds"],
+            header_timeout=values["server.header_timeout"],
+            body_timeout=values["server.body_timeout"],
+            max_header_bytes=values["server.max_header_bytes"],
+            max_headers=values["server.max_headers"],
             api_keys=frozenset(values["server.api_keys"]) | _read_key_file(values["server.api_keys_file"]),
             admin_token=values["server.admin_token"],
+            admin_loopback_without_token=values["server.admin_loopback_without_token"],
         ),
         routing=RoutingConfig(
             enabled=values["routing.enabled"],

@@ -3,8 +3,10 @@
     RouteproxyError
     ├── ConfigError            a setting has a bad value (raised at start, never per request)
     ├── InvalidRequest         400: the client's request cannot be proxied
+    │   ├── RequestTimeout     408: the request head or body did not arrive in time
     │   ├── PayloadTooLarge    413
-    │   └── UnsupportedMediaType 415
+    │   ├── UnsupportedMediaType 415
+    │   └── HeadTooLarge       431: too many header lines, or too many bytes in them
     ├── Unauthorized           401
     ├── Forbidden              403
     ├── Conflict               409: the change clashes with the state it would change
@@ -19,10 +21,26 @@ An upstream's own 4xx/5xx answer is not an error here: it is relayed as it came.
 
 from __future__ import annotations
 
+import reprlib
 from typing import ClassVar
 
 import orjson
 from starlette.responses import Response
+
+PREVIEW_CHARS = 80  # the most of a client-supplied value an error message or a log line shows
+
+_BOUNDED_REPR = reprlib.Repr()
+_BOUNDED_REPR.maxstring = _BOUNDED_REPR.maxother = PREVIEW_CHARS
+_BOUNDED_REPR.maxlevel = 2
+
+
+def preview(value: object, limit: int = PREVIEW_CHARS) -> str:
+    """How a client-supplied value appears in an error body or a log line: at most ``limit`` characters however
+    long the value (a 5 MB model name must not become a 5 MB 404 and a 5 MB log line). A string is shown as it
+    is, cut with an ellipsis; anything else (a JSON list, a number) as a bounded repr, never built in full."""
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[: max(limit - 1, 0)] + "…"
+    return _BOUNDED_REPR.repr(value)[:limit]
 
 
 class RouteproxyError(Exception):
@@ -57,6 +75,14 @@ class PayloadTooLarge(InvalidRequest):
 
 class UnsupportedMediaType(InvalidRequest):
     status_code = 415
+
+
+class RequestTimeout(InvalidRequest):
+    status_code = 408
+
+
+class HeadTooLarge(InvalidRequest):
+    status_code = 431
 
 
 class Unauthorized(RouteproxyError):
@@ -125,4 +151,6 @@ def error_response(exc: RouteproxyError, request_id: str) -> Response:
     headers = {"x-request-id": request_id}
     if isinstance(exc, Overloaded):
         headers["retry-after"] = str(exc.retry_after_s)
+    elif isinstance(exc, RequestTimeout):
+        headers["connection"] = "close"  # the rest of a late body is not worth waiting for
     return Response(exc.body(), status_code=exc.status_code, media_type="application/json", headers=headers)

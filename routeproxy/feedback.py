@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from routeproxy.admission import read_body
 from routeproxy.auth import check_client_key
 from routeproxy.decisions import FeedbackResult, RequestNotFound
-from routeproxy.errors import CounterStoreUnavailable, InvalidRequest, Unauthorized
+from routeproxy.errors import CounterStoreUnavailable, InvalidRequest, Unauthorized, preview
 from routeproxy.resources import resources_of
 
 log = structlog.get_logger("routeproxy")
@@ -48,7 +48,7 @@ def parse_rating(raw: bytes) -> Rating:
         raise InvalidRequest(f"send a JSON object: {_EXAMPLE}")
     unknown = sorted(set(body) - {"request_id", "score", "thumbs"})
     if unknown:
-        raise InvalidRequest(f"unknown field {unknown[0]!r}; send {_EXAMPLE}", param=unknown[0])
+        raise InvalidRequest(f"unknown field {preview(unknown[0])!r}; send {_EXAMPLE}", param=preview(unknown[0]))
     request_id = body.get("request_id")
     if not isinstance(request_id, str) or not request_id:
         raise InvalidRequest("request_id must be the x-request-id routeproxy returned (a string)", param="request_id")
@@ -60,7 +60,7 @@ def parse_rating(raw: bytes) -> Rating:
     if has_thumbs:
         thumbs = body["thumbs"]
         if thumbs not in ("up", "down"):
-            raise InvalidRequest(f'thumbs must be "up" or "down", not {thumbs!r}', param="thumbs")
+            raise InvalidRequest(f'thumbs must be "up" or "down", not {preview(thumbs)}', param="thumbs")
         return Rating(request_id, 1.0 if thumbs == "up" else 0.0, "thumbs")
     score = body["score"]
     if (
@@ -69,7 +69,7 @@ def parse_rating(raw: bytes) -> Rating:
         or not math.isfinite(score)
         or not 0 <= score <= 1
     ):
-        raise InvalidRequest(f"score must be a number from 0 to 1, not {score!r}", param="score")
+        raise InvalidRequest(f"score must be a number from 0 to 1, not {preview(score)}", param="score")
     return Rating(request_id, float(score), "score")
 
 
@@ -98,7 +98,7 @@ async def post_feedback(request: Request) -> Response:
         metrics.feedback_rejected("unauthorized")
         raise
     try:
-        rating = parse_rating(await read_body(request, MAX_BODY_BYTES))
+        rating = parse_rating(await read_body(request, MAX_BODY_BYTES, resources.settings.server.body_timeout))
     except InvalidRequest:
         metrics.feedback_rejected("invalid")
         raise

@@ -11,6 +11,7 @@ import orjson
 import structlog
 
 from routeproxy.config import LogConfig, Settings
+from routeproxy.errors import preview as clip
 from routeproxy.relay import RelayResult
 from routeproxy.route import RouteDecision
 
@@ -50,10 +51,7 @@ def configure_logging(config: LogConfig) -> None:
 
 def preview(text: str, limit: int) -> str | None:
     """The first ``limit`` characters of a prompt for a log line; 0 shows none."""
-    if limit <= 0:
-        return None
-    flat = " ".join(text[: limit * 4].split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return None if limit <= 0 else clip(" ".join(text[: limit * 4].split()), limit)
 
 
 def log_request(

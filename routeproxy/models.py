@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from routeproxy.auth import check_client_key
-from routeproxy.chat import parse_request
+from routeproxy.chat import parse_chat_request, read_request_body
 from routeproxy.config import Tier
 from routeproxy.resources import resources_of
 from routeproxy.route import explain
@@ -31,7 +31,7 @@ async def explain_route(request: Request) -> Response:
     """The decision for a chat request, without calling an upstream."""
     resources = resources_of(request)
     check_client_key(request, resources.client_key_digests)
-    body, hints = await parse_request(request, resources.settings)
+    body, hints = parse_chat_request(await read_request_body(request, resources.settings), request)
     enabled, ratio = resources.routing_now()
     decision = resources.router.route(body, hints, request.headers, enabled=enabled, ab_test_ratio=ratio)
     return JSONResponse(explain(decision, resources.settings, enabled=enabled, ab_test_ratio=ratio))

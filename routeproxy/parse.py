@@ -13,13 +13,16 @@ from typing import Any
 
 import orjson
 
-from routeproxy.errors import InvalidRequest, UnsupportedMediaType
+from routeproxy.errors import InvalidRequest, UnsupportedMediaType, preview
 
 # OpenAI's content part types plus the multimodal ones vLLM accepts.
 KNOWN_PART_TYPES = frozenset(
     {"text", "image_url", "input_audio", "file", "refusal", "audio_url", "video_url", "image_embeds"}
 )
 MAX_MESSAGES = 100_000
+# orjson serialises at most 254 levels of arrays and objects ("Recursion limit reached" past them); the body is
+# serialised again for the upstream, so deeper JSON is refused here as the client's error, not found later as ours.
+MAX_NESTING = 254
 QUERY_TYPE_HEADER = "x-routeproxy-query-type"
 
 
@@ -37,7 +40,7 @@ def check_content_type(value: str | None) -> None:
     if media_type in ("", "application/json") or media_type.endswith("+json"):
         return
     raise UnsupportedMediaType(
-        f"Content-Type must be application/json, not {media_type!r}", code="unsupported_media_type"
+        f"Content-Type must be application/json, not {preview(media_type)!r}", code="unsupported_media_type"
     )
 
 
@@ -52,11 +55,27 @@ def parse_chat_body(raw: bytes) -> dict[str, Any]:
         raise InvalidRequest(
             f"the request body must be a JSON object, not {_json_type(body)}", code="invalid_request_body"
         )
+    # Counting brackets is a C-speed pass; only a body with that many of them is walked.
+    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING:
+        _check_nesting(body)
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise InvalidRequest(f"'model' must be a string, not {_json_type(model)}", param="model")
     _check_messages(body.get("messages"))
     return body
+
+
+def _check_nesting(body: dict[str, Any]) -> None:
+    """Refuse JSON nested deeper than the serialiser handles (iteratively: deep input must not recurse here)."""
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise InvalidRequest(
+                f"the request body is nested more than {MAX_NESTING} levels deep", code="invalid_request_body"
+            )
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
 def _check_messages(messages: Any) -> None:
@@ -91,7 +110,7 @@ def _check_messages(messages: Any) -> None:
                 raise InvalidRequest(f"'{part_where}' must be an object with a 'type'", param=part_where)
             if part["type"] not in KNOWN_PART_TYPES:
                 raise InvalidRequest(
-                    f"'{part_where}.type' {part['type']!r} is not a known content part type", param=part_where
+                    f"'{part_where}.type' {preview(part['type'])!r} is not a known content part type", param=part_where
                 )
             if part["type"] == "text" and not isinstance(part.get("text"), str):
                 raise InvalidRequest(f"'{part_where}.text' must be a string", param=part_where)

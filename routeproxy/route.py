@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from routeproxy.classify import Classification, Complexity
 from routeproxy.config import Settings, StickyKey, Tier
-from routeproxy.errors import ModelNotFound
+from routeproxy.errors import ModelNotFound, preview
 from routeproxy.parse import Hints
 
 _TWO_TO_64 = float(2**64)
@@ -133,7 +133,7 @@ class Router:
             if tier is None:
                 known = ", ".join([self.auto_model, *self._pinned])
                 raise ModelNotFound(
-                    f"The model `{model}` does not exist. Use one of: {known}.",
+                    f"The model `{preview(model)}` does not exist. Use one of: {known}.",
                     param="model",
                     code="model_not_found",
                 )
@@ -141,7 +141,7 @@ class Router:
         try:
             classification = self.classifier.classify(body, query_type=hints.query_type, entities=hints.entities)
         except Exception as exc:
-            return RouteDecision(Tier.LARGE, None, Reason.CLASSIFY_FAILED, classify_error=repr(exc))
+            return RouteDecision(Tier.LARGE, None, Reason.CLASSIFY_FAILED, classify_error=preview(repr(exc)))
         return decide(
             classification,
             enabled=enabled,

@@ -59,10 +59,15 @@ def request_headers(
     client_headers: RawHeaders, tier: TierConfig, request_id: str, *, forward_client_auth: bool = True
 ) -> RawHeaders:
     drop_auth = bool(tier.api_key) or not forward_client_auth
+    # Headers the client's Connection header names are hop-by-hop for this one hop (RFC 9110 section 7.6.1).
+    named = {
+        token.strip().lower() for name, value in client_headers if name == b"connection" for token in value.split(b",")
+    }
     headers = [
         (name, value)
         for name, value in client_headers
         if name not in _DROP_REQUEST
+        and name not in named
         and not name.startswith((b"x-routeproxy-", b"x-forwarded-"))
         and not (drop_auth and name == b"authorization")
     ]

@@ -13,6 +13,7 @@ from support.upstreams import ProxyFactory, ScriptedUpstream, fast_profile, sett
 
 from routeproxy.app import create_app
 from routeproxy.config import Tier
+from routeproxy.server import GuardedHttpToolsProtocol
 from routeproxy.sim.simulator import create_simulator_app
 from routeproxy.sim.threadserver import ThreadedServer
 
@@ -31,7 +32,8 @@ def start_proxy() -> Iterator[ProxyFactory]:
     started: list[ThreadedServer] = []
 
     def start(upstreams: dict[Tier, str], **overrides: Any) -> ThreadedServer:
-        server = ThreadedServer(create_app(settings_for(upstreams, **overrides))).start()
+        # The protocol `routeproxy serve` uses, so the limits on request heads and bodies hold here too.
+        server = ThreadedServer(create_app(settings_for(upstreams, **overrides)), http=GuardedHttpToolsProtocol).start()
         started.append(server)
         return server
 

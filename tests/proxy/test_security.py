@@ -189,3 +189,25 @@ def test_no_secret_appears_in_logs_error_bodies_or_stats(
     assert '"event":"route"' in everything
     for secret in (UPSTREAM_KEY, CLIENT_KEY, OTHER_CLIENT_KEY, ADMIN_TOKEN):
         assert secret not in everything
+
+
+def test_without_an_admin_token_reset_and_config_changes_are_refused_even_on_loopback(proxy: ThreadedServer) -> None:
+    """A loopback peer is not the operator behind a mesh sidecar (Istio connects from 127.0.0.6)."""
+    reset = http.post(f"{proxy.url}/v1/model-routing/reset")
+    change = http.put(f"{proxy.url}/v1/model-routing/config", json={"ab_test_ratio": 0.3})
+    for refused in (reset, change):
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "admin_token_not_configured"
+        assert "ROUTEPROXY_ADMIN_TOKEN" in refused.json()["error"]["message"]
+    assert http.get(f"{proxy.url}/v1/model-routing/config").json()["ab_test_ratio"] == 0.5
+
+
+def test_loopback_admin_without_a_token_is_an_explicit_opt_in(
+    simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFactory
+) -> None:
+    proxy = start_proxy(
+        {tier: f"{server.url}/v1" for tier, server in simulators.items()},
+        **{"server.admin_loopback_without_token": True},
+    )
+    assert http.post(f"{proxy.url}/v1/model-routing/reset").status_code == 200
+    assert http.put(f"{proxy.url}/v1/model-routing/config", json={"ab_test_ratio": 0.3}).status_code == 200

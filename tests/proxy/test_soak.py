@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from support import http
+from support.upstreams import ProxyFactory
 
 from routeproxy.config import Tier
 from routeproxy.sim.threadserver import ThreadedServer
@@ -74,11 +75,17 @@ async def drive(url: str, kinds: list[str], concurrency: int) -> Counter[str]:
 
 
 @pytest.mark.slow
-def test_soak_loses_nothing_and_leaks_nothing(proxy: ThreadedServer, simulators: dict[Tier, ThreadedServer]) -> None:
+def test_soak_loses_nothing_and_leaks_nothing(
+    simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFactory
+) -> None:
+    proxy = start_proxy(
+        {tier: f"{server.url}/v1" for tier, server in simulators.items()},
+        **{"server.admin_loopback_without_token": True},
+    )
     url = f"{proxy.url}/v1/chat/completions"
     chooser = random.Random(20261125)
     asyncio.run(drive(url, ["ok"] * 200, 16))  # warm up pools and caches before the baselines
-    http.post(f"{proxy.url}/v1/model-routing/reset")
+    assert http.post(f"{proxy.url}/v1/model-routing/reset").status_code == 200
     fds_before, rss_before = open_fds(), rss_mb()
 
     kinds = chooser.choices(KINDS, WEIGHTS, k=1600)

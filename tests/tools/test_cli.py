@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -68,28 +67,6 @@ def test_preview_length_zero_keeps_prompts_out_of_logs(served: list[Served]) -> 
     assert secret not in text
 
 
-def test_workers_flag_runs_several_processes(served: list[Served]) -> None:
-    proxy = serve("--simulate", "--speed", "500", "--workers", "2")
-    served.append(proxy)
-    answered_by: set[str] = set()  # replica ids (hostname-pid) of the workers that counted a request
-
-    def answer_on_a_new_connection(_: int) -> list[str]:
-        with openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="any", max_retries=0) as client:
-            assert client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}]).choices
-        replicas: list[str] = http.get(f"{proxy.url}/v1/model-routing/stats", timeout=10).json()["replicas"]
-        return replicas
-
-    def both_workers_answered() -> bool:
-        with ThreadPoolExecutor(max_workers=8) as pool:  # concurrent connections reach whichever worker accepts
-            for replicas in pool.map(answer_on_a_new_connection, range(8)):
-                answered_by.update(replicas)
-        return len(answered_by) == 2
-
-    eventually(both_workers_answered, tries=25, interval=0.0, what="requests answered by both workers")
-    children = Path(f"/proc/{proxy.process.pid}/task/{proxy.process.pid}/children").read_text().split()
-    assert {replica.rsplit("-", 1)[1] for replica in answered_by} <= set(children)
-
-
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     environ = {key: value for key, value in os.environ.items() if key != "HF_TOKEN"}
     return subprocess.run(
@@ -100,6 +77,13 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         timeout=60,
         cwd=ROOT,
     )
+
+
+def test_several_workers_without_redis_are_refused_with_what_to_do() -> None:
+    """Each worker would keep its own counters and runtime config and answer differently."""
+    result = run_cli("serve", "--simulate", "--workers", "2", "--port", str(free_port()), env={"REDIS_URL": ""})
+    assert result.returncode == 2
+    assert "--workers 2 needs REDIS_URL" in result.stderr
 
 
 def test_serve_without_simulator_needs_the_hf_token() -> None:

@@ -100,7 +100,11 @@ def create_app(settings: Settings) -> ProxyApp:
         client_keys = settings.server.api_keys
         # A routeproxy client key is ours to check and never goes upstream.
         pool = UpstreamPool(settings.tiers, forward_client_auth=not client_keys)
-        counters = open_store(settings.counters, settings.tier_labels)
+        counters = open_store(
+            settings.counters,
+            settings.tier_labels,
+            about={"enable_model_routing": settings.routing.enabled, "ab_test_ratio": settings.routing.ab_test_ratio},
+        )
         await counters.start()
         decisions = open_decisions(settings, counters)
         await decisions.start()

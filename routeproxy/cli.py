@@ -388,12 +388,19 @@ def cmd_stats(args: argparse.Namespace) -> int:
     import httpx
 
     from routeproxy.analysis import format_ab_lines, format_rollout_lines
+    from routeproxy.errors import CounterStoreUnavailable
+    from routeproxy.logs import configure_logging
     from routeproxy.stats import format_stats_table
 
     overrides = {"counters.redis_url": args.redis_url} if args.redis_url else {}
     settings = _settings(args, overrides)
+    configure_logging(settings.logging)  # log lines go to stderr, so --json output stays JSON
     if settings.counters.redis_url:
-        stats = asyncio.run(_stats_from_redis(settings))
+        try:
+            stats = asyncio.run(_stats_from_redis(settings))
+        except CounterStoreUnavailable as exc:
+            print(f"routeproxy stats: cannot read {_redacted(settings.counters.redis_url)}: {exc}", file=sys.stderr)
+            return 1
     else:
         url = args.proxy.rstrip("/") + "/v1/model-routing/stats"
         try:
@@ -414,25 +421,53 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _redacted(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+
+
+def _in_force(name: str, shared: Any, replicas: dict[str, dict[str, Any]], own: Any) -> Any:
+    """A routing setting as the serving replicas apply it: the shared runtime value, else the replicas' own."""
+    if shared is not None:
+        return shared
+    values = [about[name] for about in replicas.values() if name in about]
+    if not values:
+        print(
+            f"routeproxy stats: no replica has flushed in the last few seconds; {name} is this machine's setting",
+            file=sys.stderr,
+        )
+        return own
+    if len(set(values)) > 1:
+        print(f"routeproxy stats: replicas disagree on {name}: {sorted(set(map(str, values)))}", file=sys.stderr)
+    return max(set(values), key=values.count)
+
+
 async def _stats_from_redis(settings: Settings) -> dict[str, Any]:
     from routeproxy.admin import stats_json
     from routeproxy.controller import open_rollout
-    from routeproxy.counters import open_store
+    from routeproxy.redis_store import RedisCounterStore
 
-    store = open_store(settings.counters, settings.tier_labels, replica_id="routeproxy-stats-cli")
+    config = settings.counters
+    assert config.redis_url is not None
+    store = RedisCounterStore(
+        config.redis_url, config.namespace, settings.tier_labels, replica_id="routeproxy-stats-cli"
+    )
     rollout = open_rollout(settings, store)
     try:
-        snapshot = await store.snapshot()
-        runtime = await store.runtime()
+        snapshot, shared, replicas = await store.inspect()
         await rollout.refresh()
     finally:
         await rollout.close()
-        await store.close()
+        await store.aclose()
     return stats_json(
         settings,
         snapshot,
-        enabled=settings.routing.enabled if runtime.enable_model_routing is None else runtime.enable_model_routing,
-        ratio=settings.routing.ab_test_ratio if runtime.ab_test_ratio is None else runtime.ab_test_ratio,
+        enabled=_in_force("enable_model_routing", shared.enable_model_routing, replicas, settings.routing.enabled),
+        ratio=_in_force("ab_test_ratio", shared.ab_test_ratio, replicas, settings.routing.ab_test_ratio),
         rollout=rollout,
         queued=0,
     )

@@ -1,6 +1,6 @@
-"""The Redis counter store, shared by every replica: its key layout, its Lua scripts and its client.
+"""The Redis counter store, shared by every replica: its client and the replica's side of the period rules.
 
-This is the only module that knows Redis key and field names (see ``KEY_LAYOUT_MARKDOWN``).
+What is stored where, and the Lua scripts, are in ``redis_layout.py``.
 
 Failure policy. Counting is off the request path: ``record`` is synchronous, does no I/O and adds an
 outcome to a local delta. A background task flushes the delta every ``flush_interval`` seconds with one
@@ -14,23 +14,25 @@ fails and nothing waits: the delta keeps accumulating locally and goes out when 
   applies it only if the sequence is above the last one stored for that writer, and stores it in the
   same atomic step. A batch whose reply was lost is retried unchanged with the same number until it is
   acknowledged, so it is applied exactly once while Redis keeps its data.
-* Reset: a period number lives in Redis; counts live under the period. Every outcome is counted in the
-  period its replica knew when it recorded it, so outcomes from before a reset never reach the new
-  period. A replica learns of a reset at its next flush, so the new period may miss up to one flush
-  interval of another replica's outcomes (they land in the old period instead).
+* Periods (the rules: ``redis_layout.PERIOD_RULES_MARKDOWN``, also in the README): a period starts at a time
+  on Redis's clock, announced ahead, so every replica switches at the same instant without asking Redis per
+  request; every batch carries the period and the Redis dataset (epoch) it was recorded under, and the time
+  span of its outcomes; the flush script files it in the period whose span holds it, or drops it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import orjson
 import redis.asyncio
 import structlog
 from redis.asyncio.retry import Retry
@@ -42,153 +44,50 @@ from redis.typing import EncodableT
 from routeproxy.config import Tier
 from routeproxy.counters import CounterStore, now_utc
 from routeproxy.errors import CounterStoreUnavailable
+from routeproxy.redis_layout import (
+    ANNOUNCE_S,
+    FLUSH_LUA,
+    LIVE_WINDOW_S,
+    OLD_PERIOD_TTL_S,
+    RESET_LUA,
+    RedisKeys,
+)
 from routeproxy.runtime import RuntimeConfig, check_runtime, parse_runtime
-from routeproxy.stats import BUCKETS_MS, Outcome, Snapshot, outcome_fields
+from routeproxy.stats import Outcome, Snapshot, outcome_fields
 from routeproxy.tasks import Repeating
 
 log = structlog.get_logger("routeproxy.counters")
 
 REDIS_TIMEOUT_S = 0.5  # a paused Redis stalls one flush for this long, never a request
-OLD_PERIOD_TTL_S = 7 * 24 * 3600  # keys of a period that was reset away are kept this long
 MAX_BATCHES_PER_FLUSH = 4  # so a flush under constant load still ends and the loop refreshes on time
 
-KEY_LAYOUT_MARKDOWN = (
-    """\
-All keys of one namespace (`counters.namespace`, default `routeproxy`) share the hash tag
-`{<namespace>}`, so they live in one Redis Cluster slot. `<p>` is the A/B period number, `<tier>` is
-the tier's label (`tiers.small.label`, `tiers.large.label`: `3b`, `8b` by default), `<complexity>` is
-`simple`, `medium`, `complex` or `pinned` (the request named a tier's model id).
 
-| key | type | holds |
-| --- | --- | --- |
-| `{routeproxy}:period` | string | the current A/B period (missing = 0); a reset increments it |
-| `{routeproxy}:stats:<p>` | hash | the counters of period `<p>` (fields below) |
-| `{routeproxy}:since:<p>` | string | when period `<p>` started (ISO-8601, UTC) |
-| `{routeproxy}:replicas:<p>` | set | ids of the replicas that flushed counts in period `<p>` |
-| `{routeproxy}:seq:<p>` | hash | `<replica id>:<process token>` -> last applied flush number |
-| `{routeproxy}:config` | hash | shared runtime settings `ab_test_ratio`, `enable_model_routing` |
-| `{routeproxy}:decision:<id>` | hash | one request's routing decision, for feedback (fields below) |
-| `{routeproxy}:recent:<key>` | string | `<tier>\\|<complexity>\\|<request id>` of the last answer to `<key>` |
-| `{routeproxy}:rollout` | hash | the rollout controller's `state` (JSON) and `version` (compare-and-set) |
+_NO_PERIOD = -1
 
-In `{routeproxy}:config`, `enable_model_routing` is `true` or `false`; a missing field means each
-replica's own setting. Keys of a period that a reset left behind expire after 7 days. `<id>` is the
-`x-request-id` routeproxy returned; a decision expires after `quality.decision_ttl_s`. `<key>` is a blake2b
-hex of the A/B sticky key and the query; it expires after `quality.regeneration_window_s`. The rollout state
-holds step, paused, step_since, feedback_at_step, period and history; the controller writes it and
-`ab_test_ratio` in one atomic step.
 
-Fields of `{routeproxy}:decision:<request id>`: `tier`, `complexity`, `period` (the A/B period it is counted in),
-`stream` (`1`/`0`), `status` (HTTP status sent, `0` if the client left first), `latency_ms`, `at` (epoch
-seconds), and `score` (the last feedback, in thousandths) once feedback arrived.
+@dataclass(slots=True)
+class _Delta:
+    """Counts recorded under one (epoch, period), and when (ms on this replica's estimate of Redis's clock)."""
 
-Fields of `{routeproxy}:stats:<p>` are integers, absent until first incremented. `[:<complexity>]`
-means the field exists per tier and also per tier and complexity.
-
-| field | counts |
-| --- | --- |
-| `requests:<tier>[:<complexity>]` | finished requests |
-| `latency_ms_sum:<tier>[:<complexity>]` | sum of latencies (start to last byte), whole ms |
-| `latency_ms_bucket:<tier>[:<complexity>]:le_<ms>` | requests with latency in (previous bound, `<ms>`] |
-| `errors:<tier>[:<complexity>]` | upstream failures (refused, timeout, 5xx, broken stream) |
-| `fallbacks:<tier>[:<complexity>]` | requests retried on the other tier (under the tier that answered) |
-| `streams:<tier>` | streamed requests |
-| `ttfb_ms_sum:<tier>`, `ttfb_ms_count:<tier>` | time to the first upstream body byte of streams |
-| `ttfb_ms_bucket:<tier>:le_<ms>` | streams with that time to first byte |
-| `status:<tier>:<class>` | status class sent: `2xx` ... `5xx`, `none` if the client left first |
-| `disconnects:<tier>[:<complexity>]` | clients that went away before the end |
-| `classify_failures:<tier>` | requests whose classification failed |
-| `usage_reports:<tier>` | requests whose upstream reported token usage |
-| `prompt_tokens:<tier>`, `completion_tokens:<tier>` | the tokens they reported |
-| `feedback:<tier>[:<complexity>]` | requests with feedback (a second feedback for one request replaces the first) |
-| `score_milli:<tier>[:<complexity>]` | sum of their scores, in thousandths (thumbs up = 1000, down = 0) |
-| `score_sq_micro:<tier>[:<complexity>]` | sum of the squared scores, in millionths (for the variance) |
-| `feedback_fractional:<tier>[:<complexity>]` | feedback with a score other than 0 or 1 (switches to Welch) |
-| `regenerations:<tier>[:<complexity>]` | answers asked again (same sticky key and query) within the window |
-| `feedback_replaced` | feedback that replaced an earlier score for the same request |
-| `feedback_unknown` | feedback queued while Redis was down whose request id turned out unknown |
-
-Bucket bounds in ms: """
-    + ", ".join(map(str, BUCKETS_MS))
-    + """; `le_inf` holds the rest.
-Read them with `redis-cli GET '{routeproxy}:period'`, then `redis-cli HGETALL '{routeproxy}:stats:0'`.
-"""
-)
+    first_ms: int
+    last_ms: int
+    counts: dict[str, int]
 
 
 @dataclass(slots=True)
 class _Batch:
     seq: int
+    epoch: str
     period: int
-    deltas: dict[str, int]
+    delta: _Delta
 
 
 @dataclass(frozen=True, slots=True)
-class RedisKeys:
-    """Key names of one namespace; the braces make them one hash tag (one Redis Cluster slot)."""
+class _Upcoming:
+    epoch: str
+    period: int
+    start_ms: int
 
-    namespace: str
-
-    @property
-    def period(self) -> str:
-        return f"{{{self.namespace}}}:period"
-
-    @property
-    def config(self) -> str:
-        return f"{{{self.namespace}}}:config"
-
-    def stats(self, period: int) -> str:
-        return f"{{{self.namespace}}}:stats:{period}"
-
-    def since(self, period: int) -> str:
-        return f"{{{self.namespace}}}:since:{period}"
-
-    def replicas(self, period: int) -> str:
-        return f"{{{self.namespace}}}:replicas:{period}"
-
-    def seq(self, period: int) -> str:
-        return f"{{{self.namespace}}}:seq:{period}"
-
-    def of_period(self, period: int) -> list[str]:
-        return [self.stats(period), self.seq(period), self.replicas(period), self.since(period)]
-
-
-# Applies one batch at most once (the writer's sequence number is checked and stored in the same atomic
-# step) and always answers with the current period and the runtime config, so one round trip also serves
-# as the replica's refresh. seq 0 = refresh only.
-_FLUSH_LUA = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-local applied = 0
-local seq = tonumber(ARGV[2])
-if seq > 0 then
-  local last = tonumber(redis.call('HGET', KEYS[4], ARGV[1]) or '0')
-  if seq > last then
-    redis.call('HSET', KEYS[4], ARGV[1], seq)
-    for i = 7, #ARGV, 2 do
-      redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
-    end
-    redis.call('SADD', KEYS[5], ARGV[4])
-    redis.call('SET', KEYS[6], ARGV[5], 'NX')
-    if tonumber(ARGV[3]) ~= current then
-      for i = 3, 6 do
-        if redis.call('TTL', KEYS[i]) == -1 then redis.call('EXPIRE', KEYS[i], ARGV[6]) end
-      end
-    end
-    applied = 1
-  end
-end
-return {applied, current, redis.call('HGETALL', KEYS[2])}
-"""
-
-# Starts period ARGV[1] + 1 unless another replica already moved the period on; old keys expire.
-_RESET_LUA = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if current ~= tonumber(ARGV[1]) then return current end
-redis.call('SET', KEYS[1], current + 1)
-redis.call('SET', KEYS[2], ARGV[2])
-for i = 3, 6 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
-return current + 1
-"""
 
 _REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 
@@ -214,6 +113,15 @@ def redis_client(url: str) -> redis.asyncio.Redis | redis.asyncio.RedisCluster:
     return redis.asyncio.from_url(url, **options)
 
 
+def _since(value: str | None) -> datetime | None:
+    """A period's start as stored: ms on Redis's clock (an ISO-8601 string before periods had start times)."""
+    if not value:
+        return None
+    if value.lstrip("-").isdigit():
+        return datetime.fromtimestamp(int(value) / 1000, UTC)
+    return datetime.fromisoformat(value)
+
+
 class RedisCounterStore(CounterStore):
     """Counters shared through Redis. See the module docstring for the failure policy."""
 
@@ -227,42 +135,67 @@ class RedisCounterStore(CounterStore):
         *,
         replica_id: str | None = None,
         flush_interval: float = 0.5,
+        about: Mapping[str, object] | None = None,
     ) -> None:
         super().__init__(labels, replica_id=replica_id, flush_interval=flush_interval)
         self.keys = RedisKeys(namespace)
         self._client = redis_client(url)
-        self._flush_script = self._client.register_script(_FLUSH_LUA)
-        self._reset_script = self._client.register_script(_RESET_LUA)
+        self._flush_script = self._client.register_script(FLUSH_LUA)
+        self._reset_script = self._client.register_script(RESET_LUA)
         # One id per process: a restarted replica with the same replica_id starts its sequence afresh.
         self._writer = f"{self.replica_id}:{uuid.uuid4().hex[:12]}"
+        self._about = orjson.dumps(about).decode() if about is not None else ""
         self._seq = 0
-        self._period: int | None = None  # None until Redis first answered
-        self._pending: dict[int | None, dict[str, int]] = {}
+        self._epoch = ""  # the Redis dataset this replica counts into; "" until Redis first answered
+        self._period = _NO_PERIOD
+        self._upcoming: _Upcoming | None = None  # a period announced to start later
+        self._offset_ms = 0.0  # Redis's clock minus ours, measured at every flush
+        self._pending: dict[tuple[str, int], _Delta] = {}
         self._inflight: _Batch | None = None  # sent at least once, not acknowledged: resent unchanged
-        self._local: dict[str, int] = {}  # this replica's outcomes in its known period (the stale view)
+        self._local: dict[str, int] = {}  # this replica's outcomes in its current period (the stale view)
         self._local_since = now_utc()
+        self.dropped = 0  # counts the rules dropped (see PERIOD_RULES_MARKDOWN), since start
         self._lock = asyncio.Lock()
         self._loop = Repeating(self.flush, flush_interval, f"counters-flush:{self.replica_id}")
         self._healthy = True
 
+    def _now_ms(self) -> int:
+        return int(time.time() * 1000 + self._offset_ms)
+
+    def _switch_if_due(self, now_ms: int) -> None:
+        upcoming = self._upcoming
+        if upcoming is not None and now_ms >= upcoming.start_ms:
+            self._upcoming = None
+            self._epoch, self._period = upcoming.epoch, upcoming.period
+            self._local = {}
+            self._local_since = datetime.fromtimestamp(upcoming.start_ms / 1000, UTC)
+
     def record(self, outcome: Outcome) -> None:
-        pending = self._pending.setdefault(self._period, {})
-        for name, increment in outcome_fields(outcome, self.labels):
-            pending[name] = pending.get(name, 0) + increment
-            self._local[name] = self._local.get(name, 0) + increment
+        self._add(outcome_fields(outcome, self.labels), None)
 
     @property
     def period(self) -> int:
-        return self._period or 0
+        return max(self._period, 0)
 
     def add_fields(self, fields: Iterable[tuple[str, int]], period: int) -> None:
-        if self._period is not None and period < self._period:
+        self._add(fields, period)
+
+    def _add(self, fields: Iterable[tuple[str, int]], period: int | None) -> None:
+        """Into the delta of the period counting now; ``period`` given: only if that is the one (a period that is
+        over has its totals already, and feedback about its requests is dropped)."""
+        now = self._now_ms()
+        self._switch_if_due(now)
+        if period is not None and period != max(self._period, 0):
             return
-        pending = self._pending.setdefault(period, {})
+        slot = (self._epoch, self._period)
+        delta = self._pending.get(slot)
+        if delta is None:
+            delta = self._pending[slot] = _Delta(now, now, {})
+        delta.last_ms = now
+        counts, local = delta.counts, self._local
         for name, increment in fields:
-            pending[name] = pending.get(name, 0) + increment
-            if period == self._period:
-                self._local[name] = self._local.get(name, 0) + increment
+            counts[name] = counts.get(name, 0) + increment
+            local[name] = local.get(name, 0) + increment
 
     @property
     def healthy(self) -> bool:
@@ -275,14 +208,18 @@ class RedisCounterStore(CounterStore):
     @property
     def backlog_fields(self) -> int:
         """Fields not yet acknowledged by Redis (bounded by field_count() per period, plus one batch)."""
-        inflight = len(self._inflight.deltas) if self._inflight else 0
-        return inflight + sum(len(deltas) for deltas in self._pending.values())
+        inflight = len(self._inflight.delta.counts) if self._inflight else 0
+        return inflight + sum(len(delta.counts) for delta in self._pending.values())
 
     async def start(self) -> None:
         if self._loop.running:
             return
         await self.flush()  # learn the period and the runtime config now, if Redis answers
         self._loop.start()
+
+    async def aclose(self) -> None:
+        """Close the client without a flush (a store used only to read)."""
+        await self._client.aclose()
 
     async def close(self) -> None:
         await self._loop.stop()
@@ -292,43 +229,58 @@ class RedisCounterStore(CounterStore):
         await self._client.aclose()
 
     def _seal(self) -> _Batch | None:
-        assert self._period is not None
-        early = self._pending.pop(None, None)
-        if early:  # recorded before Redis first answered: counted in the first period we learn
-            into = self._pending.setdefault(self._period, {})
-            for name, increment in early.items():
-                into[name] = into.get(name, 0) + increment
-        periods = sorted(p for p, deltas in self._pending.items() if p is not None and deltas)
-        if not periods:
+        """The oldest pending delta as the next batch (never the current one while older ones wait)."""
+        slots = [slot for slot, delta in self._pending.items() if delta.counts]
+        if not slots:
+            self._pending.clear()
             return None
+        slot = min(slots, key=lambda key: self._pending[key].first_ms)
         self._seq += 1
-        return _Batch(self._seq, periods[0], self._pending.pop(periods[0]))
+        return _Batch(self._seq, slot[0], slot[1], self._pending.pop(slot))
 
     async def _call(self, batch: _Batch | None) -> None:
-        period = batch.period if batch else (self._period or 0)
-        keys = [self.keys.period, self.keys.config, *self.keys.of_period(period)]
+        upcoming = self._upcoming
+        # The newest period and dataset this replica has heard of (an announced period counts).
+        known, known_epoch = (upcoming.period, upcoming.epoch) if upcoming else (self._period, self._epoch)
         args: list[str | int] = [
-            self._writer, batch.seq if batch else 0, period, self.replica_id, now_utc().isoformat(),
-            OLD_PERIOD_TTL_S,
+            self.keys.prefix, self._writer, batch.seq if batch else 0, batch.epoch if batch else "",
+            batch.period if batch else _NO_PERIOD, batch.delta.first_ms if batch else 0,
+            batch.delta.last_ms if batch else 0, self.replica_id, OLD_PERIOD_TTL_S, known, known_epoch,
+            uuid.uuid4().hex, round(ANNOUNCE_S * 1000), self._about, round(LIVE_WINDOW_S * 1000),
         ]  # fmt: skip
         if batch:
-            for name, increment in batch.deltas.items():
+            for name, increment in batch.delta.counts.items():
                 args += (name, increment)
-        _applied, current, config = await self._flush_script(keys=keys, args=args)
-        self._learn(int(current))
+        keys = [self.keys.period, self.keys.epoch, self.keys.config, self.keys.seq, self.keys.live]
+        sent = time.time() * 1000
+        filed, epoch, current, start_ms, redis_now, config = await self._flush_script(keys=keys, args=args)
+        self._offset_ms = int(redis_now) - (sent + time.time() * 1000) / 2
+        if batch is not None and int(filed) == -1:
+            requests = sum(batch.delta.counts.get(f"requests:{label}", 0) for label in self.labels.values())
+            self.dropped += requests
+            log.warning(
+                "counters.dropped",
+                period=batch.period,
+                epoch=batch.epoch or None,
+                requests=requests,
+                why="recorded outside the span of any period this Redis knows (reset missed, or Redis lost its data)",
+            )
+        self._learn(str(epoch), int(current), int(start_ms), int(redis_now))
         self._runtime = parse_runtime(config)
 
-    def _learn(self, period: int) -> None:
-        if self._period is not None and period != self._period:
-            self._local = {}
-            self._local_since = now_utc()
-        self._period = period
+    def _learn(self, epoch: str, period: int, start_ms: int, redis_now: int) -> None:
+        if (epoch, period) == (self._epoch, self._period):
+            self._upcoming = None
+            return
+        self._upcoming = _Upcoming(epoch, period, start_ms)
+        if self._epoch == "" and self._period == _NO_PERIOD and start_ms > redis_now:
+            return  # a fresh replica counts under no period until the announced one starts
+        self._switch_if_due(redis_now)
 
-    async def flush(self) -> bool:
+    async def _flush(self) -> bool:
+        """Push what is pending; True when Redis answered (whatever was recorded meanwhile still waits)."""
         async with self._lock:
             try:
-                if self._period is None:
-                    await self._call(None)
                 sent = False
                 for _ in range(MAX_BATCHES_PER_FLUSH):
                     if self._inflight is None:
@@ -350,10 +302,14 @@ class RedisCounterStore(CounterStore):
             log.info("counters.redis_back")
         self._healthy = True
         self.last_flush = time.monotonic()
-        return self._inflight is None and not any(self._pending.values())
+        return True
+
+    async def flush(self) -> bool:
+        return await self._flush() and self._inflight is None and not any(d.counts for d in self._pending.values())
 
     async def snapshot(self) -> Snapshot:
-        if await self.flush() and self._period is not None:
+        if await self._flush():
+            self._switch_if_due(self._now_ms())
             period = self._period
             try:
                 async with self._client.pipeline(transaction=False) as pipe:
@@ -367,13 +323,13 @@ class RedisCounterStore(CounterStore):
                 return Snapshot(
                     counts={name: int(value) for name, value in counts.items()},
                     period=period,
-                    since=datetime.fromisoformat(since) if since else None,
+                    since=_since(since),
                     replicas=tuple(sorted(replicas)),
                     store=self.store_name,
                 )
         return Snapshot(
             counts=dict(self._local),
-            period=self._period or 0,
+            period=max(self._period, 0),
             since=self._local_since,
             replicas=(self.replica_id,) if self._local else (),
             store=self.store_name,
@@ -381,14 +337,26 @@ class RedisCounterStore(CounterStore):
         )
 
     async def reset(self) -> None:
-        await self.flush()  # outcomes recorded so far belong to the period that is ending
+        """Announce the next period and answer once it has started (about ``ANNOUNCE_S``): by then every replica
+        that flushed in the meantime switches at the same instant (PERIOD_RULES_MARKDOWN)."""
+        await self._flush()
         try:
-            old = int(await self._client.get(self.keys.period) or 0)
-            keys = [self.keys.period, self.keys.since(old + 1), *self.keys.of_period(old)]
-            new = await self._reset_script(keys=keys, args=[old, now_utc().isoformat(), OLD_PERIOD_TTL_S])
+            period, start_ms, redis_now = await self._reset_script(
+                keys=[self.keys.period], args=[self.keys.prefix, round(ANNOUNCE_S * 1000), OLD_PERIOD_TTL_S]
+            )
         except _REDIS_FAILURES as exc:
             raise CounterStoreUnavailable(f"cannot reset the counters: Redis did not answer ({exc})") from exc
-        self._learn(int(new))
+        self._upcoming = _Upcoming(self._epoch, int(period), int(start_ms))
+        # Past the start on Redis's clock, plus the error of our estimate of it.
+        await asyncio.sleep(max(0.0, (int(start_ms) - int(redis_now)) / 1000) + 0.005)
+        self._switch_if_due(max(self._now_ms(), int(start_ms)))
+
+    async def runtime(self) -> RuntimeConfig:
+        """The shared runtime config as Redis holds it now (the last known copy if Redis does not answer)."""
+        with contextlib.suppress(*_REDIS_FAILURES):
+            raw = await self._client.hgetall(self.keys.config)
+            self._runtime = parse_runtime({str(name): str(value) for name, value in raw.items()})
+        return self._runtime
 
     async def set_runtime(self, change: RuntimeConfig) -> RuntimeConfig:
         check_runtime(change)
@@ -405,3 +373,33 @@ class RedisCounterStore(CounterStore):
             raise CounterStoreUnavailable(f"cannot store the runtime config: Redis did not answer ({exc})") from exc
         self._runtime = parse_runtime(raw)
         return self._runtime
+
+    async def inspect(self) -> tuple[Snapshot, RuntimeConfig, dict[str, dict[str, Any]]]:
+        """Read-only, for ``routeproxy stats``: the current period's totals, the shared runtime config, and what
+        each replica that flushed lately says about itself (its own routing settings), by replica id.
+
+        Raises CounterStoreUnavailable when Redis does not answer."""
+        try:
+            seconds, micros = await self._client.time()
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
+            period = int(await self._client.get(self.keys.period) or 0)
+            since = await self._client.get(self.keys.since(period))
+            if since and since.isdigit() and int(since) > now_ms and period > 0:
+                period -= 1  # a reset is announced and has not started yet: the old period is still counting
+                since = await self._client.get(self.keys.since(period))
+            counts = await self._client.hgetall(self.keys.stats(period))
+            replicas = await self._client.smembers(self.keys.replicas(period))
+            config = await self._client.hgetall(self.keys.config)
+            live = await self._client.zrangebyscore(self.keys.live, now_ms - LIVE_WINDOW_S * 1000, "+inf")
+            about = [await self._client.get(self.keys.replica(str(replica))) for replica in live]
+        except _REDIS_FAILURES as exc:
+            raise CounterStoreUnavailable(f"Redis did not answer ({exc!r})") from exc
+        snapshot = Snapshot(
+            counts={str(name): int(value) for name, value in counts.items()},
+            period=period,
+            since=_since(None if since is None else str(since)),
+            replicas=tuple(sorted(map(str, replicas))),
+            store=self.store_name,
+        )
+        runtime = parse_runtime({str(name): str(value) for name, value in config.items()})
+        return snapshot, runtime, {str(r): orjson.loads(v) for r, v in zip(live, about, strict=True) if v}

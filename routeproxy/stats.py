@@ -1,7 +1,7 @@
 """What is counted per outcome, and the stats JSON built from the totals.
 
 ``outcome_fields`` turns one finished request into (field, increment) pairs; both counter stores add them
-up under the same field names (the hash fields of ``KEY_LAYOUT_MARKDOWN`` in redis_store.py). ``render_stats``
+up under the same field names (the hash fields of ``KEY_LAYOUT_MARKDOWN`` in redis_layout.py). ``render_stats``
 turns totals into the seed's ``/v1/model-routing/stats`` JSON: its keys first, in its order, then extras.
 Latency percentiles come from fixed-bucket histograms, so totals of several replicas add up exactly
 (sum the bucket counts, then interpolate inside the bucket that holds the rank).

@@ -14,7 +14,8 @@ from support.wait import eventually_async
 from routeproxy.classify import Complexity
 from routeproxy.config import CounterConfig, Tier
 from routeproxy.counters import CounterStore, MemoryCounterStore, open_store
-from routeproxy.redis_store import KEY_LAYOUT_MARKDOWN, RedisCounterStore, RedisKeys
+from routeproxy.redis_layout import KEY_LAYOUT_MARKDOWN, RedisKeys
+from routeproxy.redis_store import RedisCounterStore
 from routeproxy.runtime import RuntimeConfig
 from routeproxy.stats import BUCKETS_MS, Outcome, Snapshot, format_stats_table, outcome_fields, render_stats
 

@@ -141,10 +141,39 @@ def test_reset_starts_a_fresh_period_for_every_replica(redis_server: RedisServer
             send((first, second)[index % 2].url, PROMPTS[index], client)
         assert [report["total_requests"] for report in settled_stats([first, second], 6)] == [6, 6]
         assert client.post(f"{first.url}/v1/model-routing/reset").status_code == 200
-        assert stats(first.url)["total_requests"] == 0
-        assert stats(second.url)["total_requests"] == 0
-        send(second.url, PROMPTS[0], client)
-        assert [report["total_requests"] for report in settled_stats([first, second], 1)] == [1, 1]
+        # At once, on the replica that was not asked: every request that ends after the reset answered is
+        # counted in the new period (the second replica learns of it at a flush, before it starts).
+        for prompt in PROMPTS[:4]:
+            send(second.url, prompt, client)
+        reports = settled_stats([first, second], 4)
+        assert [report["total_requests"] for report in reports] == [4, 4]
+        assert reports[0]["period"] == reports[1]["period"] == 1
+
+
+def test_a_redis_restarting_empty_keeps_no_phantom_counts(redis_server: RedisServer, served: list[Served]) -> None:
+    """Redis without persistence is killed under two replicas and comes back empty: the period moves on, counts
+    from before and during the outage stay out of it, and the new period holds exactly what came after."""
+    replicas = start_replicas(2, redis_server.url, served)
+    with http.client(timeout=10) as client:
+        for index in range(20):
+            assert send(replicas[index % 2].url, PROMPTS[index % len(PROMPTS)], client).status_code == 200
+        assert [report["total_requests"] for report in settled_stats(replicas, 20)] == [20, 20]
+        redis_server.stop(kill=True)
+        for index in range(20):
+            assert send(replicas[index % 2].url, PROMPTS[index % len(PROMPTS)], client).status_code == 200
+        redis_server.start()
+
+        def new_period() -> list[tuple[int, bool]]:
+            reports = [stats(replica.url) for replica in replicas]
+            views = [(report["period"], report["stale"]) for report in reports]
+            return views if all(not stale and period >= 1 for period, stale in views) else []
+
+        assert eventually(new_period, tries=100, interval=0.1) == [(1, False), (1, False)]
+        for index in range(10):
+            assert send(replicas[index % 2].url, PROMPTS[index % len(PROMPTS)], client).status_code == 200
+    reports = settled_stats(replicas, 10)
+    assert [report["total_requests"] for report in reports] == [10, 10]
+    assert redis_server.cli("--scan", "--pattern", "{rp}:stats:*").split() == ["{rp}:stats:1"]
 
 
 def test_redis_paused_mid_load_fails_or_stalls_no_request_and_totals_stay_exact(
@@ -187,7 +216,9 @@ def test_admin_endpoints_without_a_token_answer_loopback_clients_only(client_hos
 
 
 def test_stats_command_reads_the_shared_redis(redis_server: RedisServer, served: list[Served]) -> None:
-    (replica,) = start_replicas(1, redis_server.url, served)
+    """The routing state reported is the one the replicas apply (their ENABLE_MODEL_ROUTING and AB_TEST_RATIO),
+    not the command's own environment's; with Redis down it fails clearly, and --json stays JSON."""
+    (replica,) = start_replicas(1, redis_server.url, served, AB_TEST_RATIO="0.3")
     with http.client(timeout=10) as client:
         for prompt in PROMPTS:
             send(replica.url, prompt, client)
@@ -205,6 +236,8 @@ def test_stats_command_reads_the_shared_redis(redis_server: RedisServer, served:
     assert from_cli["total_requests"] == endpoint["total_requests"] == len(PROMPTS)
     assert from_cli["model_distribution"] == endpoint["model_distribution"]
     assert from_cli["store"] == "redis"
+    assert (from_cli["routing_enabled"], from_cli["ab_test_ratio"]) == (True, 0.3)
+    assert (endpoint["routing_enabled"], endpoint["ab_test_ratio"]) == (True, 0.3)
     table = subprocess.run(
         [sys.executable, "-m", "routeproxy", "stats", "--redis-url", redis_server.url],
         capture_output=True,
@@ -214,6 +247,19 @@ def test_stats_command_reads_the_shared_redis(redis_server: RedisServer, served:
         check=True,
     ).stdout
     assert "3b" in table and "8b" in table and str(len(PROMPTS)) in table
+    assert "routing enabled, ab_test_ratio 0.3" in table
+
+    redis_server.stop()
+    down = subprocess.run(
+        [sys.executable, "-m", "routeproxy", "stats", "--redis-url", redis_server.url, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environ,
+    )
+    assert down.returncode == 1
+    assert down.stdout == ""
+    assert f"cannot read {redis_server.url}: Redis did not answer" in down.stderr
 
 
 def test_a_proxy_counts_into_redis_cluster(

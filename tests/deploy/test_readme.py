@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from routeproxy.config import settings_table
-from routeproxy.redis_store import KEY_LAYOUT_MARKDOWN
+from routeproxy.redis_layout import KEY_LAYOUT_MARKDOWN, PERIOD_RULES_MARKDOWN
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
@@ -15,7 +15,10 @@ def test_settings_table_is_current() -> None:
 
 
 def test_redis_key_layout_is_current() -> None:
-    assert KEY_LAYOUT_MARKDOWN.strip() in README, "paste routeproxy.redis_store.KEY_LAYOUT_MARKDOWN into the README"
+    assert KEY_LAYOUT_MARKDOWN.strip() in README, "paste routeproxy.redis_layout.KEY_LAYOUT_MARKDOWN into the README"
+    assert PERIOD_RULES_MARKDOWN.strip() in README, (
+        "paste routeproxy.redis_layout.PERIOD_RULES_MARKDOWN into the README"
+    )
 
 
 def test_quick_start_has_the_two_commands() -> None:

@@ -1,0 +1,109 @@
+"""The period rules on a real redis-server: a reset reaches every replica before it counts again, a Redis that
+comes back empty neither rolls the period back nor keeps counts from the lost dataset, and stats are stale only
+when Redis did not answer."""
+
+# ruff: noqa: F811  (pytest fixtures imported from redis_server are parameters of the tests below)
+from __future__ import annotations
+
+import asyncio
+
+from support.redis_server import RedisServer, redis_server  # noqa: F401
+from test_counters import MIXED, StoreFactory, eventually, open_redis_store, totals  # noqa: F401
+
+from routeproxy.redis_layout import RedisKeys
+
+
+async def test_a_reset_reaches_every_replica_before_it_counts_again(
+    redis_server: RedisServer, open_redis_store: StoreFactory
+) -> None:
+    """Replica two flushes on its own schedule (every 0.5 s, as in production) and is never told of the reset;
+    what it counts before the reset answered stays in the old period, what it counts after is in the new one."""
+    one = await open_redis_store(redis_server.url, "replica-1")
+    two = await open_redis_store(redis_server.url, "replica-2", flush_interval=0.5)
+    two.record(MIXED[0])
+    await one.reset()
+    two.record(MIXED[1])  # at once: no flush of replica two in between
+    two.record(MIXED[2])
+    assert await two.flush()
+    new = await one.snapshot()
+    assert new.period == 1
+    assert new.counts == totals(MIXED[1:3])
+    old = redis_server.cli("HGET", RedisKeys("rp-test").stats(0), "requests:3b").strip()
+    assert old == "1"
+
+
+async def test_a_replica_that_missed_the_reset_files_by_time_never_across_it(
+    redis_server: RedisServer, open_redis_store: StoreFactory
+) -> None:
+    """A replica that could not flush during the announce window (its loop is off here): what it recorded
+    before the new period started goes to the old period, what it recorded after to the new one."""
+    one = await open_redis_store(redis_server.url, "replica-1")
+    late = await open_redis_store(redis_server.url, "replica-late")
+    late.record(MIXED[0])
+    assert await late.flush()
+    late.record(MIXED[1])
+    await one.reset()
+    assert await late.flush()  # a batch recorded entirely before the new period started: the old period
+    late.record(MIXED[2])  # the late replica has learned now, so this is the new period's
+    assert await late.flush()
+    assert (await one.snapshot()).counts == totals(MIXED[2:3])
+    assert redis_server.cli("HGET", RedisKeys("rp-test").stats(0), "requests:3b").strip() == "2"
+
+
+async def test_a_redis_that_restarts_empty_moves_the_period_on_and_keeps_no_lost_counts(
+    redis_server: RedisServer, open_redis_store: StoreFactory
+) -> None:
+    one = await open_redis_store(redis_server.url, "replica-1", flush_interval=0.1)
+    two = await open_redis_store(redis_server.url, "replica-2", flush_interval=0.1)
+    await one.reset()
+    one.record(MIXED[0])
+    assert await one.flush()
+    assert (await two.snapshot()).period == 1
+    redis_server.stop(kill=True)
+    for item in MIXED * 20:  # counted while Redis is away
+        one.record(item)
+        two.record(item)
+    redis_server.start()  # same port, no data: the restart of a Redis without persistence
+
+    async def new_period_started() -> bool:
+        first, second = await one.snapshot(), await two.snapshot()
+        return not first.stale and not second.stale and first.period == second.period > 1
+
+    await eventually(new_period_started, within=5.0)
+    one.record(MIXED[3])
+    two.record(MIXED[4])
+    assert await one.flush() and await two.flush()
+    first, second = await one.snapshot(), await two.snapshot()
+    assert first.counts == second.counts == totals(MIXED[3:5])  # nothing from before or during the outage
+    assert first.period == 2  # above every period the replicas knew, never back to 0
+    keys = redis_server.cli("--scan", "--pattern", "{rp-test}:stats:*").split()
+    assert keys == ["{rp-test}:stats:2"]  # the lost dataset's counts were not filed under a dead period
+
+
+async def test_stats_are_stale_only_when_redis_does_not_answer(
+    redis_server: RedisServer, open_redis_store: StoreFactory
+) -> None:
+    store = await open_redis_store(redis_server.url, "replica-1")
+    recording = True
+
+    async def traffic() -> None:  # a request finishes at every turn of the event loop, during flushes too
+        while recording:
+            store.record(MIXED[0])
+            await asyncio.sleep(0)
+
+    async def snapshots() -> list[bool]:
+        nonlocal recording
+        try:
+            return [(await store.snapshot()).stale for _ in range(20)]
+        finally:
+            recording = False
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(traffic())
+        stale = group.create_task(snapshots())
+    assert stale.result() == [False] * 20
+    redis_server.pause()
+    try:
+        assert (await store.snapshot()).stale
+    finally:
+        redis_server.resume()

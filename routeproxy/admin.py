@@ -217,6 +217,7 @@ async def readyz(request: Request) -> Response:
     resources = resources_of(request)
     counters = resources.counters
     checks = {
+        "replica": counters.replica_id,
         "draining": resources.draining,
         "counters": f"{counters.store_name}: {'ok' if counters.healthy else 'unreachable, counting locally'}",
         "inflight": resources.inflight,

@@ -115,10 +115,14 @@ def create_app(settings: Settings) -> ProxyApp:
             router=router,
             pool=pool,
             counters=counters,
-            metrics=Metrics(settings.tier_labels),
+            metrics=Metrics(settings.tier_labels, multiprocess_workers=settings.server.workers > 1),
             decisions=decisions,
             rollout=rollout,
             client_key_digests=frozenset(digest(key) for key in client_keys),
+        )
+        # Each worker's flush reports to the metrics itself: with --workers N a scrape reaches one worker only.
+        counters.on_flush = lambda: resources.metrics.set_counter_store(
+            failures=counters.failures, flush_lag_s=counters.flush_lag_s
         )
         restore_signals = _drain_on_signals(resources)
         try:

@@ -7,8 +7,10 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -80,7 +82,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             env = SETTINGS_BY_KEY[key].env
             if env:
                 os.environ[env] = "" if value is None else str(value)
-        uvicorn.run("routeproxy.app:app_from_environment", factory=True, workers=settings.server.workers, **options)
+        # The workers share their Prometheus series through files here (prometheus_client's multiprocess mode,
+        # which reads this variable when the workers import it).
+        metrics_dir = tempfile.mkdtemp(prefix="routeproxy-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        try:
+            uvicorn.run("routeproxy.app:app_from_environment", factory=True, workers=settings.server.workers, **options)
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

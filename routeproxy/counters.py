@@ -11,7 +11,7 @@ import abc
 import os
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import ClassVar
 
@@ -43,6 +43,7 @@ class CounterStore(abc.ABC):
         self._runtime = RuntimeConfig()
         self.failures = 0  # flushes the shared store did not acknowledge, since start
         self.last_flush = time.monotonic()  # when the local tallies last reached the shared store
+        self.on_flush: Callable[[], None] | None = None  # told after every flush attempt (metrics read failures)
 
     @abc.abstractmethod
     def record(self, outcome: Outcome) -> None:

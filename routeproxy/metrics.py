@@ -1,9 +1,11 @@
 """The Prometheus series served on ``GET /metrics``.
 
 Each ``Metrics`` owns its own ``CollectorRegistry`` (never prometheus_client's global one), so several apps in
-one process, as in the tests, keep separate series. The values are this process's only: with
-``--workers N`` every worker has its own, and a scrape reaches one worker; run one worker per pod and let
-Prometheus scrape every pod (the Kubernetes manifests in deploy/ do).
+one process, as in the tests, keep separate series. With ``--workers N`` the workers share their series through
+prometheus_client's multiprocess mode (``routeproxy serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh
+directory before the workers start): a scrape that reaches any worker answers the sum over all of them, the
+in-flight gauge is kept on the request path (summed over live workers), and the gauges read from the shared
+state (runtime config, quality, rollout) show the last value set.
 
 ``observe`` is on the request path. Every labelled child is resolved once, at construction, into plain dicts,
 so a call is a few dict look-ups and lock-protected float additions, and every series exists (at zero) from the
@@ -15,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 from routeproxy.classify import Complexity
 from routeproxy.config import Tier
@@ -77,8 +79,10 @@ _SLOTS: dict[Complexity | None, str] = {**{c: c.value for c in Complexity}, None
 class Metrics:
     """The proxy's Prometheus series, in a registry of their own."""
 
-    def __init__(self, labels: Mapping[Tier, str]) -> None:
-        """``labels`` names the tiers in every series (``Settings.tier_labels``)."""
+    def __init__(self, labels: Mapping[Tier, str], *, multiprocess_workers: bool = False) -> None:
+        """``labels`` names the tiers in every series (``Settings.tier_labels``); ``multiprocess_workers``: the
+        series are shared by several worker processes (see the module docstring)."""
+        self.multiprocess_workers = multiprocess_workers
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
 
@@ -158,17 +162,25 @@ class Metrics:
             f"{PREFIX}_counter_flush_lag_seconds",
             "Seconds since this process's counters last reached the shared store (0 when in memory).",
             registry=registry,
+            multiprocess_mode="max",
         )
         self._inflight = Gauge(
-            f"{PREFIX}_inflight_requests", "Proxied requests in progress in this process.", registry=registry
+            f"{PREFIX}_inflight_requests",
+            "Proxied requests in progress in this process.",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         self._ab_test_ratio = Gauge(
             f"{PREFIX}_ab_test_ratio",
             "Share of MEDIUM queries sent to the small tier, in force now.",
             registry=registry,
+            multiprocess_mode="mostrecent",
         )
         self._routing_enabled = Gauge(
-            f"{PREFIX}_routing_enabled", "1 when auto requests are routed by complexity, else 0.", registry=registry
+            f"{PREFIX}_routing_enabled",
+            "1 when auto requests are routed by complexity, else 0.",
+            registry=registry,
+            multiprocess_mode="mostrecent",
         )
 
         feedback = Counter(
@@ -192,12 +204,14 @@ class Metrics:
             "Mean feedback score on MEDIUM queries in the current A/B period, by tier (shared totals; NaN = none).",
             ["tier"],
             registry=registry,
+            multiprocess_mode="mostrecent",
         )
         count = Gauge(
             f"{PREFIX}_quality_feedback_count",
             "Feedback events on MEDIUM queries in the current A/B period, by tier (shared totals).",
             ["tier"],
             registry=registry,
+            multiprocess_mode="mostrecent",
         )
         self._quality_mean = {labels[tier]: mean.labels(labels[tier]) for tier in Tier}
         self._quality_count = {labels[tier]: count.labels(labels[tier]) for tier in Tier}
@@ -206,6 +220,7 @@ class Metrics:
             "Relative degradation of 3B against 8B on MEDIUM queries: the estimate and its 95 % bounds (NaN = none).",
             ["bound"],
             registry=registry,
+            multiprocess_mode="mostrecent",
         )
         self._degradation = {bound: degradation.labels(bound) for bound in ("point", "low", "high")}
         verdict = Gauge(
@@ -213,15 +228,20 @@ class Metrics:
             "1 for the A/B verdict in force, 0 for the others.",
             ["verdict"],
             registry=registry,
+            multiprocess_mode="mostrecent",
         )
         self._verdict = {name: verdict.labels(name) for name in VERDICTS}
         self._rollout_step = Gauge(
             f"{PREFIX}_rollout_step",
             "The rollout controller's step index (-1 = ratio 0; NaN = controller off).",
             registry=registry,
+            multiprocess_mode="mostrecent",
         )
         self._rollout_paused = Gauge(
-            f"{PREFIX}_rollout_paused", "1 while the rollout controller is paused.", registry=registry
+            f"{PREFIX}_rollout_paused",
+            "1 while the rollout controller is paused.",
+            registry=registry,
+            multiprocess_mode="mostrecent",
         )
 
     def observe(self, outcome: Outcome, *, overhead_s: float | None, classify_s: float | None) -> None:
@@ -255,9 +275,15 @@ class Metrics:
             child = self._rejected_by_status[status] = self._rejected.labels(str(status))
         child.inc()
 
+    @property
+    def shared_inflight(self) -> Gauge | None:
+        """With several workers, the gauge the request path moves itself (a scrape sees only its own worker)."""
+        return self._inflight if self.multiprocess_workers else None
+
     def set_inflight(self, requests: int) -> None:
         """Set at scrape time from the app's own in-flight count (the request path keeps just that one)."""
-        self._inflight.set(requests)
+        if not self.multiprocess_workers:
+            self._inflight.set(requests)
 
     def set_runtime(self, *, ab_test_ratio: float, routing_enabled: bool) -> None:
         self._ab_test_ratio.set(ab_test_ratio)
@@ -302,4 +328,9 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         """The body and content type of ``GET /metrics`` (Prometheus text format 0.0.4)."""
-        return generate_latest(self.registry), CONTENT_TYPE
+        if not self.multiprocess_workers:
+            return generate_latest(self.registry), CONTENT_TYPE
+        registry = CollectorRegistry()
+        # Every worker's values, from the files in PROMETHEUS_MULTIPROC_DIR.
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE

@@ -297,11 +297,15 @@ class RedisCounterStore(CounterStore):
                     log.warning("counters.redis_unavailable", error=repr(exc), backlog=self.backlog_fields)
                 self._healthy = False
                 self.failures += 1
+                if self.on_flush is not None:
+                    self.on_flush()
                 return False
         if not self._healthy:
             log.info("counters.redis_back")
         self._healthy = True
         self.last_flush = time.monotonic()
+        if self.on_flush is not None:
+            self.on_flush()
         return True
 
     async def flush(self) -> bool:

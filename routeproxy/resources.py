@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from prometheus_client import Gauge
 from starlette.requests import Request
 
 from routeproxy.config import Settings
@@ -29,6 +30,10 @@ class Resources:
     client_key_digests: frozenset[bytes] = frozenset()
     inflight: int = 0
     draining: bool = False
+    inflight_gauge: Gauge | None = None  # several workers: the shared gauge moves with every request
+
+    def __post_init__(self) -> None:
+        self.inflight_gauge = self.metrics.shared_inflight
 
     @property
     def log_requests(self) -> bool:
@@ -44,9 +49,13 @@ class Resources:
                 code="too_many_concurrent_requests",
             )
         self.inflight += 1
+        if self.inflight_gauge is not None:
+            self.inflight_gauge.inc()
 
     def release(self) -> None:
         self.inflight -= 1
+        if self.inflight_gauge is not None:
+            self.inflight_gauge.dec()
 
     def routing_now(self) -> tuple[bool, float]:
         """(enabled, ab_test_ratio) in force now: the shared runtime config where set, else the settings.

@@ -275,3 +275,53 @@ def test_a_proxy_counts_into_redis_cluster(
     report = stats(proxy.url)
     assert report["store"] == "redis" and report["stale"] is False
     assert report["total_requests"] == len(PROMPTS)
+
+
+def requests_total(metrics_text: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics_text.splitlines()
+        if line.startswith("routeproxy_requests_total{")
+    )
+
+
+def test_several_workers_give_one_view(redis_server: RedisServer, served: list[Served]) -> None:
+    """serve --workers 2: whichever worker a connection reaches, stats, reset, runtime config and /metrics agree."""
+    proxy = serve(
+        "--simulate",
+        "--speed",
+        "1000",
+        "--workers",
+        "2",
+        env={"REDIS_URL": redis_server.url, "ENABLE_MODEL_ROUTING": "true", "ROUTEPROXY_REDIS_NAMESPACE": "rp"},
+    )
+    served.append(proxy)
+
+    def views(expect: Any, tries: int = 80) -> dict[str, Any]:
+        """Each worker's view, one fresh connection at a time, until both workers have shown ``expect``."""
+        seen: dict[str, Any] = {}
+        for _ in range(tries):
+            with httpx.Client(base_url=proxy.url, timeout=10) as client:  # a new connection: any worker
+                replica = client.get("/readyz").json()["checks"]["replica"]
+                report = client.get("/v1/model-routing/stats").json()
+                view = (
+                    report["total_requests"],
+                    report["period"],
+                    client.get("/v1/model-routing/config").json()["ab_test_ratio"],
+                    requests_total(client.get("/metrics").text),
+                )
+            seen[replica] = view
+            if len(seen) == 2 and all(value == expect for value in seen.values()):
+                break
+        return seen
+
+    with httpx.Client(timeout=10) as client:
+        for index in range(12):
+            with httpx.Client(timeout=10) as fresh:
+                assert send(proxy.url, PROMPTS[index % len(PROMPTS)], fresh).status_code == 200
+        seen = views((12, 0, 0.5, 12.0))
+        assert list(seen.values()) == [(12, 0, 0.5, 12.0)] * 2, seen
+        assert client.put(f"{proxy.url}/v1/model-routing/config", json={"ab_test_ratio": 0.9}).status_code == 200
+        assert client.post(f"{proxy.url}/v1/model-routing/reset").status_code == 200
+        seen = views((0, 1, 0.9, 12.0))
+        assert list(seen.values()) == [(0, 1, 0.9, 12.0)] * 2, seen

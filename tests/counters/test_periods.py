@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 
 from support.redis_server import RedisServer, redis_server  # noqa: F401
-from test_counters import MIXED, StoreFactory, eventually, open_redis_store, totals  # noqa: F401
+from support.wait import eventually_async
+from test_counters import MIXED, StoreFactory, open_redis_store, totals  # noqa: F401
 
 from routeproxy.redis_layout import RedisKeys
 
@@ -69,7 +70,7 @@ async def test_a_redis_that_restarts_empty_moves_the_period_on_and_keeps_no_lost
         first, second = await one.snapshot(), await two.snapshot()
         return not first.stale and not second.stale and first.period == second.period > 1
 
-    await eventually(new_period_started, within=5.0)
+    await eventually_async(new_period_started, tries=100, interval=0.05)
     one.record(MIXED[3])
     two.record(MIXED[4])
     assert await one.flush() and await two.flush()

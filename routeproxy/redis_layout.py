@@ -170,7 +170,9 @@ if not epoch then
   if current < 0 and known >= 0 then
     start_period(known + 1, now + announce)
   elseif current < 0 then
-    start_period(0, now)
+    -- the very first period: it began with the first outcome counted, by a replica that came up before Redis
+    local first = tonumber(ARGV[6])
+    start_period(0, (tonumber(ARGV[3]) > 0 and ARGV[4] == '' and first < now) and first or now)
   end
 elseif ARGV[11] ~= '' and ARGV[11] ~= epoch and known >= current then
   start_period(known + 1, now + announce)

@@ -108,3 +108,17 @@ async def test_stats_are_stale_only_when_redis_does_not_answer(
         assert (await store.snapshot()).stale
     finally:
         redis_server.resume()
+
+
+async def test_counts_from_before_redis_first_answered_open_the_first_period(
+    redis_server: RedisServer, open_redis_store: StoreFactory
+) -> None:
+    redis_server.stop()
+    store = await open_redis_store(redis_server.url, "replica-early")
+    store.record(MIXED[0])
+    store.record(MIXED[1])
+    redis_server.start()
+    await eventually_async(store.flush, tries=100, interval=0.05)
+    snapshot = await store.snapshot()
+    assert (snapshot.period, snapshot.stale) == (0, False)
+    assert snapshot.counts == totals(MIXED[:2])

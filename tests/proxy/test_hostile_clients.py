@@ -11,9 +11,12 @@ from collections.abc import Iterator
 import httpx
 import orjson
 import pytest
-from support.upstreams import ProxyFactory
+from support.upstreams import ProxyFactory, fast_profile, settings_for
 
+from routeproxy.app import create_app
 from routeproxy.config import Tier
+from routeproxy.server import GuardedHttpToolsProtocol
+from routeproxy.sim.simulator import create_simulator_app
 from routeproxy.sim.threadserver import ThreadedServer
 
 SIMPLE = [{"role": "user", "content": "Write a haiku about rain"}]
@@ -23,6 +26,24 @@ WAIT_S = 10.0  # the most any test here waits for an answer; the limits under te
 
 def upstreams(simulators: dict[Tier, ThreadedServer]) -> dict[Tier, str]:
     return {tier: f"{server.url}/v1" for tier, server in simulators.items()}
+
+
+@pytest.fixture(scope="module")
+def sims() -> Iterator[dict[Tier, ThreadedServer]]:
+    """One pair of simulated upstreams for this module (each test here starts its own proxy, or shares one)."""
+    servers = {tier: ThreadedServer(create_simulator_app(fast_profile(tier))).start() for tier in Tier}
+    yield servers
+    for server in servers.values():
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def limited(sims: dict[Tier, ThreadedServer]) -> Iterator[ThreadedServer]:
+    """A proxy with short deadlines and a small body limit, served with the protocol `routeproxy serve` uses."""
+    limits = {"server.header_timeout": 0.3, "server.body_timeout": 0.5, "server.max_body_bytes": 4096}
+    app = create_app(settings_for(upstreams(sims), **limits))
+    with ThreadedServer(app, http=GuardedHttpToolsProtocol) as server:
+        yield server
 
 
 @contextlib.contextmanager
@@ -53,10 +74,9 @@ def status_and_error(response: bytes) -> tuple[int, dict[str, object]]:
     ids=["nothing", "head-without-end", "half-a-request-line"],
 )
 def test_a_request_head_that_does_not_arrive_in_time_gets_408_and_the_connection_closes(
-    simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFactory, sent: bytes
+    limited: ThreadedServer, sent: bytes
 ) -> None:
-    proxy = start_proxy(upstreams(simulators), **{"server.header_timeout": 0.3})
-    with raw(proxy.port) as sock:
+    with raw(limited.port) as sock:
         sock.sendall(sent)
         status, error = status_and_error(read_until_closed(sock))
     assert status == 408
@@ -72,22 +92,20 @@ def test_a_request_head_that_does_not_arrive_in_time_gets_408_and_the_connection
     ids=["101-header-lines", "40-kb-header"],
 )
 def test_header_floods_get_431_and_the_proxy_keeps_serving(
-    proxy: ThreadedServer, extra_headers: bytes, code: str
+    limited: ThreadedServer, extra_headers: bytes, code: str
 ) -> None:
-    with raw(proxy.port) as sock:
+    with raw(limited.port) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n" + extra_headers + b"\r\n")
         status, error = status_and_error(read_until_closed(sock))
     assert status == 431
     assert error["code"] == code
-    within = httpx.get(f"{proxy.url}/healthz", headers={f"x-ok-{index}": "1" for index in range(90)})
+    within = httpx.get(f"{limited.url}/healthz", headers={f"x-ok-{index}": "1" for index in range(90)})
     assert within.status_code == 200
 
 
-def test_slow_bodies_hold_no_concurrency_slot(
-    simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFactory
-) -> None:
+def test_slow_bodies_hold_no_concurrency_slot(sims: dict[Tier, ThreadedServer], start_proxy: ProxyFactory) -> None:
     """Three clients trickling their bodies, against a limit of two: a whole request still gets through."""
-    proxy = start_proxy(upstreams(simulators), **{"server.max_concurrent_requests": 2})
+    proxy = start_proxy(upstreams(sims), **{"server.max_concurrent_requests": 2})
     with contextlib.ExitStack() as stack:
         for _ in range(3):
             sock = stack.enter_context(raw(proxy.port))
@@ -100,26 +118,20 @@ def test_slow_bodies_hold_no_concurrency_slot(
         assert httpx.get(f"{proxy.url}/readyz").json()["checks"]["inflight"] == 0
 
 
-def test_a_body_that_does_not_arrive_in_time_gets_408(
-    simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFactory
-) -> None:
-    proxy = start_proxy(upstreams(simulators), **{"server.body_timeout": 0.3})
-    with raw(proxy.port) as sock:
+def test_a_body_that_does_not_arrive_in_time_gets_408(limited: ThreadedServer) -> None:
+    with raw(limited.port) as sock:
         sock.sendall(CHAT_HEAD + b"content-length: 1000\r\n\r\n" + b'{"model": "au')
         status, error = status_and_error(read_until_closed(sock))
     assert status == 408
     assert error["code"] == "body_timeout"
 
 
-def test_a_413_reaches_a_client_still_sending_and_the_drain_is_bounded(
-    simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFactory
-) -> None:
+def test_a_413_reaches_a_client_still_sending_and_the_drain_is_bounded(limited: ThreadedServer) -> None:
     """The client keeps sending its (declared 1 GB) body after the 413 was sent, as curl or an SDK does: it reads
     the 413 rather than a reset, and the proxy stops reading the rest once the body deadline has passed."""
-    proxy = start_proxy(upstreams(simulators), **{"server.max_body_bytes": 4096, "server.body_timeout": 0.5})
     received = b""
     closed = False
-    with raw(proxy.port) as sock:
+    with raw(limited.port) as sock:
         sock.sendall(CHAT_HEAD + b"content-length: 1000000000\r\n\r\n")
         deadline = time.monotonic() + WAIT_S
         while not closed and time.monotonic() < deadline:
@@ -139,31 +151,31 @@ def test_a_413_reaches_a_client_still_sending_and_the_drain_is_bounded(
 
 
 def test_headers_named_in_connection_are_not_forwarded(
-    proxy: ThreadedServer, simulators: dict[Tier, ThreadedServer]
+    limited: ThreadedServer, sims: dict[Tier, ThreadedServer]
 ) -> None:
     httpx.post(
-        f"{proxy.url}/v1/chat/completions",
+        f"{limited.url}/v1/chat/completions",
         json={"model": "auto", "messages": SIMPLE},
         headers={"connection": "keep-alive, X-Hop-Secret", "x-hop-secret": "for-the-first-hop-only", "x-kept": "1"},
     )
-    received = httpx.get(f"{simulators[Tier.LARGE].url}/_sim/requests").json()[-1]["headers"]
+    received = httpx.get(f"{sims[Tier.LARGE].url}/_sim/requests").json()[-1]["headers"]
     assert "x-hop-secret" not in received
     assert received["x-kept"] == "1"
 
 
-def test_json_nested_past_what_the_serializer_handles_is_400(proxy: ThreadedServer) -> None:
+def test_json_nested_past_what_the_serializer_handles_is_400(limited: ThreadedServer) -> None:
     nested = b'{"model":"auto","messages":[{"role":"user","content":"hi"}],"metadata":' + b"[" * 300 + b"]" * 300
     response = httpx.post(
-        f"{proxy.url}/v1/chat/completions", content=nested + b"}", headers={"content-type": "application/json"}
+        f"{limited.url}/v1/chat/completions", content=nested + b"}", headers={"content-type": "application/json"}
     )
     assert response.status_code == 400
     assert "nested more than 254 levels" in response.json()["error"]["message"]
 
 
 def test_client_strings_are_never_echoed_unbounded(
-    simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFactory, capfd: pytest.CaptureFixture[str]
+    sims: dict[Tier, ThreadedServer], start_proxy: ProxyFactory, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    proxy = start_proxy(upstreams(simulators), **{"server.admin_token": "admin-token-1234567890"})
+    proxy = start_proxy(upstreams(sims), **{"server.admin_token": "admin-token-1234567890"})
     huge = "m" * 5_000_000
     with httpx.Client(base_url=proxy.url, timeout=WAIT_S) as client:
         unknown_model = client.post("/v1/chat/completions", json={"model": huge, "messages": SIMPLE})

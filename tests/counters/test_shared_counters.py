@@ -301,7 +301,7 @@ def test_several_workers_give_one_view(redis_server: RedisServer, served: list[S
         """Each worker's view, one fresh connection at a time, until both workers have shown ``expect``."""
         seen: dict[str, Any] = {}
         for _ in range(tries):
-            with httpx.Client(base_url=proxy.url, timeout=10) as client:  # a new connection: any worker
+            with http.client(base_url=proxy.url, timeout=10) as client:  # a new connection: any worker
                 replica = client.get("/readyz").json()["checks"]["replica"]
                 report = client.get("/v1/model-routing/stats").json()
                 view = (
@@ -315,9 +315,9 @@ def test_several_workers_give_one_view(redis_server: RedisServer, served: list[S
                 break
         return seen
 
-    with httpx.Client(timeout=10) as client:
+    with http.client(timeout=10) as client:
         for index in range(12):
-            with httpx.Client(timeout=10) as fresh:
+            with http.client(timeout=10) as fresh:
                 assert send(proxy.url, PROMPTS[index % len(PROMPTS)], fresh).status_code == 200
         seen = views((12, 0, 0.5, 12.0))
         assert list(seen.values()) == [(12, 0, 0.5, 12.0)] * 2, seen

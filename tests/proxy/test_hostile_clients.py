@@ -8,9 +8,9 @@ import socket
 import time
 from collections.abc import Iterator
 
-import httpx
 import orjson
 import pytest
+from support import http
 from support.upstreams import ProxyFactory, fast_profile, settings_for
 
 from routeproxy.app import create_app
@@ -99,7 +99,7 @@ def test_header_floods_get_431_and_the_proxy_keeps_serving(
         status, error = status_and_error(read_until_closed(sock))
     assert status == 431
     assert error["code"] == code
-    within = httpx.get(f"{limited.url}/healthz", headers={f"x-ok-{index}": "1" for index in range(90)})
+    within = http.get(f"{limited.url}/healthz", headers={f"x-ok-{index}": "1" for index in range(90)})
     assert within.status_code == 200
 
 
@@ -111,11 +111,11 @@ def test_slow_bodies_hold_no_concurrency_slot(sims: dict[Tier, ThreadedServer], 
             sock = stack.enter_context(raw(proxy.port))
             sock.sendall(CHAT_HEAD + b"content-length: 1000\r\n\r\n" + b'{"model": "au')
         # Each trickling body has reached the app (its head is complete); none of them may hold a slot.
-        response = httpx.post(
+        response = http.post(
             f"{proxy.url}/v1/chat/completions", json={"model": "auto", "messages": SIMPLE}, timeout=WAIT_S
         )
         assert response.status_code == 200
-        assert httpx.get(f"{proxy.url}/readyz").json()["checks"]["inflight"] == 0
+        assert http.get(f"{proxy.url}/readyz").json()["checks"]["inflight"] == 0
 
 
 def test_a_body_that_does_not_arrive_in_time_gets_408(limited: ThreadedServer) -> None:
@@ -153,19 +153,19 @@ def test_a_413_reaches_a_client_still_sending_and_the_drain_is_bounded(limited: 
 def test_headers_named_in_connection_are_not_forwarded(
     limited: ThreadedServer, sims: dict[Tier, ThreadedServer]
 ) -> None:
-    httpx.post(
+    http.post(
         f"{limited.url}/v1/chat/completions",
         json={"model": "auto", "messages": SIMPLE},
         headers={"connection": "keep-alive, X-Hop-Secret", "x-hop-secret": "for-the-first-hop-only", "x-kept": "1"},
     )
-    received = httpx.get(f"{sims[Tier.LARGE].url}/_sim/requests").json()[-1]["headers"]
+    received = http.get(f"{sims[Tier.LARGE].url}/_sim/requests").json()[-1]["headers"]
     assert "x-hop-secret" not in received
     assert received["x-kept"] == "1"
 
 
 def test_json_nested_past_what_the_serializer_handles_is_400(limited: ThreadedServer) -> None:
     nested = b'{"model":"auto","messages":[{"role":"user","content":"hi"}],"metadata":' + b"[" * 300 + b"]" * 300
-    response = httpx.post(
+    response = http.post(
         f"{limited.url}/v1/chat/completions", content=nested + b"}", headers={"content-type": "application/json"}
     )
     assert response.status_code == 400
@@ -177,7 +177,7 @@ def test_client_strings_are_never_echoed_unbounded(
 ) -> None:
     proxy = start_proxy(upstreams(sims), **{"server.admin_token": "admin-token-1234567890"})
     huge = "m" * 5_000_000
-    with httpx.Client(base_url=proxy.url, timeout=WAIT_S) as client:
+    with http.client(base_url=proxy.url, timeout=WAIT_S) as client:
         unknown_model = client.post("/v1/chat/completions", json={"model": huge, "messages": SIMPLE})
         bad_setting = client.put(
             "/v1/model-routing/config",

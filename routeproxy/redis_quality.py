@@ -51,14 +51,18 @@ _REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 # Stores a batch of decisions with their TTL and counts regenerations: a sticky key seen within the window, by
 # another request id, counts one for the tier and complexity of the answer that was asked again. Resending a batch
 # is harmless: HSET is idempotent and a request never regenerates itself.
-# KEYS, per decision: its hash, its regeneration key (the hash again when it has none), the stats of its period.
+# A regeneration is counted only in a period this Redis dataset knows (its since key exists): a decision recorded
+# under a period of a dataset Redis lost (a restart without persistence) counts nowhere, as the counters' period
+# rules say (redis_layout.PERIOD_RULES_MARKDOWN).
+# KEYS, per decision: its hash, its regeneration key (the hash again when it has none), the stats of its period,
+# the start of its period.
 # ARGV: ttl seconds, window ms, then per decision: id, tier, complexity, period, stream, status, latency, at, has_key.
 _REMEMBER_LUA = """
 local per = 9
 for i = 0, (#ARGV - 2) / per - 1 do
   local a = 3 + i * per
   local id, tier, complexity = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-  local decision, recent, stats = KEYS[i * 3 + 1], KEYS[i * 3 + 2], KEYS[i * 3 + 3]
+  local decision, recent, stats, since = KEYS[i * 4 + 1], KEYS[i * 4 + 2], KEYS[i * 4 + 3], KEYS[i * 4 + 4]
   redis.call('HSET', decision, 'tier', tier, 'complexity', complexity, 'period', ARGV[a + 3],
     'stream', ARGV[a + 4], 'status', ARGV[a + 5], 'latency_ms', ARGV[a + 6], 'at', ARGV[a + 7])
   redis.call('EXPIRE', decision, ARGV[1])
@@ -66,7 +70,7 @@ for i = 0, (#ARGV - 2) / per - 1 do
     local previous = redis.call('GET', recent)
     if previous then
       local first_tier, first_complexity, first_id = string.match(previous, '^([^|]*)|([^|]*)|(.*)$')
-      if first_id ~= id then
+      if first_id ~= id and redis.call('EXISTS', since) == 1 then
         redis.call('HINCRBY', stats, 'regenerations:' .. first_tier, 1)
         redis.call('HINCRBY', stats, 'regenerations:' .. first_tier .. ':' .. first_complexity, 1)
       end
@@ -180,7 +184,7 @@ class RedisDecisionStore(DecisionStore):
         for decision in batch:
             own = self.key(f"decision:{decision.request_id}")
             recent = self.key(f"recent:{decision.regeneration_key}") if decision.regeneration_key else own
-            keys += [own, recent, self.key(f"stats:{decision.period}")]
+            keys += [own, recent, self.key(f"stats:{decision.period}"), self.key(f"since:{decision.period}")]
             args += [
                 decision.request_id, decision.tier, decision.complexity, decision.period, int(decision.stream),
                 decision.status, round(decision.latency_ms, 3), round(decision.at, 3),

@@ -122,7 +122,7 @@ def test_asking_again_counts_a_regeneration(simulators: dict[Tier, ThreadedServe
 def test_feedback_for_a_request_before_a_reset_stays_in_its_period(
     simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFactory
 ) -> None:
-    proxy = start_proxy(upstreams(simulators), **{"routing.enabled": True})
+    proxy = start_proxy(upstreams(simulators), **{"routing.enabled": True, "server.admin_loopback_without_token": True})
     request_id, _ = ask(proxy.url)
     assert httpx.post(f"{proxy.url}/v1/model-routing/reset", timeout=10).status_code == 200
     answer = feedback(proxy.url, {"request_id": request_id, "thumbs": "up"})

@@ -1,4 +1,4 @@
-"""The chat completions endpoint, the hot path, as a short pipeline: admit -> parse -> route -> relay."""
+"""The chat completions endpoint, the hot path, as a short pipeline: body -> admit -> parse -> route -> relay."""
 
 from __future__ import annotations
 

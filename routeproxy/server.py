@@ -155,7 +155,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """What ``routeproxy serve`` passes to uvicorn (host and port included); tests pass the same to theirs."""
+    """What ``routeproxy serve`` passes to uvicorn (host and port included); the tests' proxies use the same
+    protocol (``tests/conftest.py``)."""
     return {
         "host": settings.server.host,
         "port": settings.server.port,

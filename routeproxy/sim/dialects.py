@@ -74,6 +74,15 @@ class VllmWire(Wire):
             value = body.get(field)
             if value is not None and (not isinstance(value, ok) or (kind == "integer" and isinstance(value, bool))):
                 return self._invalid(field, f"Input should be a valid {kind}")
+        tools = body.get("tools")
+        if tools is not None and not tools:
+            return self._envelope(400, "`tools` must not be an empty array", "BadRequestError", "tools")
+        if body.get("tool_choice") not in (None, "none") and not tools:
+            return self._envelope(400, "When using `tool_choice`, `tools` must be set.", "BadRequestError", "tools")
+        if body.get("top_logprobs") and not body.get("logprobs"):
+            return self._envelope(
+                400, "when using `top_logprobs`, `logprobs` must be set to true.", "BadRequestError", "top_logprobs"
+            )
         if body.get("stream_options") and body.get("stream") is not True:
             return self._envelope(400, "Stream options can only be defined when `stream=True`.", "BadRequestError")
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -84,6 +93,12 @@ class VllmWire(Wire):
             return self._envelope(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
         return None
 
+    def check_text(self, body: Json) -> Response | None:
+        model = body.get("model")
+        if model and model != self.served_model:
+            return self._envelope(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
+        return super().check_text(body)
+
     def include_usage(self, body: Json) -> bool:
         # vLLM's StreamOptions.include_usage defaults to True once stream_options is present (§1.4).
         options = body.get("stream_options")
@@ -92,14 +107,20 @@ class VllmWire(Wire):
     def answer_id(self, request_id: str | None) -> str:
         return f"chatcmpl-{request_id}" if request_id else f"chatcmpl-{uuid.uuid4().hex}"
 
-    def token_chunk(self, answer: Answer, token: str, finish_reason: str | None) -> Json:
-        chunk = self._chunk(answer, {"content": token}, finish_reason)
+    def tool_call_id(self, index: int) -> str:
+        return f"chatcmpl-tool-{uuid.uuid4().hex}"
+
+    def token_chunk(self, answer: Answer, position: int, finish_reason: str | None) -> Json:
+        chunk = super().token_chunk(answer, position, finish_reason)
         if finish_reason is not None:
             chunk["choices"][0]["stop_reason"] = None
         return chunk
 
     def stop_chunk(self, answer: Answer) -> Json:
-        return self.token_chunk(answer, "", "stop")
+        # vLLM ends a text answer with an empty content delta, a tool call with an empty delta.
+        chunk = self._chunk(answer, {} if answer.tool_calls or answer.text else {"content": ""}, answer.finish_reason)
+        chunk["choices"][0]["stop_reason"] = None
+        return chunk
 
     def stream_error(self, message: str) -> Json:
         return {"error": {"message": message, "type": "InternalServerError", "param": None, "code": 500}}
@@ -107,7 +128,8 @@ class VllmWire(Wire):
     def completion(self, answer: Answer) -> Json:
         payload = super().completion(answer)
         choice = payload["choices"][0]
-        choice["message"]["tool_calls"] = []
+        if not answer.text:
+            choice["message"].setdefault("tool_calls", [])
         choice["stop_reason"] = None
         payload["prompt_logprobs"] = None
         return payload
@@ -264,6 +286,10 @@ class TgiWire(Wire):
         }
 
     def _chunk(self, answer: Answer, delta: Json, finish_reason: str | None) -> Json:
+        if answer.text:
+            chunk = super()._chunk(answer, delta, finish_reason)
+            chunk["system_fingerprint"] = self.fingerprint
+            return chunk
         return {
             "object": "chat.completion.chunk",
             "id": "",
@@ -275,13 +301,20 @@ class TgiWire(Wire):
         }
 
     def opening(self, answer: Answer) -> list[Json]:
-        return []  # no role-only chunk: every delta repeats the role
+        # No role-only chunk: every delta repeats the role (assumed for a tool call's head as well).
+        if answer.tool_calls and not answer.text:
+            return [self._chunk(answer, {"role": "assistant", **self.tool_call_head(answer)}, None)]
+        return []
 
-    def token_chunk(self, answer: Answer, token: str, finish_reason: str | None) -> Json:
-        return self._chunk(answer, {"role": "assistant", "content": token}, finish_reason)
+    def tool_call_id(self, index: int) -> str:
+        return str(index)  # assumed: TGI numbers its tool calls
+
+    def delta(self, answer: Answer, token: str) -> Json:
+        return {"role": "assistant", **super().delta(answer, token)}
 
     def stop_chunk(self, answer: Answer) -> Json:
-        return self.token_chunk(answer, "", "stop")  # the EOS token is special: empty content
+        # The EOS token is special: empty content.
+        return self._chunk(answer, {"role": "assistant", "content": ""}, answer.finish_reason)
 
     def usage_chunk(self, answer: Answer) -> Json:
         chunk = self._chunk(answer, {}, None)

@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import hashlib
 import random
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import anyio
 import orjson
@@ -50,77 +48,21 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from routeproxy.config import Tier
+from routeproxy.sim.content import (
+    ToolCall,
+    chosen_tool,
+    filler,
+    json_text,
+    logprob_entries,
+    prompt_values,
+    seeded,
+    split_tokens,
+    tool_call,
+)
 from routeproxy.sim.dialects import WIRES, Answer, Dialect, Json, Wire, json_response
 
 __all__ = ["Dialect", "SimProfile", "create_simulator_app", "seed_profile"]
 
-_WORDS = (
-    "the",
-    "model",
-    "routes",
-    "each",
-    "request",
-    "to",
-    "a",
-    "small",
-    "or",
-    "large",
-    "tier",
-    "and",
-    "answers",
-    "with",
-    "tokens",
-    "that",
-    "arrive",
-    "one",
-    "by",
-    "at",
-    "steady",
-    "pace",
-    "while",
-    "proxy",
-    "streams",
-    "them",
-    "back",
-    "client",
-    "latency",
-    "budget",
-    "cost",
-    "quality",
-    "balance",
-    "simple",
-    "questions",
-    "need",
-    "less",
-    "compute",
-    "than",
-    "careful",
-    "analysis",
-    "so",
-    "router",
-    "saves",
-    "time",
-    "money",
-    "for",
-    "every",
-    "user",
-    "who",
-    "asks",
-    "something",
-    "short",
-    "clear",
-    "direct",
-    "useful",
-    "result",
-    "is",
-    "simulated",
-    "text",
-    "not",
-    "real",
-    "output",
-    "from",
-    "any",
-)
 _LOG_SIZE = 100
 _MIN_SLEEP_S = 0.0005  # below this, pacing runs ahead on the schedule instead of arming a timer
 
@@ -300,21 +242,21 @@ async def _sleep_unless_disconnect(receive: Receive, seconds: float) -> bool:
     return True
 
 
-def _words(messages: Any, count: int) -> tuple[str, ...]:
-    digest = hashlib.blake2b(orjson.dumps(messages, option=orjson.OPT_SORT_KEYS), digest_size=8).digest()
-    words = random.Random(int.from_bytes(digest, "big")).choices(_WORDS, k=count)
-    if words:
-        words[0] = words[0].capitalize()
-        words[-1] += "."
-    return tuple(word if i == 0 else f" {word}" for i, word in enumerate(words))
-
-
-def _prompt_tokens(messages: list[Any]) -> int:
-    size = 0
-    for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        size += len(content) if isinstance(content, str) else 0
-    return 3 * len(messages) + max(1, size // 4)
+def _prompt_tokens(body: Json) -> int:
+    """A rough count: a quarter of the characters, plus 3 per chat message; token ids count as themselves."""
+    messages, prompt = body.get("messages"), body.get("prompt")
+    if isinstance(messages, list):
+        size = sum(
+            len(message["content"])
+            for message in messages
+            if isinstance(message, dict) and isinstance(message.get("content"), str)
+        )
+        return 3 * len(messages) + max(1, size // 4)
+    items = prompt if isinstance(prompt, list) else [prompt]
+    return max(
+        1,
+        sum(len(item) if isinstance(item, list) else len(item) // 4 if isinstance(item, str) else 1 for item in items),
+    )
 
 
 class _Simulator:
@@ -355,6 +297,12 @@ class _Simulator:
         return faults
 
     async def chat(self, request: Request) -> Response:
+        return await self._generate(request, text=False)
+
+    async def text_completion(self, request: Request) -> Response:
+        return await self._generate(request, text=True)
+
+    async def _generate(self, request: Request, *, text: bool) -> Response:
         raw = await request.body()
         try:
             recorded: object = orjson.loads(raw)
@@ -367,10 +315,10 @@ class _Simulator:
         body = self.wire.parse(request.headers.get("content-type", ""), raw)
         if isinstance(body, Response):
             return body
-        refusal = self.wire.check(body)
+        refusal = self.wire.check_text(body) if text else self.wire.check(body)
         if refusal is not None:
             return refusal
-        answer = self._answer(body, request.headers, faults)
+        answer = self._answer(body, request.headers, faults, text=text)
         if answer.id and answer.id in self.stats.running_ids:
             return self.wire.error(400, f"Request id {answer.id} already running.")
         speed = self.profile.speed
@@ -384,20 +332,48 @@ class _Simulator:
             return _SimStream(events, ticket, self.wire.stream_headers())
         return await self._complete(request, answer, ticket, ttft, gap, faults)
 
-    def _answer(self, body: Json, headers: Headers, faults: _Faults) -> Answer:
-        messages = body.get("messages") or []
+    def _answer(self, body: Json, headers: Headers, faults: _Faults, *, text: bool) -> Answer:
+        """Decide the whole answer: text, a tool call or JSON (see ``routeproxy.sim.content``), capped by
+        max_tokens, with logprobs when asked for."""
+        asked = body.get("prompt") if text else body.get("messages") or []
         natural = faults.tokens if faults.tokens is not None else self.profile.answer_tokens
+        rng = seeded(asked)
+        tokens = filler(rng, natural)
+        calls: tuple[ToolCall, ...] = ()
+        function = None if text else chosen_tool(body)
+        if function is not None:
+            calls = (tool_call(function, rng, self.wire.tool_call_id(0), prompt_values(body)),)
+            tokens = split_tokens(calls[0].arguments)
+        elif not text and (structured := json_text(body.get("response_format"), rng, prompt_values(body))) is not None:
+            tokens = split_tokens(structured)
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        count = natural if limit is None else min(natural, limit)
+        count = len(tokens) if limit is None else min(len(tokens), limit)
+        answer_id = self.wire.answer_id(headers.get("x-request-id"))
         return Answer(
-            id=self.wire.answer_id(headers.get("x-request-id")),
+            id=answer_id.replace("chatcmpl-", "cmpl-", 1) if text else answer_id,
             model=self.wire.response_model(body),
             created=int(time.time()),
-            tokens=_words(messages, natural)[:count],
-            finish_reason="length" if count < natural else "stop",
-            prompt_tokens=_prompt_tokens(messages),
+            tokens=tokens[:count],
+            finish_reason="length" if count < len(tokens) else "tool_calls" if calls else "stop",
+            prompt_tokens=_prompt_tokens(body),
             include_usage=self.wire.include_usage(body),
+            tool_calls=calls,
+            logprobs=self._logprobs(body, tokens[:count], rng, text=text),
+            text=text,
         )
+
+    @staticmethod
+    def _logprobs(body: Json, tokens: tuple[str, ...], rng: random.Random, *, text: bool) -> tuple[Json, ...] | None:
+        # Chat asks with `logprobs: true` (+ `top_logprobs: n`); legacy completions with `logprobs: n`.
+        asked = body.get("logprobs")
+        if text:
+            top = asked if isinstance(asked, int) and not isinstance(asked, bool) else None
+        else:
+            top_logprobs = body.get("top_logprobs")
+            top = (top_logprobs if isinstance(top_logprobs, int) else 0) if asked is True else None
+        if top is None:
+            return None
+        return tuple(logprob_entries(tokens, top, rng))
 
     async def _complete(
         self, request: Request, answer: Answer, ticket: _Ticket, ttft: float, gap: float, faults: _Faults
@@ -445,9 +421,9 @@ class _Simulator:
                     yield at, wire.event(chunk)
             if position < count:
                 last = position == count - 1 and answer.finish_reason == "length"
-                yield at, wire.event(wire.token_chunk(answer, tokens[position], "length" if last else None))
+                yield at, wire.event(wire.token_chunk(answer, position, "length" if last else None))
                 continue
-            if answer.finish_reason == "stop":
+            if answer.finish_reason != "length":
                 yield at, wire.event(wire.stop_chunk(answer))
             if answer.include_usage:
                 yield at, wire.event(wire.usage_chunk(answer))
@@ -500,6 +476,8 @@ def create_simulator_app(profile: SimProfile) -> Starlette:
     sim = _Simulator(profile)
     routes = [
         Route("/v1/chat/completions", sim.chat, methods=["POST"]),
+        # vLLM and TGI serve legacy completions too; the HF router serves chat only (§3).
+        *([] if profile.dialect is Dialect.HF else [Route("/v1/completions", sim.text_completion, methods=["POST"])]),
         Route("/v1/models", sim.models, methods=["GET"]),
         Route("/health", sim.health, methods=["GET"]),
         Route("/_sim/requests", sim.recorded, methods=["GET", "DELETE"]),

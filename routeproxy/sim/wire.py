@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 import orjson
 from starlette.responses import Response
 
+from routeproxy.sim.content import ToolCall
+
 Json = dict[str, Any]
 
 
@@ -30,10 +32,14 @@ class Answer:
     id: str
     model: str  # the response `model` field
     created: int
-    tokens: tuple[str, ...]
-    finish_reason: str  # "stop" (an EOS chunk follows the tokens) or "length" (the last token carries it)
+    tokens: tuple[str, ...]  # the text, or the pieces of a tool call's arguments
+    # "stop" or "tool_calls" (a final chunk follows the tokens), or "length" (the last token carries it)
+    finish_reason: str
     prompt_tokens: int
     include_usage: bool
+    tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: tuple[Json, ...] | None = None  # one OpenAI logprobs entry per token, when asked for
+    text: bool = False  # a legacy text completion (/v1/completions), not a chat completion
 
     @property
     def usage(self) -> Json:
@@ -69,6 +75,12 @@ def serde_kind(value: object) -> str:
     if isinstance(value, str):
         return f"string {orjson.dumps(value).decode()}"
     return "sequence" if isinstance(value, list) else "map"
+
+
+def _prompt_item(item: object) -> bool:
+    if isinstance(item, list):
+        return all(isinstance(token, int) and not isinstance(token, bool) for token in item)
+    return isinstance(item, str) or (isinstance(item, int) and not isinstance(item, bool))
 
 
 class Wire:
@@ -126,6 +138,16 @@ class Wire:
         """A refusal sent before any stream byte, or None."""
         return None
 
+    def check_text(self, body: Json) -> Response | None:
+        """A legacy completions request: a prompt (a string, strings, token ids or lists of token ids)."""
+        prompt = body.get("prompt")
+        if not (
+            isinstance(prompt, str)
+            or (isinstance(prompt, list) and prompt and all(_prompt_item(item) for item in prompt))
+        ):
+            return self.error(400, "`prompt` must be a string, an array of strings or an array of token ids")
+        return None
+
     def in_stream_error(self, body: Json) -> str | None:
         """A refusal that a *streamed* request gets inside a 200 stream (TGI), or None."""
         return None
@@ -140,9 +162,21 @@ class Wire:
     def answer_id(self, request_id: str | None) -> str:
         return f"chatcmpl-{uuid.uuid4().hex}"
 
+    def tool_call_id(self, index: int) -> str:
+        return f"call_{uuid.uuid4().hex[:24]}"
+
     # -- shapes --
 
     def _chunk(self, answer: Answer, delta: Json, finish_reason: str | None) -> Json:
+        if answer.text:
+            choice: Json = {"index": 0, "text": delta.get("content", ""), "logprobs": None}
+            return {
+                "id": answer.id,
+                "object": "text_completion",
+                "created": answer.created,
+                "model": answer.model,
+                "choices": [{**choice, "finish_reason": finish_reason}],
+            }
         return {
             "id": answer.id,
             "object": "chat.completion.chunk",
@@ -152,42 +186,87 @@ class Wire:
         }
 
     def opening(self, answer: Answer) -> list[Json]:
-        """Chunks sent just before the first token."""
-        return [self._chunk(answer, {"role": "assistant", "content": ""}, None)]
+        """Chunks sent just before the first token: the role, then the head of a tool call."""
+        if answer.text:
+            return []
+        chunks = [self._chunk(answer, {"role": "assistant", "content": ""}, None)]
+        if answer.tool_calls:
+            chunks.append(self._chunk(answer, self.tool_call_head(answer), None))
+        return chunks
 
-    def token_chunk(self, answer: Answer, token: str, finish_reason: str | None) -> Json:
-        return self._chunk(answer, {"content": token}, finish_reason)
+    def tool_call_head(self, answer: Answer) -> Json:
+        call = answer.tool_calls[0]
+        head = {"index": 0, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+        return {"tool_calls": [head]}
+
+    def delta(self, answer: Answer, token: str) -> Json:
+        if answer.tool_calls:
+            return {"tool_calls": [{"index": 0, "function": {"arguments": token}}]}
+        return {"content": token}
+
+    def token_chunk(self, answer: Answer, position: int, finish_reason: str | None) -> Json:
+        chunk = self._chunk(answer, self.delta(answer, answer.tokens[position]), finish_reason)
+        if answer.logprobs is not None:
+            chunk["choices"][0]["logprobs"] = self.logprobs(answer, position, position + 1)
+        return chunk
 
     def stop_chunk(self, answer: Answer) -> Json:
-        return self._chunk(answer, {}, "stop")
+        return self._chunk(answer, {}, answer.finish_reason)
 
     def usage_chunk(self, answer: Answer) -> Json:
         return {
             "id": answer.id,
-            "object": "chat.completion.chunk",
+            "object": "text_completion" if answer.text else "chat.completion.chunk",
             "created": answer.created,
             "model": answer.model,
             "choices": [],
             "usage": answer.usage,
         }
 
+    def logprobs(self, answer: Answer, start: int, end: int) -> Json | None:
+        """The logprobs of tokens[start:end]: chat's ``{"content": [...]}``, or the legacy completions' lists."""
+        if answer.logprobs is None:
+            return None
+        entries = answer.logprobs[start:end]
+        if not answer.text:
+            return {"content": list(entries)}
+        offsets, offset = [], sum(len(token) for token in answer.tokens[:start])
+        for entry in entries:
+            offsets.append(offset)
+            offset += len(entry["token"])
+        return {
+            "tokens": [entry["token"] for entry in entries],
+            "token_logprobs": [entry["logprob"] for entry in entries],
+            "top_logprobs": [{top["token"]: top["logprob"] for top in entry["top_logprobs"]} for entry in entries],
+            "text_offset": offsets,
+        }
+
     def stream_error(self, message: str) -> Json:
         return {"error": {"message": message, "type": "server_error", "param": None, "code": "server_error"}}
 
+    def message(self, answer: Answer) -> Json:
+        if answer.tool_calls:
+            calls = [
+                {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+                for call in answer.tool_calls
+            ]
+            return {"role": "assistant", "content": None, "tool_calls": calls}
+        return {"role": "assistant", "content": "".join(answer.tokens)}
+
     def completion(self, answer: Answer) -> Json:
+        logprobs = self.logprobs(answer, 0, len(answer.tokens))
+        if answer.text:
+            choice: Json = {"index": 0, "text": "".join(answer.tokens), "logprobs": logprobs}
+            kind = "text_completion"
+        else:
+            choice = {"index": 0, "message": self.message(answer), "logprobs": logprobs}
+            kind = "chat.completion"
         return {
             "id": answer.id,
-            "object": "chat.completion",
+            "object": kind,
             "created": answer.created,
             "model": answer.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "".join(answer.tokens)},
-                    "logprobs": None,
-                    "finish_reason": answer.finish_reason,
-                }
-            ],
+            "choices": [{**choice, "finish_reason": answer.finish_reason}],
             "usage": answer.usage,
         }
 

@@ -11,15 +11,16 @@ from typing import Any
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from routeproxy.admin import healthz, prometheus_metrics, readyz, routing_config, routing_reset, routing_stats
 from routeproxy.admission import request_id_of
 from routeproxy.auth import digest
-from routeproxy.chat import chat_completions
+from routeproxy.chat import PASSTHROUGH, chat_completions, passthrough, text_completions
 from routeproxy.classify import Classifier, load_rules
 from routeproxy.config import Settings, load_settings
 from routeproxy.controller import open_rollout
@@ -29,7 +30,7 @@ from routeproxy.errors import RouteproxyError, error_envelope, error_response, p
 from routeproxy.feedback import post_feedback
 from routeproxy.logs import configure_logging
 from routeproxy.metrics import Metrics
-from routeproxy.models import explain_route, list_models
+from routeproxy.models import explain_route, list_models, show_model
 from routeproxy.relay import Exchange
 from routeproxy.resources import Resources
 from routeproxy.route import Router
@@ -135,8 +136,14 @@ def create_app(settings: Settings) -> ProxyApp:
             await pool.aclose()
 
     routes = [  # chat completions is served by ProxyApp, in front of these
+        Route("/v1/completions", text_completions, methods=["POST"]),
+        Route("/completions", text_completions, methods=["POST"]),
+        *(Route(path, passthrough, methods=["POST"]) for path in PASSTHROUGH),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/models", list_models, methods=["GET"]),
+        # :path, as HF model ids hold a slash (meta-llama/Llama-3.2-3B-Instruct).
+        Route("/v1/models/{model_id:path}", show_model, methods=["GET"]),
+        Route("/models/{model_id:path}", show_model, methods=["GET"]),
         Route("/v1/model-routing/explain", explain_route, methods=["POST"]),
         Route("/v1/model-routing/stats", routing_stats, methods=["GET"]),
         Route("/v1/model-routing/reset", routing_reset, methods=["POST"]),
@@ -144,6 +151,7 @@ def create_app(settings: Settings) -> ProxyApp:
         Route("/v1/model-routing/feedback", post_feedback, methods=["POST"]),
         Route("/metrics", prometheus_metrics, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/health", healthz, methods=["GET"]),  # the probe path of vLLM, TGI and LiteLLM
         Route("/readyz", readyz, methods=["GET"]),
     ]
     return ProxyApp(
@@ -162,6 +170,16 @@ def create_app(settings: Settings) -> ProxyApp:
 
 # The SDKs append chat/completions to base_url; a base_url without /v1 gives /chat/completions.
 _CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+# What a browser client may read of a response (the routing decision and the request id).
+EXPOSED_HEADERS = (
+    "x-request-id",
+    "x-routeproxy-tier",
+    "x-routeproxy-model",
+    "x-routeproxy-complexity",
+    "x-routeproxy-reason",
+    "x-routeproxy-fallback",
+    "x-routeproxy-overhead-ms",
+)
 
 
 class ProxyApp:
@@ -171,13 +189,29 @@ class ProxyApp:
     router and request/response wrappers cost the proxy about 60 us of CPU per request, 16 % of its CPU per
     request (README, Performance: measured with ``routeproxy bench``, this class against a plain Starlette
     route). The chat handler renders its own errors in OpenAI's envelope, so it needs none of them.
+
+    With CORS origins configured, CORS stands in front of both (preflight included), so the chat path answers
+    browsers too; without them it costs nothing.
     """
 
     def __init__(self, settings: Settings, app: Starlette) -> None:
         self.settings = settings  # the server reads its limits here (server.py)
         self.app = app
+        self.handler: ASGIApp = self._dispatch
+        if settings.server.cors_origins:
+            self.handler = CORSMiddleware(
+                self._dispatch,
+                allow_origins=settings.server.cors_origins,
+                allow_methods=["GET", "POST", "PUT", "OPTIONS"],
+                allow_headers=["*"],  # the SDKs send authorization, content-type and x-stainless-*
+                expose_headers=EXPOSED_HEADERS,
+                max_age=600,
+            )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.handler(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] in _CHAT_PATHS:
             await _serve_chat(scope, receive, send)
             return

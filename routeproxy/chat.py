@@ -1,8 +1,14 @@
-"""The chat completions endpoint, the hot path, as a short pipeline: body -> admit -> parse -> route -> relay."""
+"""The proxied endpoints as one short pipeline: body -> admit -> parse -> route -> relay.
+
+Chat completions (the hot path) and legacy completions are classified and routed; the other OpenAI-compatible
+endpoints an upstream serves (``PASSTHROUGH``) go to ``routing.passthrough_tier``, or to the tier whose model id
+they name, under the same header, timeout, error and counting rules.
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -16,7 +22,15 @@ from routeproxy.config import Settings, Tier
 from routeproxy.decisions import Decision, regeneration_key
 from routeproxy.errors import RouteproxyError, error_response
 from routeproxy.logs import log_request
-from routeproxy.parse import Hints, check_content_type, parse_chat_body, pop_hints
+from routeproxy.parse import (
+    Hints,
+    check_content_type,
+    parse_chat_body,
+    parse_completion_body,
+    parse_json_body,
+    pop_hints,
+    prompt_messages,
+)
 from routeproxy.relay import Exchange, RelayResult
 from routeproxy.resources import Resources, resources_of
 from routeproxy.route import Reason, RouteDecision, response_headers
@@ -26,7 +40,47 @@ from routeproxy.upstream import RawHeaders
 log = structlog.get_logger("routeproxy")
 
 
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One proxied endpoint: its name in logs, and where it goes upstream."""
+
+    name: str
+    upstream_path: str  # after the tier's base URL (which ends in /v1), or after its origin when from_root
+    routed: bool = False  # classified and routed like chat; else sent to routing.passthrough_tier
+    from_root: bool = False  # served beside /v1, not under it (vLLM's /tokenize)
+
+
+CHAT = Endpoint("chat", "/chat/completions", routed=True)
+COMPLETIONS = Endpoint("completions", "/completions", routed=True)
+# Client path -> endpoint. Each is also served without /v1, as the SDKs call it with a base_url lacking /v1.
+PASSTHROUGH: dict[str, Endpoint] = {
+    path: endpoint
+    for endpoint in (
+        Endpoint("embeddings", "/embeddings"),
+        Endpoint("responses", "/responses"),
+        Endpoint("rerank", "/rerank"),
+        Endpoint("score", "/score"),
+    )
+    for path in (f"/v1{endpoint.upstream_path}", endpoint.upstream_path)
+} | {
+    "/tokenize": Endpoint("tokenize", "/tokenize", from_root=True),
+    "/detokenize": Endpoint("detokenize", "/detokenize", from_root=True),
+}
+
+
 async def chat_completions(request: Request) -> Response | Exchange:
+    return await proxied(request, CHAT)
+
+
+async def text_completions(request: Request) -> Response | Exchange:
+    return await proxied(request, COMPLETIONS)
+
+
+async def passthrough(request: Request) -> Response | Exchange:
+    return await proxied(request, PASSTHROUGH[request.url.path])
+
+
+async def proxied(request: Request, endpoint: Endpoint) -> Response | Exchange:
     started = time.perf_counter()
     resources = resources_of(request)
     request_id = request_id_of(request)
@@ -38,10 +92,16 @@ async def chat_completions(request: Request) -> Response | Exchange:
     except RouteproxyError as exc:
         return _rejected(resources, exc, request_id)
     try:
-        body, hints = parse_chat_request(raw, request)
+        body, hints = parse_request(raw, request, endpoint)
         enabled, ratio = resources.routing_now()
         routing_started = time.perf_counter()
-        decision = resources.router.route(body, hints, request.headers, enabled=enabled, ab_test_ratio=ratio)
+        if endpoint is COMPLETIONS:
+            view = {**body, "messages": prompt_messages(body["prompt"])}
+            decision = resources.router.route(view, hints, request.headers, enabled=enabled, ab_test_ratio=ratio)
+        elif endpoint.routed:
+            decision = resources.router.route(body, hints, request.headers, enabled=enabled, ab_test_ratio=ratio)
+        else:
+            decision = resources.router.passthrough(body.get("model"))
         classify_s = time.perf_counter() - routing_started if decision.classification is not None else None
     except RouteproxyError as exc:
         resources.release()
@@ -49,18 +109,23 @@ async def chat_completions(request: Request) -> Response | Exchange:
     except BaseException:
         resources.release()  # the client left mid-body (ClientDisconnect), or a bug: the slot is given back
         raise
-    return _relay(resources, request, body, decision, request_id, started, classify_s)
+    return _relay(resources, request, endpoint, body, decision, request_id, started, classify_s)
 
 
 async def read_request_body(request: Request, settings: Settings) -> bytes:
-    """The raw chat body, within the size limit and the body deadline, once its content type is acceptable."""
+    """The raw body, within the size limit and the body deadline, once its content type is acceptable."""
     check_content_type(request.headers.get("content-type"))
     return await read_body(request, settings.server.max_body_bytes, settings.server.body_timeout)
 
 
-def parse_chat_request(raw: bytes, request: Request) -> tuple[dict[str, Any], Hints]:
-    """The validated chat body and the routing hints popped from it and the headers."""
-    body = parse_chat_body(raw)
+def parse_request(raw: bytes, request: Request, endpoint: Endpoint = CHAT) -> tuple[dict[str, Any], Hints]:
+    """The validated body and, for routed endpoints, the routing hints popped from it and the headers."""
+    if endpoint is CHAT:
+        body = parse_chat_body(raw)
+    elif endpoint is COMPLETIONS:
+        body = parse_completion_body(raw)
+    else:
+        return parse_json_body(raw, endpoint.name), Hints()
     return body, pop_hints(body, request.headers)
 
 
@@ -73,6 +138,7 @@ def _rejected(resources: Resources, exc: RouteproxyError, request_id: str) -> Re
 def _relay(
     resources: Resources,
     request: Request,
+    endpoint: Endpoint,
     body: dict[str, Any],
     decision: RouteDecision,
     request_id: str,
@@ -82,15 +148,18 @@ def _relay(
     settings = resources.settings
     overhead_header: list[tuple[bytes, bytes]] = []
     overhead_s: list[float] = []
+    # A passthrough request naming a model of its own (an embedding model, say) keeps it.
+    keep_model = decision.reason is Reason.PASSTHROUGH and body.get("model") not in (None, settings.routing.auto_model)
 
     def prepare(tier: Tier, fallback_reason: str | None) -> tuple[bytes, RawHeaders]:
         """The request body and the client's extra response headers, for the tier about to be tried."""
         config = settings.tiers[tier]
-        body["model"] = config.upstream_model
+        if not keep_model:
+            body["model"] = config.upstream_model
         payload = orjson.dumps(body)
         headers = [
             (name.encode(), value.encode("utf-8", "replace"))
-            for name, value in response_headers(decision, tier, config.model).items()
+            for name, value in response_headers(decision, config.label, config.model).items()
         ]
         headers.append((b"x-request-id", request_id.encode()))
         if fallback_reason is not None:
@@ -110,11 +179,30 @@ def _relay(
         )
         resources.metrics.observe(outcome, overhead_s=overhead_s[0] if overhead_s else None, classify_s=classify_s)
         if resources.log_requests or result.upstream_error or decision.classify_error:
-            log_request(decision, result, request_id, settings, body_stream=bool(body.get("stream")))
+            log_request(
+                decision,
+                result,
+                request_id,
+                settings,
+                body_stream=bool(body.get("stream")),
+                endpoint=None if endpoint is CHAT else endpoint.name,
+            )
 
-    # A pinned request named its model: it is not switched to the other one behind the client's back.
-    fallback = None if decision.reason is Reason.PINNED else settings.routing.fallback_for(decision.tier)
-    return Exchange(resources.pool, decision.tier, fallback, prepare, request.headers.raw, started, finish)
+    # A pinned request named its model: it is not switched to the other one behind the client's back; nor is a
+    # passthrough request, whose endpoint the other tier may not serve.
+    unswitched = decision.reason in (Reason.PINNED, Reason.PASSTHROUGH)
+    fallback = None if unswitched else settings.routing.fallback_for(decision.tier)
+    return Exchange(
+        resources.pool,
+        decision.tier,
+        fallback,
+        prepare,
+        request.headers.raw,
+        started,
+        finish,
+        path=endpoint.upstream_path,
+        from_root=endpoint.from_root,
+    )
 
 
 def _decision(decision: RouteDecision, outcome: Outcome, request_id: str, label: str, period: int) -> Decision:

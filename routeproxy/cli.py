@@ -113,7 +113,7 @@ def _start_simulators(settings: Settings) -> dict[str, Any]:
         overrides[f"tiers.{tier}.api_key"] = None
         structlog.get_logger("routeproxy").info(
             "simulated_upstream",
-            tier=tier.value,
+            tier=settings.tiers[tier].label,
             model=profile.model,
             url=server.url,
             speed=settings.simulator.speed,

@@ -149,6 +149,18 @@ def _key_list(value: Any) -> tuple[str, ...]:
     return keys
 
 
+def _origin_list(value: Any) -> tuple[str, ...]:
+    """CORS origins: a YAML list or a comma-separated string; each `*` or scheme://host[:port]."""
+    if value is None:
+        return ()
+    items = value if isinstance(value, list) else str(value).split(",")
+    origins = tuple(str(item).strip().rstrip("/") for item in items if str(item).strip())
+    for origin in origins:
+        if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
+            raise ValueError(f"{origin!r} is not an origin: expected * or scheme://host[:port]")
+    return origins
+
+
 def _url(value: Any) -> str:
     text = _text(value).rstrip("/")
     if not re.match(r"^https?://[^/\s]+", text):
@@ -367,6 +379,13 @@ SETTINGS: tuple[Setting, ...] = (
         "(`serve --simulate` turns it on). Never behind a mesh sidecar, whose peers are on loopback too.",
     ),
     Setting(
+        "server.cors_origins",
+        "ROUTEPROXY_CORS_ORIGINS",
+        None,
+        _origin_list,
+        "Browser origins allowed by CORS (comma-separated, or *); unset = no CORS headers.",
+    ),
+    Setting(
         "routing.enabled",
         "ENABLE_MODEL_ROUTING",
         False,
@@ -470,6 +489,14 @@ SETTINGS: tuple[Setting, ...] = (
         5.0,
         _positive,
         "Seconds between two looks of the controller at the shared totals.",
+    ),
+    Setting(
+        "routing.passthrough_tier",
+        "ROUTEPROXY_PASSTHROUGH_TIER",
+        Tier.LARGE,
+        _choice(Tier),
+        "Tier that serves the passed-through endpoints (embeddings, responses, tokenize...) unless one names a "
+        "tier's model.",
     ),
     *_tier_settings(Tier.SMALL, "MODEL_3B", "3b", "meta-llama/Llama-3.2-3B-Instruct", 0.375),
     *_tier_settings(Tier.LARGE, "MODEL_8B", "8b", "meta-llama/Llama-3.1-8B-Instruct", 1.0),
@@ -591,6 +618,7 @@ class ServerConfig:
     api_keys: frozenset[str] = field(repr=False)
     admin_token: str | None = field(repr=False)
     admin_loopback_without_token: bool = False
+    cors_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -627,6 +655,7 @@ class RoutingConfig:
     fallback_small_to_large: bool
     fallback_large_to_small: bool
     rollout: RolloutConfig
+    passthrough_tier: Tier = Tier.LARGE
 
     def fallback_for(self, tier: Tier) -> Tier | None:
         """The tier to retry on when ``tier`` fails before answering, if that fallback is on."""
@@ -809,6 +838,7 @@ def load_settings(
             api_keys=frozenset(values["server.api_keys"]) | _read_key_file(values["server.api_keys_file"]),
             admin_token=values["server.admin_token"],
             admin_loopback_without_token=values["server.admin_loopback_without_token"],
+            cors_origins=values["server.cors_origins"],
         ),
         routing=RoutingConfig(
             enabled=values["routing.enabled"],
@@ -828,6 +858,7 @@ def load_settings(
                 rollback_to=values["routing.rollout.rollback_to"],
                 interval_s=values["routing.rollout.interval_s"],
             ),
+            passthrough_tier=values["routing.passthrough_tier"],
         ),
         tiers=tiers,
         counters=CounterConfig(

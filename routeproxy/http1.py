@@ -193,12 +193,15 @@ class Pool:
         self._ssl = ssl.create_default_context() if self.tls else None
         self._idle: list[Connection] = []
 
-    async def request(self, path: bytes, headers: RawHeaders, body: bytes) -> Connection:
-        """POST and wait for the response headers; the caller reads the body, then calls ``release``."""
+    async def request(
+        self, path: bytes, headers: RawHeaders, body: bytes, *, prefix: bytes | None = None
+    ) -> Connection:
+        """POST to ``prefix`` (default: the base URL's path) + ``path`` and wait for the response headers; the
+        caller reads the body, then calls ``release``."""
         request = b"".join(
             [
                 b"POST ",
-                self.path_prefix,
+                self.path_prefix if prefix is None else prefix,
                 path,
                 b" HTTP/1.1\r\nhost: ",
                 self.host_header,

@@ -55,7 +55,13 @@ def preview(text: str, limit: int) -> str | None:
 
 
 def log_request(
-    decision: RouteDecision, result: RelayResult, request_id: str, settings: Settings, *, body_stream: bool
+    decision: RouteDecision,
+    result: RelayResult,
+    request_id: str,
+    settings: Settings,
+    *,
+    body_stream: bool,
+    endpoint: str | None = None,
 ) -> None:
     """One line per chat request: info when it went well, warning for an upstream error, error when
     classification failed."""
@@ -63,12 +69,14 @@ def log_request(
     fields: dict[str, Any] = {
         "request_id": request_id,
         "tier": settings.tiers[tier].label,
-        "complexity": decision.complexity.name if decision.complexity else None,
+        "complexity": decision.complexity.value if decision.complexity else None,
         "reason": decision.why,
         "status": result.status,
         "latency_ms": round(result.end_s * 1000, 2),
         "stream": body_stream,
     }
+    if endpoint is not None:  # not chat completions
+        fields["endpoint"] = endpoint
     if decision.ab_draw is not None:
         fields["ab_draw"] = round(decision.ab_draw, 2)
         fields["ab_ratio"] = decision.ab_ratio

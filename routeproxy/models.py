@@ -8,30 +8,47 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from routeproxy.auth import check_client_key
-from routeproxy.chat import parse_chat_request, read_request_body
-from routeproxy.config import Tier
+from routeproxy.chat import parse_request, read_request_body
+from routeproxy.config import Settings, Tier
+from routeproxy.errors import ModelNotFound
 from routeproxy.resources import resources_of
 from routeproxy.route import explain
+
+
+def _model_ids(settings: Settings) -> list[str]:
+    return [settings.routing.auto_model, *(settings.tiers[tier].model for tier in Tier)]
+
+
+def _card(model_id: str) -> dict[str, object]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "routeproxy"}
 
 
 async def list_models(request: Request) -> Response:
     resources = resources_of(request)
     check_client_key(request, resources.client_key_digests)
-    settings = resources.settings
-    names = [settings.routing.auto_model, *(settings.tiers[tier].model for tier in Tier)]
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": [{"id": name, "object": "model", "created": 0, "owned_by": "routeproxy"} for name in names],
-        }
-    )
+    return JSONResponse({"object": "list", "data": [_card(name) for name in _model_ids(resources.settings)]})
+
+
+async def show_model(request: Request) -> Response:
+    """``GET /v1/models/{id}``: the card of ``auto`` or a tier's model, else 404 as OpenAI answers it."""
+    resources = resources_of(request)
+    check_client_key(request, resources.client_key_digests)
+    model_id = request.path_params["model_id"]
+    known = _model_ids(resources.settings)
+    if model_id not in known:
+        raise ModelNotFound(
+            f"The model `{model_id}` does not exist. Use one of: {', '.join(known)}.",
+            param="model",
+            code="model_not_found",
+        )
+    return JSONResponse(_card(model_id))
 
 
 async def explain_route(request: Request) -> Response:
     """The decision for a chat request, without calling an upstream."""
     resources = resources_of(request)
     check_client_key(request, resources.client_key_digests)
-    body, hints = parse_chat_request(await read_request_body(request, resources.settings), request)
+    body, hints = parse_request(await read_request_body(request, resources.settings), request)
     enabled, ratio = resources.routing_now()
     decision = resources.router.route(body, hints, request.headers, enabled=enabled, ab_test_ratio=ratio)
     return JSONResponse(explain(decision, resources.settings, enabled=enabled, ab_test_ratio=ratio))

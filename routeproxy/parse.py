@@ -45,8 +45,47 @@ def check_content_type(value: str | None) -> None:
 
 
 def parse_chat_body(raw: bytes) -> dict[str, Any]:
+    body = parse_json_body(raw, "chat-completions")
+    _check_messages(body.get("messages"))
+    return body
+
+
+def parse_completion_body(raw: bytes) -> dict[str, Any]:
+    """A legacy completions request: ``prompt`` is a string, strings, token ids, or lists of token ids."""
+    body = parse_json_body(raw, "completions")
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise InvalidRequest("'prompt' is required", param="prompt", code="missing_required_parameter")
+    if isinstance(prompt, str):
+        return body
+    if not isinstance(prompt, list) or not prompt or not all(_prompt_item(item) for item in prompt):
+        raise InvalidRequest(
+            "'prompt' must be a string, an array of strings, an array of token ids or an array of such arrays",
+            param="prompt",
+        )
+    return body
+
+
+def _prompt_item(item: Any) -> bool:
+    if isinstance(item, list):
+        return bool(item) and all(_token_id(token) for token in item)
+    return isinstance(item, str) or _token_id(item)
+
+
+def _token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def prompt_messages(prompt: str | list[Any]) -> list[dict[str, Any]]:
+    """A completions prompt as the one user message the classifier reads; token ids carry no text."""
+    texts = [prompt] if isinstance(prompt, str) else [item for item in prompt if isinstance(item, str)]
+    return [{"role": "user", "content": "\n".join(texts)}]
+
+
+def parse_json_body(raw: bytes, what: str) -> dict[str, Any]:
+    """A JSON object whose ``model``, when present, is a string (what every proxied endpoint takes)."""
     if not raw.strip():
-        raise InvalidRequest("the request body is empty; send a JSON chat-completions request", code="invalid_json")
+        raise InvalidRequest(f"the request body is empty; send a JSON {what} request", code="invalid_json")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -61,7 +100,6 @@ def parse_chat_body(raw: bytes) -> dict[str, Any]:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise InvalidRequest(f"'model' must be a string, not {_json_type(model)}", param="model")
-    _check_messages(body.get("messages"))
     return body
 
 

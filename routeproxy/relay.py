@@ -75,8 +75,13 @@ class Exchange:
         client_headers: RawHeaders,
         started: float,
         on_finish: Callable[[RelayResult], None],
+        *,
+        path: str = "/chat/completions",
+        from_root: bool = False,
     ) -> None:
         self.pool = pool
+        self.path = path
+        self.from_root = from_root
         self.tier = tier
         self.fallback = fallback
         self.prepare = prepare
@@ -134,7 +139,9 @@ class Exchange:
             result.tier = tier
             may_fall_back = self.fallback is not None and tier is not self.fallback
             try:
-                upstream = await self.pool.send(tier, body, self.client_headers)
+                upstream = await self.pool.send(
+                    tier, body, self.client_headers, path=self.path, from_root=self.from_root
+                )
             except UpstreamError as exc:
                 if not (may_fall_back and exc.retryable):
                     raise

@@ -37,6 +37,7 @@ class Reason(enum.StrEnum):
     CLASSIFY_FAILED = "classify_failed"  # the classifier raised: the large tier, the safe side
     CLASSIFIED = "classified"  # SIMPLE or COMPLEX: the class decides
     AB_TEST = "ab_test"  # MEDIUM: the sticky key's draw against ab_test_ratio
+    PASSTHROUGH = "passthrough"  # an endpoint passed through to routing.passthrough_tier (embeddings, ...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +150,14 @@ class Router:
             sticky=self._sticky_key(body, headers, classification.query),
         )
 
+    def passthrough(self, model: object) -> RouteDecision:
+        """A passed-through endpoint: a tier's model id pins that tier; anything else (`auto`, no model, a model of
+        the upstream's own such as an embedding model) goes to ``routing.passthrough_tier``."""
+        tier = self._pinned.get(model) if isinstance(model, str) else None
+        if tier is not None:
+            return pinned(tier)
+        return RouteDecision(self.settings.routing.passthrough_tier, None, Reason.PASSTHROUGH)
+
     def _sticky_key(self, body: Mapping[str, Any], headers: Mapping[str, str], query: str) -> str:
         sticky = self.settings.routing.sticky_key
         if sticky is StickyKey.USER:
@@ -184,10 +193,14 @@ def explain(decision: RouteDecision, settings: Settings, *, enabled: bool, ab_te
     }
 
 
-def response_headers(decision: RouteDecision, tier: Tier, model: str) -> Mapping[str, str]:
-    """The decision as response headers; ``tier`` is the tier that answers (it differs after a fallback)."""
+def response_headers(decision: RouteDecision, label: str, model: str) -> Mapping[str, str]:
+    """The decision as response headers; ``label`` names the tier that answers (it differs after a fallback).
+
+    Tiers and complexities carry the names the stats, metrics and logs use: the tier's label (``3b``, ``8b``)
+    and ``simple`` / ``medium`` / ``complex``.
+    """
     headers = {
-        "x-routeproxy-tier": tier.value,
+        "x-routeproxy-tier": label,
         "x-routeproxy-model": model,
         "x-routeproxy-reason": decision.why,
     }

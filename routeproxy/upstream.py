@@ -79,6 +79,11 @@ def request_headers(
     return headers
 
 
+def root_prefix(base_path: bytes) -> bytes:
+    """The path beside ``/v1`` rather than under it (vLLM serves /tokenize at its root)."""
+    return base_path[:-3] if base_path.endswith(b"/v1") else base_path
+
+
 def response_headers(upstream_headers: tuple[tuple[bytes, bytes], ...] | RawHeaders) -> RawHeaders:
     """ASGI wants lower-case names; the upstream may spell them otherwise."""
     headers = []
@@ -140,8 +145,17 @@ class UpstreamPool:
             for tier, config in tiers.items()
         }
 
-    async def send(self, tier: Tier, body: bytes, client_headers: RawHeaders) -> UpstreamResponse:
-        """POST the chat request to the tier and wait for the response headers."""
+    async def send(
+        self,
+        tier: Tier,
+        body: bytes,
+        client_headers: RawHeaders,
+        *,
+        path: str = "/chat/completions",
+        from_root: bool = False,
+    ) -> UpstreamResponse:
+        """POST the request to the tier's base URL + ``path`` (its origin + ``path`` when ``from_root``) and wait
+        for the response headers."""
         config = self.tiers[tier]
         pool = self._pools[tier]
         headers = request_headers(
@@ -149,7 +163,9 @@ class UpstreamPool:
         )
         try:
             async with asyncio.timeout(config.first_byte_timeout):
-                connection = await pool.request(b"/chat/completions", headers, body)
+                connection = await pool.request(
+                    path.encode(), headers, body, prefix=root_prefix(pool.path_prefix) if from_root else None
+                )
         except TimeoutError:
             raise UpstreamTimeout(
                 f"the {tier} upstream did not answer within {config.first_byte_timeout:g} s",

@@ -81,7 +81,7 @@ def test_three_replicas_report_the_same_exact_totals(redis_server: RedisServer, 
             response = send(replicas[index % 3].url, PROMPTS[index % len(PROMPTS)], client)
             assert response.status_code == 200
             sent[response.headers["x-routeproxy-tier"], response.headers["x-routeproxy-complexity"]] += 1
-    by_tier = Counter({"small": 0, "large": 0})
+    by_tier = Counter({"3b": 0, "8b": 0})
     by_complexity: Counter[str] = Counter()
     for (tier, complexity), count in sent.items():
         by_tier[tier] += count
@@ -93,8 +93,8 @@ def test_three_replicas_report_the_same_exact_totals(redis_server: RedisServer, 
         assert report["stale"] is False
         assert report["store"] == "redis"
         assert report["total_requests"] == 60
-        assert report["model_distribution"]["3b"]["count"] == by_tier["small"]
-        assert report["model_distribution"]["8b"]["count"] == by_tier["large"]
+        assert report["model_distribution"]["3b"]["count"] == by_tier["3b"]
+        assert report["model_distribution"]["8b"]["count"] == by_tier["8b"]
         for complexity, count in by_complexity.items():
             assert report["complexity_distribution"][complexity]["count"] == count
         assert len(report["replicas"]) == 3
@@ -105,8 +105,8 @@ def test_three_replicas_report_the_same_exact_totals(redis_server: RedisServer, 
     period = redis_server.cli("GET", "{rp}:period").strip() or "0"
     lines = redis_server.cli("HGETALL", f"{{rp}}:stats:{period}").split()
     fields = dict(zip(lines[::2], lines[1::2], strict=True))
-    assert int(fields["requests:3b"]) == by_tier["small"]
-    assert int(fields["requests:8b"]) == by_tier["large"]
+    assert int(fields["requests:3b"]) == by_tier["3b"]
+    assert int(fields["requests:8b"]) == by_tier["8b"]
 
 
 def test_a_ratio_change_through_one_replica_reaches_the_others(redis_server: RedisServer, served: list[Served]) -> None:
@@ -122,7 +122,7 @@ def test_a_ratio_change_through_one_replica_reaches_the_others(redis_server: Red
             what="the second replica applying the new ratio",
         )
         # Every MEDIUM query now goes to the small tier on the other replica.
-        assert send(second.url, medium, client).headers["x-routeproxy-tier"] == "small"
+        assert send(second.url, medium, client).headers["x-routeproxy-tier"] == "3b"
         assert stats(second.url)["ab_test_ratio"] == 1.0
 
         # The value lives in Redis: a replica started afterwards applies it from the start.

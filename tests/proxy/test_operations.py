@@ -120,6 +120,6 @@ def test_sidecar_layout_app_and_proxy_as_two_processes(served: list[Served]) -> 
     }
     app = subprocess.run([sys.executable, "-c", APP], env=environ, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert app.returncode == 0, app.stderr
-    assert app.stdout.split() == ["large", "meta-llama/Llama-3.1-8B-Instruct", "True", "True"]
+    assert app.stdout.split() == ["8b", "meta-llama/Llama-3.1-8B-Instruct", "True", "True"]
     stats = http.get(f"{sidecar.url}/v1/model-routing/stats").json()
     assert stats["total_requests"] == 2

@@ -40,7 +40,7 @@ def test_sync_sdk_non_streaming_goes_to_large_tier_when_routing_disabled(
         completion = raw.parse()
     assert completion.choices[0].message.content
     assert completion.model == LARGE_MODEL
-    assert raw.headers["x-routeproxy-tier"] == "large"
+    assert raw.headers["x-routeproxy-tier"] == "8b"
     assert raw.headers["x-routeproxy-model"] == LARGE_MODEL
     assert raw.headers["x-routeproxy-reason"] == "routing_disabled"
     assert float(raw.headers["x-routeproxy-overhead-ms"]) >= 0
@@ -79,7 +79,7 @@ async def test_async_sdk_streaming_and_non_streaming(proxy: ThreadedServer) -> N
 def test_pinned_model_is_not_routed(proxy: ThreadedServer, simulators: dict[Tier, ThreadedServer]) -> None:
     with openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="x") as client:
         raw = client.chat.completions.with_raw_response.create(model=SMALL_MODEL, messages=MESSAGES)
-    assert raw.headers["x-routeproxy-tier"] == "small"
+    assert raw.headers["x-routeproxy-tier"] == "3b"
     assert raw.headers["x-routeproxy-reason"] == "pinned"
     assert sim_requests(simulators[Tier.SMALL])[-1]["body"]["model"] == SMALL_MODEL
 
@@ -212,7 +212,7 @@ def test_upstream_error_status_and_body_pass_through(
     assert relayed.status_code == upstream.status_code == 503
     assert relayed.content == upstream.content  # the upstream's own error body, byte for byte
     assert relayed.json()["error"]["message"] == "Simulated 503 (x-sim-status)"
-    assert relayed.headers["x-routeproxy-tier"] == "large"
+    assert relayed.headers["x-routeproxy-tier"] == "8b"
 
 
 def test_unreachable_upstream_is_502_envelope(start_proxy: ProxyFactory) -> None:

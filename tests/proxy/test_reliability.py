@@ -81,7 +81,7 @@ def test_small_tier_refusing_falls_back_to_large(
     )
     response = routed(proxy.url)
     assert response.status_code == 200
-    assert response.headers["x-routeproxy-tier"] == "large"
+    assert response.headers["x-routeproxy-tier"] == "8b"
     assert response.headers["x-routeproxy-fallback"] == "connect_error"
     assert response.json()["model"] == "meta-llama/Llama-3.1-8B-Instruct"
     stats = http.get(f"{proxy.url}/v1/model-routing/stats").json()
@@ -100,7 +100,7 @@ def test_small_tier_answering_503_falls_back_before_any_byte_is_relayed(
         text = "".join(chunk.choices[0].delta.content or "" for chunk in raw.parse() if chunk.choices)
     assert text
     assert raw.headers["x-routeproxy-fallback"] == "status_503"
-    assert raw.headers["x-routeproxy-tier"] == "large"
+    assert raw.headers["x-routeproxy-tier"] == "8b"
     assert len(failing.requests) == 1
     # Each attempt carried its own request id; the client's stays the client's.
     first_id = failing.requests[0]["headers"][b"x-request-id"]
@@ -144,7 +144,7 @@ def test_large_to_small_fallback_when_configured(
     )
     response = routed(proxy.url)
     assert response.status_code == 200
-    assert response.headers["x-routeproxy-tier"] == "small"
+    assert response.headers["x-routeproxy-tier"] == "3b"
 
 
 def test_a_pinned_request_is_not_switched_to_the_other_model(

@@ -47,11 +47,11 @@ def test_quick_start_serves_the_sdk_with_simulated_upstreams(served: list[Served
     logs = log_lines(served.pop().stop())
     routes = [line for line in logs if line.get("event") == "route"]
     assert [line["tier"] for line in routes] == ["8b", "3b"]
-    assert routes[0]["complexity"] == "COMPLEX"
+    assert routes[0]["complexity"] == "complex"
     assert routes[0]["query"] == "Compare the…"  # the preview is limited to 12 characters
     assert all(line["status"] == 200 and line["latency_ms"] > 0 for line in routes)
     simulated = [line for line in logs if line.get("event") == "simulated_upstream"]
-    assert {line["tier"] for line in simulated} == {"small", "large"}
+    assert {line["tier"] for line in simulated} == {"3b", "8b"}
     assert all("simulator" in line["note"] for line in simulated)
 
 

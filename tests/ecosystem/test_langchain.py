@@ -1,0 +1,73 @@
+"""LangChain's ChatModelIntegrationTests with ChatOpenAI against the proxy in front of the simulator: zero failures,
+and no skip beyond the documented list in langchain_suite.SKIPS."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ElementTree
+from collections import Counter
+from pathlib import Path
+
+from langchain_suite import SKIPS
+from support.upstreams import ProxyFactory
+
+from routeproxy.config import Tier
+from routeproxy.sim.threadserver import ThreadedServer
+
+SUITE = Path(__file__).with_name("langchain_suite.py")
+# The suite's plugins that these tests do not use, left out to start faster.
+UNUSED_PLUGINS = ("benchmark", "codspeed", "recording", "syrupy")
+CONFTEST = """import pytest
+from test_langchain_suite import SKIPS
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.originalname in SKIPS:
+            item.add_marker(pytest.mark.skip(reason=SKIPS[item.originalname]))
+"""
+INI = """[pytest]
+asyncio_mode = auto
+# ChatOpenAI caches one async HTTP client per process: every async test must share one event loop.
+asyncio_default_fixture_loop_scope = session
+asyncio_default_test_loop_scope = session
+"""
+
+
+def test_langchain_standard_suite_passes_through_the_proxy(
+    simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    proxy = start_proxy(
+        {tier: f"{server.url}/v1" for tier, server in simulators.items()},
+        **{"routing.enabled": True, "logging.level": "warning"},
+    )
+    shutil.copy(SUITE, tmp_path / "test_langchain_suite.py")
+    (tmp_path / "pytest.ini").write_text(INI)
+    (tmp_path / "conftest.py").write_text(CONFTEST)
+    report = tmp_path / "report.xml"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}"]
+    for plugin in UNUSED_PLUGINS:
+        command += ["-p", f"no:{plugin}"]
+    result = subprocess.run(
+        [*command, "test_langchain_suite.py"],
+        cwd=tmp_path,
+        env={**os.environ, "ROUTEPROXY_BASE_URL": f"{proxy.url}/v1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    outcomes: Counter[str] = Counter()
+    skipped: dict[str, str] = {}
+    for case in ElementTree.parse(report).getroot().iter("testcase"):
+        name = case.get("name", "").split("[")[0]
+        outcome = next((child.tag for child in case if child.tag in ("failure", "error", "skipped")), "passed")
+        outcomes[outcome] += 1
+        if outcome == "skipped":
+            skipped[name] = next(child.get("message", "") for child in case if child.tag == "skipped")
+    assert outcomes["failure"] == outcomes["error"] == 0, result.stdout[-6000:]
+    assert set(skipped) == set(SKIPS), skipped
+    assert outcomes["passed"] >= 40, outcomes  # the suite really ran
+    assert result.returncode == 0, result.stdout[-3000:]

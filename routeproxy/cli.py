@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from routeproxy import __version__
 from routeproxy.config import SETTINGS_BY_KEY, Settings, Tier, load_settings
 from routeproxy.errors import ConfigError
 
@@ -32,37 +33,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from routeproxy.app import create_app
     from routeproxy.logs import configure_logging
     from routeproxy.server import uvicorn_options
+    from routeproxy.startup import check_startable
 
-    overrides: dict[str, Any] = {}
-    for key, value in (
-        ("server.host", args.host),
-        ("server.port", args.port),
-        ("server.workers", args.workers),
-        ("simulator.speed", args.speed),
-    ):
-        if value is not None:
-            overrides[key] = value
+    if args.speed is not None and not args.simulate:
+        print(
+            "routeproxy serve: --speed applies only with --simulate (it paces the simulated upstreams)", file=sys.stderr
+        )
+        return 2
+    overrides = _serve_overrides(args)
     settings = _settings(args, overrides)
     configure_logging(settings.logging)
-    if settings.server.workers > 1 and settings.counters.redis_url is None:
-        raise ConfigError(
-            f"--workers {settings.server.workers} needs REDIS_URL: without it each worker keeps its own counters, "
-            "runtime config and metrics, and answers differently. Set REDIS_URL (counters.redis_url) so the "
-            "workers share one view, or run one worker per process behind a load balancer"
-        )
+    check_startable(settings, simulate=args.simulate)  # before the simulators start: nothing to clean up
     if args.simulate:
         overrides.update(_start_simulators(settings))
         # The local demo keeps its admin endpoints usable from this machine without a token (README, Security).
         if SETTINGS_BY_KEY["server.admin_loopback_without_token"].env not in os.environ:
             overrides["server.admin_loopback_without_token"] = True
         settings = _settings(args, overrides)
-    else:
-        for tier, config in settings.tiers.items():
-            if config.api_key_env and config.api_key is None:
-                raise ConfigError(
-                    f"tiers.{tier}.api_key names the environment variable {config.api_key_env}, which is not set "
-                    f"(export it, or run with --simulate for the built-in simulated upstreams)"
-                )
+    _announce(settings, simulate=args.simulate)
     if settings.server.admin_token is None and settings.server.admin_loopback_without_token:
         structlog.get_logger("routeproxy").warning(
             "admin_open_on_loopback",
@@ -93,21 +81,56 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+_SERVE_FLAGS = (
+    ("host", "server.host"),
+    ("port", "server.port"),
+    ("workers", "server.workers"),
+    ("speed", "simulator.speed"),
+    ("enable_routing", "routing.enabled"),
+    ("ratio", "routing.ab_test_ratio"),
+    ("rules", "routing.rules"),
+    ("redis_url", "counters.redis_url"),
+    ("log_level", "logging.level"),
+)
+
+
+def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: getattr(args, flag) for flag, key in _SERVE_FLAGS if getattr(args, flag, None) is not None}
+
+
+def _announce(settings: Settings, *, simulate: bool) -> None:
+    """The start-up summary: readable lines on a console, one ``startup`` event in JSON logs."""
+    import structlog
+
+    from routeproxy.logs import console_format
+    from routeproxy.startup import summary, summary_lines
+
+    fields = summary(settings, simulate=simulate)
+    if console_format(settings.logging):
+        print("\n".join(summary_lines(fields)), file=sys.stderr, flush=True)
+    else:
+        structlog.get_logger("routeproxy").info("startup", **fields)
+
+
 def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
 def _start_simulators(settings: Settings) -> dict[str, Any]:
     """One simulated upstream per tier on a free loopback port; the tiers are pointed at them."""
+    import logging
+
     import structlog
 
-    from routeproxy.sim.simulator import create_simulator_app, seed_profile
+    from routeproxy.sim.simulator import SIMULATOR_THREAD, DeliberateFaults, create_simulator_app, seed_profile
     from routeproxy.sim.threadserver import ThreadedServer
 
+    logging.getLogger("uvicorn.error").addFilter(DeliberateFaults())
     overrides: dict[str, Any] = {}
     for tier in Tier:
         profile = seed_profile(tier, settings.tiers[tier].model, speed=settings.simulator.speed)
-        server = ThreadedServer(create_simulator_app(profile), host="127.0.0.1", port=0).start()
+        app = create_simulator_app(profile)
+        server = ThreadedServer(app, host="127.0.0.1", port=0, name=SIMULATOR_THREAD).start()
         overrides[f"tiers.{tier}.base_url"] = f"{server.url}/v1"
         overrides[f"tiers.{tier}.kind"] = "vllm"
         overrides[f"tiers.{tier}.api_key"] = None
@@ -222,14 +245,25 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     """JSON lines in, one decision per line out: replay logged traffic against this config."""
-    from routeproxy.errors import RouteproxyError
-
     if args.answers:
         return _classify_answers(args.answers, args.rules or "general")
     settings = _settings(args, _routing_overrides(args))
     router = _router(settings)
+    try:
+        with _open_lines(args.file) as lines:
+            return _classify_lines(lines, router, settings)
+    except OSError as exc:
+        print(f"routeproxy classify: {exc}", file=sys.stderr)
+    except UnicodeDecodeError:
+        print(f"routeproxy classify: {args.file} is not UTF-8 text (expected JSON lines)", file=sys.stderr)
+    return 1
+
+
+def _classify_lines(lines: TextIO, router: Any, settings: Settings) -> int:
+    from routeproxy.errors import RouteproxyError
+
     status = 0
-    for number, line in enumerate(sys.stdin, start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -333,11 +367,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print("routeproxy eval: give a labelled prompts file, or --cascade FILE of labelled answers", file=sys.stderr)
         return 2
     from routeproxy.classify import Classifier, load_rules
-    from routeproxy.evaluate.routing import evaluate, format_report, load_examples, report_as_dict
+    from routeproxy.evaluate.routing import ExampleFileError, evaluate, format_report, load_examples, report_as_dict
 
     settings = _settings(args, _routing_overrides(args))
     classifier = Classifier(load_rules(settings.routing.rules))
-    report = evaluate(classifier, load_examples(args.file), random_draws=args.random_draws)
+    try:
+        examples = load_examples(args.file)
+    except ExampleFileError as exc:
+        print(f"routeproxy eval: {exc}", file=sys.stderr)
+        return 1
+    report = evaluate(classifier, examples, random_draws=args.random_draws)
     if args.json:
         print(orjson.dumps(report_as_dict(report), option=orjson.OPT_INDENT_2).decode())
     else:
@@ -483,17 +522,13 @@ async def _stats_from_redis(settings: Settings) -> dict[str, Any]:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    _router(settings)  # loads and validates the rule set too
+    """Fails exactly when ``serve`` (with the same flags) would fail at start, and prints its start-up summary."""
+    from routeproxy.startup import check_startable, summary, summary_lines
+
+    settings = _settings(args, _serve_overrides(args))
+    check_startable(settings, simulate=args.simulate)
     print(f"config OK: {settings.source}")
-    print(
-        f"  routing: enabled={settings.routing.enabled} ab_test_ratio={settings.routing.ab_test_ratio} "
-        f"rules={settings.routing.rules}"
-    )
-    for config in settings.tiers.values():
-        key = "set" if config.api_key else ("unset" if config.api_key_env is None else f"${config.api_key_env} unset")
-        print(f"  {config.label}: {config.model} via {config.kind} at {config.base_url} (api key {key})")
-    print(f"  counters: {'redis ' + settings.counters.redis_url if settings.counters.redis_url else 'in-memory'}")
+    print("\n".join(summary_lines(summary(settings, simulate=args.simulate))))
     return 0
 
 
@@ -508,13 +543,42 @@ def _routing_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+def _setting_flag(sub: argparse.ArgumentParser, flag: str, key: str, **options: Any) -> None:
+    """A flag that overrides one setting; its help is the setting's, with its default and variable."""
+    setting = SETTINGS_BY_KEY[key]
+    default = getattr(setting.default, "value", setting.default)
+    shown = "unset" if default is None else default
+    help_text = f"{setting.help} Default: {shown}; env {setting.env}.".replace("%", "%%")
+    sub.add_argument(flag, help=help_text, default=None, **options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="routeproxy", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.description = "OpenAI-compatible proxy that routes each prompt to a small or a large model."
+    parser.add_argument("--version", action="version", version=f"routeproxy {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sub.add_argument("--config", help="YAML config file (default: $ROUTEPROXY_CONFIG or config/routeproxy.yaml)")
+        return sub
+
+    def with_serve_flags(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.formatter_class = argparse.RawDescriptionHelpFormatter
+        flag = _setting_flag
+        flag(sub, "--host", "server.host")
+        flag(sub, "--port", "server.port", type=int)
+        flag(sub, "--workers", "server.workers", type=int)
+        flag(sub, "--enable-routing", "routing.enabled", action=argparse.BooleanOptionalAction)
+        flag(sub, "--ratio", "routing.ab_test_ratio", type=float)
+        flag(sub, "--rules", "routing.rules")
+        flag(sub, "--redis-url", "counters.redis_url")
+        flag(sub, "--log-level", "logging.level", choices=["debug", "info", "warning", "error"])
+        sub.add_argument(
+            "--simulate",
+            action="store_true",
+            help="start the built-in simulated 3B/8B upstreams (demo and load tests; no GPU, no network)",
+        )
+        flag(sub, "--speed", "simulator.speed", type=float)
         return sub
 
     def with_routing(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -523,16 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--enable-routing", action="store_true", help="act as if ENABLE_MODEL_ROUTING=true")
         return sub
 
-    serve = with_config(commands.add_parser("serve", help="run the proxy"))
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int)
-    serve.add_argument(
-        "--simulate",
-        action="store_true",
-        help="start the built-in simulated 3B/8B upstreams (demo and load tests; no GPU, no network)",
-    )
-    serve.add_argument("--speed", type=float, help="with --simulate: divide simulated latencies by this factor")
+    serve = with_serve_flags(with_config(commands.add_parser("serve", help="run the proxy")))
     serve.set_defaults(handler=cmd_serve)
 
     simulate = with_config(commands.add_parser("simulate", help="run a simulated OpenAI-compatible upstream"))
@@ -567,10 +622,11 @@ def build_parser() -> argparse.ArgumentParser:
         with_config(
             commands.add_parser(
                 "classify",
-                help="decisions for JSON lines on stdin ({id, messages, query_type?, entities?, user?})",
+                help="decisions for JSON lines ({id, messages, query_type?, entities?, user?}) in FILE or on stdin",
             )
         )
     )
+    classify_cmd.add_argument("file", nargs="?", default="-", help="JSON lines file (default: - for stdin)")
     classify_cmd.add_argument(
         "--answers",
         metavar="FILE",
@@ -654,7 +710,14 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(handler=cmd_stats)
 
-    check = with_config(commands.add_parser("check-config", help="validate the configuration and rule set"))
+    check = with_serve_flags(
+        with_config(
+            commands.add_parser(
+                "check-config",
+                help="validate the configuration as `serve` would (same flags), print its start-up summary",
+            )
+        )
+    )
     check.set_defaults(handler=cmd_check_config)
     return parser
 

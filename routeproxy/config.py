@@ -9,6 +9,7 @@ Nothing outside this module and ``cli.py`` reads the environment.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import os
 import re
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -758,6 +760,12 @@ def read_yaml_tree(path: Path, what: str) -> Any:
         raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
 
 
+def did_you_mean(key: str) -> str:
+    """ " (did you mean 'routing.enabled'?)" for the nearest setting, or "" when none is near."""
+    near = difflib.get_close_matches(key, SETTINGS_BY_KEY, n=1, cutoff=0.75)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     tree = read_yaml_tree(path, "config file")
     if tree is None:
@@ -767,7 +775,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in _flatten(tree):
         if key not in SETTINGS_BY_KEY:
-            raise ConfigError(f"{path}: unknown setting {key!r}")
+            raise ConfigError(f"{path}: unknown setting {key!r}{did_you_mean(key)}")
         flat[key] = value
     return flat
 
@@ -782,7 +790,7 @@ def load_settings(
     overrides = overrides or {}
     unknown = sorted(set(overrides) - set(SETTINGS_BY_KEY))
     if unknown:
-        raise ConfigError(f"unknown setting {unknown[0]!r}")
+        raise ConfigError(f"unknown setting {unknown[0]!r}{did_you_mean(unknown[0])}")
     if path is None and environ.get("ROUTEPROXY_CONFIG"):
         path = environ["ROUTEPROXY_CONFIG"]
     config_path = Path(path) if path is not None else default_config_path()
@@ -897,6 +905,16 @@ def _read_key_file(path: str | None) -> frozenset[str]:
         raise ConfigError(f"server.api_keys_file = {path!r}: {exc}") from None
 
 
+HF_TOKEN_ENV = "HF_TOKEN"
+_HF_HOSTS = ("huggingface.co", "huggingface.cloud")
+
+
+def is_hugging_face(url: str) -> bool:
+    """Whether the URL is a Hugging Face host (the router, or a dedicated Inference Endpoint)."""
+    host = (urlsplit(url).hostname or "").lower()
+    return any(host == domain or host.endswith("." + domain) for domain in _HF_HOSTS)
+
+
 def _tier_config(tier: Tier, values: Mapping[str, Any], environ: Mapping[str, str]) -> TierConfig:
     def get(name: str) -> Any:
         return values[f"tiers.{tier}.{name}"]
@@ -906,6 +924,10 @@ def _tier_config(tier: Tier, values: Mapping[str, Any], environ: Mapping[str, st
     if api_key is not None and (ref := _ENV_REF.match(api_key)):
         api_key_env = ref.group(1)
         api_key = environ.get(api_key_env) or None
+        if api_key_env == HF_TOKEN_ENV and not is_hugging_face(get("base_url")):
+            # The default key is for the Hugging Face router: a base URL pointed elsewhere (a keyless local
+            # vLLM, say) gets no key, and the HF token never goes to another host.
+            api_key = api_key_env = None
     if api_key is not None and (not api_key.isprintable() or not api_key.isascii()):
         # It becomes a header line upstream: a stray newline would start a header of its own.
         where = f"environment variable {api_key_env}" if api_key_env else f"tiers.{tier}.api_key"

@@ -24,13 +24,15 @@ def _orjson_dumps(event: Any, default: Any = None) -> str:
     return orjson.dumps(event, default=default).decode()
 
 
+def console_format(config: LogConfig) -> bool:
+    """Whether log lines are for people (console) rather than JSON; auto means console on a terminal."""
+    return config.format == "console" or (config.format == "auto" and sys.stderr.isatty())
+
+
 def configure_logging(config: LogConfig) -> None:
     level = _LEVELS[config.level]
-    fmt = config.format
-    if fmt == "auto":
-        fmt = "console" if sys.stderr.isatty() else "json"
     renderer: Any
-    if fmt == "json":
+    if not console_format(config):
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())

@@ -88,10 +88,20 @@ class Rules:
     several_hint_weight: float
 
 
+def builtin_rule_sets() -> list[str]:
+    return sorted(path.stem for path in (config_dir() / "domains").glob("*.yaml"))
+
+
 def rules_path(name_or_path: str) -> Path:
     """A built-in name ("general", "poultry") -> its shipped file; anything else is a file path."""
     if re.fullmatch(r"[A-Za-z0-9_-]+", name_or_path):
-        return config_dir() / "domains" / f"{name_or_path}.yaml"
+        path = config_dir() / "domains" / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise ConfigError(
+                f"unknown rule set {name_or_path!r}: the built-in ones are {', '.join(builtin_rule_sets())} "
+                "(or give the path of a rules YAML file)"
+            )
+        return path
     return Path(name_or_path)
 
 

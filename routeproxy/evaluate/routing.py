@@ -58,23 +58,53 @@ class EvalReport:
     random_draws: int
 
 
+class ExampleFileError(ValueError):
+    """A labelled prompts file that cannot be used; the message names the file and the line."""
+
+
+_FIELDS = ("id", "subset", "prompt", "weak_norm", "strong_norm")
+
+
 def load_examples(path: str | Path) -> list[Example]:
     """Rows of routing-dev.jsonl: id, subset, prompt (the first user message), weak_norm, strong_norm."""
     examples = []
-    with Path(path).open(encoding="utf-8") as lines:
-        for line in lines:
-            if line.strip():
-                row = json.loads(line)
-                examples.append(
-                    Example(
-                        id=str(row["id"]),
-                        subset=str(row["subset"]),
-                        prompt=str(row["prompt"]),
-                        weak=float(row["weak_norm"]),
-                        strong=float(row["strong_norm"]),
-                    )
-                )
+    try:
+        with Path(path).open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if line.strip():
+                    examples.append(_example(line, f"{path}: line {number}"))
+    except OSError as exc:
+        raise ExampleFileError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ExampleFileError(f"{path} is not UTF-8 text (expected JSON lines)") from None
+    if not examples:
+        raise ExampleFileError(f"{path} has no labelled prompts (expected one JSON object per line)")
     return examples
+
+
+def _example(line: str, where: str) -> Example:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ExampleFileError(f"{where}: not JSON ({exc.msg}); expected one JSON object per line") from None
+    if not isinstance(row, dict):
+        raise ExampleFileError(f"{where}: expected a JSON object with {', '.join(_FIELDS)}")
+    missing = [name for name in _FIELDS if name not in row]
+    if missing:
+        raise ExampleFileError(
+            f"{where}: missing {', '.join(missing)} (a labelled prompt has {', '.join(_FIELDS)}; "
+            "see the README's eval file format)"
+        )
+    try:
+        return Example(
+            id=str(row["id"]),
+            subset=str(row["subset"]),
+            prompt=str(row["prompt"]),
+            weak=float(row["weak_norm"]),
+            strong=float(row["strong_norm"]),
+        )
+    except (TypeError, ValueError):
+        raise ExampleFileError(f"{where}: weak_norm and strong_norm must be numbers") from None
 
 
 def evaluate(

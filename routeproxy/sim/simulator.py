@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import random
 import time
 from collections import deque
@@ -469,6 +470,23 @@ class _Simulator:
 
     async def stats_view(self, request: Request) -> Response:
         return json_response(200, self.stats.as_json())
+
+
+SIMULATOR_THREAD = "simulator"  # the thread-name prefix of in-process simulators (serve --simulate)
+# What uvicorn says when x-sim-die-after drops a response on purpose.
+_DROPPED = "ASGI callable returned without completing response."
+
+
+class DeliberateFaults(logging.Filter):
+    """uvicorn's logger is one per process: an in-process simulator's deliberate drop would read as an error of
+    the proxy's own server. This turns that one message, from a simulator's thread, into an info line of the
+    simulator; anything else the simulator's server logs stays as it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.threadName and record.threadName.startswith(SIMULATOR_THREAD) and record.getMessage() == _DROPPED:
+            record.name, record.levelno, record.levelname = "routeproxy.simulator", logging.INFO, "INFO"
+            record.msg, record.args = "simulated fault: the response was dropped on purpose (x-sim-die-after)", ()
+        return True
 
 
 def create_simulator_app(profile: SimProfile) -> Starlette:

@@ -12,13 +12,15 @@ import uvicorn
 
 
 class ThreadedServer:
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:
+    def __init__(
+        self, app: Any, host: str = "127.0.0.1", port: int = 0, *, name: str = "uvicorn", **options: Any
+    ) -> None:
         options.setdefault("log_level", "warning")
         options.setdefault("lifespan", "on")
         self.config = uvicorn.Config(app, host=host, port=port, **options)
         self.server = uvicorn.Server(self.config)
         # uvicorn installs signal handlers only on the main thread, so a background server leaves them alone.
-        self.thread = threading.Thread(target=self.server.run, name=f"uvicorn:{host}:{port}", daemon=True)
+        self.thread = threading.Thread(target=self.server.run, name=f"{name}:{host}:{port}", daemon=True)
         self.host = host
         self.port = port
 

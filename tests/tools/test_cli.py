@@ -109,7 +109,7 @@ def test_bad_config_fails_at_start_naming_key_and_value(env: dict[str, str], fra
 
 def test_check_config_accepts_the_shipped_configs() -> None:
     for path in [ROOT / "config" / "routeproxy.yaml", *sorted((ROOT / "config" / "examples").glob("*.yaml"))]:
-        result = run_cli("check-config", "--config", str(path))
+        result = run_cli("check-config", "--config", str(path), env={"HF_TOKEN": "hf_test_token"})
         assert result.returncode == 0, result.stderr
         assert "config OK" in result.stdout
 

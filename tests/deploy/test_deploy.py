@@ -280,6 +280,7 @@ def test_configmap_config_passes_check_config(tmp_path: Path) -> None:
     config.write_text(CONFIG_FILE.read_text(encoding="utf-8"), encoding="utf-8")
     ours = {setting.env for setting in SETTINGS} | {"ROUTEPROXY_CONFIG", "HF_TOKEN"}
     environ = {name: value for name, value in os.environ.items() if name not in ours}
+    environ["HF_TOKEN"] = "hf_from_the_secret"  # the pod gets it from routeproxy-secrets; serve needs it, so does this
     result = subprocess.run(
         [sys.executable, "-m", "routeproxy", "check-config", "--config", str(config)],
         capture_output=True,

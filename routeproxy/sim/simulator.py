@@ -49,6 +49,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from routeproxy.config import Tier
+from routeproxy.sim import pooling
 from routeproxy.sim.content import (
     ToolCall,
     chosen_tool,
@@ -454,6 +455,25 @@ class _Simulator:
         finally:
             ticket.close(outcome)
 
+    async def pooling(self, request: Request) -> Response:
+        """The endpoints that generate nothing (``routeproxy.sim.pooling``), by path."""
+        raw = await request.body()
+        try:
+            recorded: object = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            recorded = None
+        admitted = await self._admit(request, recorded)
+        if isinstance(admitted, Response):
+            return admitted
+        body = self.wire.parse(request.headers.get("content-type", ""), raw)
+        if isinstance(body, Response):
+            return body
+        answer = _POOLING[request.url.path]
+        try:
+            return json_response(200, answer(body, self.profile.model))
+        except ValueError as exc:
+            return self.wire.error(400, str(exc))
+
     async def models(self, request: Request) -> Response:
         admitted = await self._admit(request, None)
         return admitted if isinstance(admitted, Response) else json_response(200, self.wire.models())
@@ -472,6 +492,7 @@ class _Simulator:
         return json_response(200, self.stats.as_json())
 
 
+_POOLING = {"/v1/embeddings": pooling.embeddings, "/tokenize": pooling.tokenize, "/detokenize": pooling.detokenize}
 SIMULATOR_THREAD = "simulator"  # the thread-name prefix of in-process simulators (serve --simulate)
 # What uvicorn says when x-sim-die-after drops a response on purpose.
 _DROPPED = "ASGI callable returned without completing response."
@@ -496,6 +517,8 @@ def create_simulator_app(profile: SimProfile) -> Starlette:
         Route("/v1/chat/completions", sim.chat, methods=["POST"]),
         # vLLM and TGI serve legacy completions too; the HF router serves chat only (§3).
         *([] if profile.dialect is Dialect.HF else [Route("/v1/completions", sim.text_completion, methods=["POST"])]),
+        # vLLM also embeds and tokenizes (TGI leaves embeddings to TEI; the HF router serves chat only).
+        *(Route(path, sim.pooling, methods=["POST"]) for path in _POOLING if profile.dialect is Dialect.VLLM),
         Route("/v1/models", sim.models, methods=["GET"]),
         Route("/health", sim.health, methods=["GET"]),
         Route("/_sim/requests", sim.recorded, methods=["GET", "DELETE"]),

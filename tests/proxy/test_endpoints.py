@@ -221,3 +221,22 @@ def test_cors_answers_preflight_and_exposes_the_routing_headers_on_chat(
         headers={"origin": "http://evil.example", "access-control-request-method": "POST"},
     )
     assert other.status_code == 400
+
+
+def test_simulated_vllm_embeds_and_tokenizes_through_the_proxy(
+    proxy: ThreadedServer, simulators: dict[Tier, ThreadedServer]
+) -> None:
+    with openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="unused", max_retries=0) as client:
+        vectors = client.embeddings.create(model="auto", input=["the proxy", "the proxy", "a router"])
+        as_floats = client.embeddings.create(model="auto", input="the proxy", encoding_format="float")
+    first, second, third = (item.embedding for item in vectors.data)
+    assert len(first) == 16 and first == second != third  # deterministic per input
+    assert abs(sum(value * value for value in first) - 1) < 1e-4
+    assert as_floats.data[0].embedding == pytest.approx(first, abs=1e-6)
+    assert last_request(simulators[Tier.LARGE])["body"]["model"] == LARGE_MODEL
+    tokens = httpx.post(f"{proxy.url}/tokenize", json={"model": "auto", "prompt": "the proxy routes"}).json()
+    assert tokens["count"] == 3
+    text = httpx.post(f"{proxy.url}/detokenize", json={"model": "auto", "tokens": tokens["tokens"]}).json()
+    assert text == {"prompt": "the proxy routes"}
+    bad = httpx.post(f"{proxy.url}/v1/embeddings", json={"model": "auto", "input": 5})
+    assert bad.status_code == 400 and "input" in bad.json()["error"]["message"]

@@ -12,6 +12,7 @@ import orjson
 import pytest
 from support.ports import free_port
 from support.upstreams import LARGE_MODEL, SMALL_MODEL, ProxyFactory, ScriptedUpstream
+from support.wait import eventually
 
 from routeproxy.config import Tier
 from routeproxy.sim.threadserver import ThreadedServer
@@ -28,6 +29,11 @@ EMBEDDING = {
 def last_request(server: ThreadedServer) -> dict[str, Any]:
     recorded: list[dict[str, Any]] = httpx.get(f"{server.url}/_sim/requests").json()
     return recorded[-1]
+
+
+def sim_stats(server: ThreadedServer) -> dict[str, int]:
+    result: dict[str, int] = httpx.get(f"{server.url}/_sim/stats").json()
+    return result
 
 
 def stats(proxy: ThreadedServer) -> dict[str, Any]:
@@ -240,3 +246,35 @@ def test_simulated_vllm_embeds_and_tokenizes_through_the_proxy(
     assert text == {"prompt": "the proxy routes"}
     bad = httpx.post(f"{proxy.url}/v1/embeddings", json={"model": "auto", "input": 5})
     assert bad.status_code == 400 and "input" in bad.json()["error"]["message"]
+
+
+def test_client_leaving_a_completions_stream_closes_the_upstream_stream(
+    simulators: dict[Tier, ThreadedServer], proxy: ThreadedServer
+) -> None:
+    large = simulators[Tier.LARGE]
+    body = {"model": "auto", "prompt": "Once", "stream": True}
+    slow = {"x-sim-tokens": "1000", "x-sim-token-ms": "50"}
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream("POST", f"{proxy.url}/v1/completions", json=body, headers=slow) as response,
+    ):
+        chunks = response.iter_raw()  # keep a reference: a collected generator would close the connection
+        next(chunks)
+        assert sim_stats(large)["open_streams"] == 1
+    stats = eventually(lambda: (now := sim_stats(large))["open_streams"] == 0 and now, what="the upstream to close")
+    assert stats["disconnected_streams"] == 1
+
+
+def test_client_leaving_before_a_passthrough_answer_cancels_the_upstream_request(
+    simulators: dict[Tier, ThreadedServer], proxy: ThreadedServer
+) -> None:
+    large = simulators[Tier.LARGE]
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up while the upstream is still working
+        httpx.post(
+            f"{proxy.url}/v1/embeddings",
+            json={"model": "auto", "input": "x"},
+            headers={"x-sim-hang": "1"},
+            timeout=httpx.Timeout(5, read=0.3),
+        )
+    stats = eventually(lambda: (now := sim_stats(large))["disconnected_streams"] == 1 and now, what="the cancel")
+    assert stats["open_streams"] == 0

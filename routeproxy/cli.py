@@ -146,9 +146,11 @@ def _start_simulators(settings: Settings) -> dict[str, Any]:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    import logging
+
     import uvicorn
 
-    from routeproxy.sim.simulator import Dialect, create_simulator_app, seed_profile
+    from routeproxy.sim.simulator import DeliberateFaults, Dialect, create_simulator_app, seed_profile
 
     tier = Tier(args.tier)
     model = args.model or _settings(args).tiers[tier].model
@@ -173,6 +175,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         f"on http://{args.host}:{args.port}/v1",
         file=sys.stderr,
     )
+    logging.getLogger("uvicorn.error").addFilter(DeliberateFaults(any_thread=True))
     uvicorn.run(
         create_simulator_app(profile),
         host=args.host,

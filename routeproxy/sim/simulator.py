@@ -500,11 +500,16 @@ _DROPPED = "ASGI callable returned without completing response."
 
 class DeliberateFaults(logging.Filter):
     """uvicorn's logger is one per process: an in-process simulator's deliberate drop would read as an error of
-    the proxy's own server. This turns that one message, from a simulator's thread, into an info line of the
-    simulator; anything else the simulator's server logs stays as it is."""
+    the proxy's own server. This turns that one message, from a simulator's thread (or from any thread, in a
+    process that is only a simulator), into an info line of the simulator; anything else stays as it is."""
+
+    def __init__(self, *, any_thread: bool = False) -> None:
+        super().__init__()
+        self.any_thread = any_thread
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.threadName and record.threadName.startswith(SIMULATOR_THREAD) and record.getMessage() == _DROPPED:
+        ours = self.any_thread or (record.threadName or "").startswith(SIMULATOR_THREAD)
+        if ours and record.getMessage() == _DROPPED:
             record.name, record.levelno, record.levelname = "routeproxy.simulator", logging.INFO, "INFO"
             record.msg, record.args = "simulated fault: the response was dropped on purpose (x-sim-die-after)", ()
         return True

@@ -285,6 +285,7 @@ def _classify_lines(lines: TextIO, router: Any, settings: Settings) -> int:
         out = {
             "id": record.get("id"),
             "tier": decision.tier.value,
+            "label": settings.tiers[decision.tier].label,  # as explain: the name headers, stats and logs use
             "model": settings.tiers[decision.tier].model,
             "complexity": None if decision.complexity is None else decision.complexity.value,
             "score": None if decision.score is None else round(decision.score, 4),

@@ -153,7 +153,7 @@ def test_same_query_same_tier_in_processes_with_different_hash_seeds(routed_prox
                 f"{routed_proxy.url}/v1/chat/completions",
                 json={"model": "auto", "messages": lines[line["id"]]["messages"]},
             )
-            assert response.headers["x-routeproxy-tier"] == {"small": "3b", "large": "8b"}[line["tier"]]
+            assert response.headers["x-routeproxy-tier"] == line["label"]
             assert response.headers["x-routeproxy-reason"] == line["reason"]
 
 
@@ -163,6 +163,7 @@ def test_classify_cli_reads_hints_and_reports_bad_lines() -> None:
         {
             "id": "a",
             "tier": "small",
+            "label": "3b",
             "model": "meta-llama/Llama-3.2-3B-Instruct",
             "complexity": "simple",
             "score": out[0]["score"],

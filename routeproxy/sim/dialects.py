@@ -395,8 +395,8 @@ class HfWire(Wire):
             "status": "live",
             "context_length": 131072,
             "pricing": {"input": 0.0, "output": 0.0},
-            "supports_tools": False,
-            "supports_structured_output": False,
+            "supports_tools": True,  # the simulator answers tool calls and JSON modes (routeproxy.sim.content)
+            "supports_structured_output": True,
             "throughput": self.tokens_per_s,
             "is_model_author": False,
         }

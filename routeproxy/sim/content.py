@@ -76,6 +76,11 @@ def filler(rng: random.Random, count: int) -> tuple[str, ...]:
     return tuple(word if index == 0 else f" {word}" for index, word in enumerate(words))
 
 
+def words_of(text: str) -> tuple[str, ...]:
+    """Text as word tokens, each with the white space before it (as filler words come)."""
+    return tuple(re.findall(r"\s*\S+", text)) or (text,)
+
+
 def split_tokens(text: str, size: int = 4) -> tuple[str, ...]:
     """Text cut into token-sized pieces (what a JSON answer streams as)."""
     return tuple(text[start : start + size] for start in range(0, len(text), size))
@@ -270,11 +275,14 @@ def _string(schema: Mapping[str, Any], rng: random.Random) -> str:
     return text
 
 
-def logprob_entries(tokens: Sequence[str], top: int, rng: random.Random) -> list[dict[str, Any]]:
-    """OpenAI's ``logprobs.content`` entries for the tokens: the chosen token is always the most likely."""
+def logprob_entries(
+    tokens: Sequence[str], top: int, rng: random.Random, *, fixed: float | None = None
+) -> list[dict[str, Any]]:
+    """OpenAI's ``logprobs.content`` entries for the tokens: the chosen token is always the most likely; ``fixed``
+    sets every chosen token's logprob."""
     entries = []
     for token in tokens:
-        chosen = -rng.uniform(0.001, 1.5)
+        chosen = -rng.uniform(0.001, 1.5) if fixed is None else fixed
         alternatives = sorted((chosen - rng.uniform(0.1, 4.0) for _ in range(max(0, top - 1))), reverse=True)
         others = [word for word in WORDS if word != token.strip()]
         top_entries = [{"token": token, "logprob": round(chosen, 6), "bytes": list(token.encode())}]

@@ -19,6 +19,8 @@ Fault controls, read from request headers so that they pass through a proxy:
     x-sim-ttft-ms: N       time to first token for this request, in ms (not divided by speed)
     x-sim-token-ms: N      time between tokens for this request, in ms (not divided by speed)
     x-sim-hang: 1          never answer; wait until the client goes away (counted as a disconnect)
+    x-sim-answer: TEXT     answer with this text (a refusal, say) instead of filler words, JSON or a tool call
+    x-sim-logprob: X       every token's logprob is X (<= 0), for answers that must look (un)sure
 
 Observability: ``GET /_sim/requests`` (the last 100 requests: method, path, lowercased headers, parsed JSON
 body or null), ``DELETE /_sim/requests``, and ``GET /_sim/stats``. In the stats an answer in progress,
@@ -60,6 +62,7 @@ from routeproxy.sim.content import (
     seeded,
     split_tokens,
     tool_call,
+    words_of,
 )
 from routeproxy.sim.dialects import WIRES, Answer, Dialect, Json, Wire, json_response
 
@@ -109,6 +112,8 @@ class _Faults:
     ttft_s: float | None = None
     token_s: float | None = None
     hang: bool = False
+    answer: str | None = None
+    logprob: float | None = None
 
     @classmethod
     def from_headers(cls, headers: Headers) -> _Faults:
@@ -128,7 +133,17 @@ class _Faults:
         if status is not None and not 400 <= status <= 599:
             raise _BadFault(f"x-sim-status must be 400-599, not {status}")
         ttft_ms, token_ms = number("x-sim-ttft-ms"), number("x-sim-token-ms")
+        logprob = headers.get("x-sim-logprob")
+        if logprob is not None:
+            try:
+                chosen: float | None = float(logprob)
+            except ValueError:
+                chosen = None
+            if chosen is None or not -100.0 <= chosen <= 0.0:
+                raise _BadFault(f"x-sim-logprob must be a number from -100 to 0, not {logprob!r}")
         return cls(
+            answer=headers.get("x-sim-answer"),
+            logprob=None if logprob is None else float(logprob),
             status=status,
             error_after=number("x-sim-error-after"),
             die_after=number("x-sim-die-after"),
@@ -348,6 +363,8 @@ class _Simulator:
             tokens = split_tokens(calls[0].arguments)
         elif not text and (structured := json_text(body.get("response_format"), rng, prompt_values(body))) is not None:
             tokens = split_tokens(structured)
+        if faults.answer is not None:
+            calls, tokens = (), words_of(faults.answer)
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         count = len(tokens) if limit is None else min(len(tokens), limit)
         answer_id = self.wire.answer_id(headers.get("x-request-id"))
@@ -360,12 +377,14 @@ class _Simulator:
             prompt_tokens=_prompt_tokens(body),
             include_usage=self.wire.include_usage(body),
             tool_calls=calls,
-            logprobs=self._logprobs(body, tokens[:count], rng, text=text),
+            logprobs=self._logprobs(body, tokens[:count], rng, text=text, fixed=faults.logprob),
             text=text,
         )
 
     @staticmethod
-    def _logprobs(body: Json, tokens: tuple[str, ...], rng: random.Random, *, text: bool) -> tuple[Json, ...] | None:
+    def _logprobs(
+        body: Json, tokens: tuple[str, ...], rng: random.Random, *, text: bool, fixed: float | None
+    ) -> tuple[Json, ...] | None:
         # Chat asks with `logprobs: true` (+ `top_logprobs: n`); legacy completions with `logprobs: n`.
         asked = body.get("logprobs")
         if text:
@@ -375,7 +394,7 @@ class _Simulator:
             top = (top_logprobs if isinstance(top_logprobs, int) else 0) if asked is True else None
         if top is None:
             return None
-        return tuple(logprob_entries(tokens, top, rng))
+        return tuple(logprob_entries(tokens, top, rng, fixed=fixed))
 
     async def _complete(
         self, request: Request, answer: Answer, ticket: _Ticket, ttft: float, gap: float, faults: _Faults

@@ -250,3 +250,28 @@ _SCHEMAS = st.recursive(
 def test_generated_values_validate_against_their_schema(schema: dict[str, Any], seed: int, prompt: str) -> None:
     value = schema_value(schema, random.Random(seed), PromptValues(prompt))
     jsonschema.validate(value, schema)
+
+
+@pytest.mark.parametrize("dialect", [Dialect.VLLM, Dialect.TGI])
+def test_answer_and_logprob_can_be_set_per_request(serve: Serve, dialect: Dialect) -> None:
+    headers = {"x-sim-answer": "I'm sorry, but I can't help with that.", "x-sim-logprob": "-2.5"}
+    with client(serve(dialect)) as sdk:
+        reply = sdk.chat.completions.create(
+            model=MODEL, messages=ASK, tools=[WEATHER], logprobs=True, extra_headers=headers
+        )
+        chunks = sdk.chat.completions.create(model=MODEL, messages=ASK, stream=True, extra_headers=headers)
+        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    choice = reply.choices[0]
+    assert choice.message.content == streamed == headers["x-sim-answer"]  # not a tool call: the text asked for
+    assert choice.finish_reason == "stop"
+    assert {entry.logprob for entry in choice.logprobs.content or []} == {-2.5}
+
+
+def test_bad_logprob_header_is_refused(serve: Serve) -> None:
+    response = httpx.post(
+        f"{serve(Dialect.VLLM).url}/v1/chat/completions",
+        json={"model": MODEL, "messages": ASK},
+        headers={"x-sim-logprob": "0.5"},
+    )
+    assert response.status_code == 400
+    assert "x-sim-logprob" in response.text

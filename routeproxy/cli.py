@@ -122,7 +122,8 @@ def _start_simulators(settings: Settings) -> dict[str, Any]:
 
     import structlog
 
-    from routeproxy.sim.simulator import SIMULATOR_THREAD, DeliberateFaults, create_simulator_app, seed_profile
+    from routeproxy.sim.faults import SIMULATOR_THREAD, DeliberateFaults
+    from routeproxy.sim.simulator import create_simulator_app, seed_profile
     from routeproxy.sim.threadserver import ThreadedServer
 
     logging.getLogger("uvicorn.error").addFilter(DeliberateFaults())
@@ -150,7 +151,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from routeproxy.sim.simulator import DeliberateFaults, Dialect, create_simulator_app, seed_profile
+    from routeproxy.sim.faults import DeliberateFaults
+    from routeproxy.sim.simulator import Dialect, create_simulator_app, seed_profile
 
     tier = Tier(args.tier)
     model = args.model or _settings(args).tiers[tier].model

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import logging
 import random
 import time
 from collections import deque
@@ -65,6 +64,7 @@ from routeproxy.sim.content import (
     words_of,
 )
 from routeproxy.sim.dialects import WIRES, Answer, Dialect, Json, Wire, json_response
+from routeproxy.sim.faults import BadFault, Faults
 
 __all__ = ["Dialect", "SimProfile", "create_simulator_app", "seed_profile"]
 
@@ -97,61 +97,6 @@ def seed_profile(tier: Tier, model: str, *, speed: float = 1.0, dialect: Dialect
     if tier is Tier.SMALL:
         return SimProfile(model, dialect, ttft_s=0.3, tokens_per_s=50.0, speed=speed, keepalive_s=keepalive)
     return SimProfile(model, dialect, ttft_s=0.5, tokens_per_s=27.5, speed=speed, keepalive_s=keepalive)
-
-
-class _BadFault(ValueError):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class _Faults:
-    status: int | None = None
-    error_after: int | None = None
-    die_after: int | None = None
-    tokens: int | None = None
-    ttft_s: float | None = None
-    token_s: float | None = None
-    hang: bool = False
-    answer: str | None = None
-    logprob: float | None = None
-
-    @classmethod
-    def from_headers(cls, headers: Headers) -> _Faults:
-        def number(name: str) -> int | None:
-            raw = headers.get(name)
-            if raw is None:
-                return None
-            try:
-                value = int(raw)
-            except ValueError:
-                raise _BadFault(f"{name} must be a non-negative integer, not {raw!r}") from None
-            if value < 0:
-                raise _BadFault(f"{name} must be a non-negative integer, not {raw!r}")
-            return value
-
-        status = number("x-sim-status")
-        if status is not None and not 400 <= status <= 599:
-            raise _BadFault(f"x-sim-status must be 400-599, not {status}")
-        ttft_ms, token_ms = number("x-sim-ttft-ms"), number("x-sim-token-ms")
-        logprob = headers.get("x-sim-logprob")
-        if logprob is not None:
-            try:
-                chosen: float | None = float(logprob)
-            except ValueError:
-                chosen = None
-            if chosen is None or not -100.0 <= chosen <= 0.0:
-                raise _BadFault(f"x-sim-logprob must be a number from -100 to 0, not {logprob!r}")
-        return cls(
-            answer=headers.get("x-sim-answer"),
-            logprob=None if logprob is None else float(logprob),
-            status=status,
-            error_after=number("x-sim-error-after"),
-            die_after=number("x-sim-die-after"),
-            tokens=number("x-sim-tokens"),
-            ttft_s=None if ttft_ms is None else ttft_ms / 1000,
-            token_s=None if token_ms is None else token_ms / 1000,
-            hang=headers.get("x-sim-hang", "").strip().lower() in ("1", "true", "yes"),
-        )
 
 
 class _Outcome(enum.Enum):
@@ -288,7 +233,7 @@ class _Simulator:
             {"method": request.method, "path": request.url.path, "headers": dict(request.headers), "body": body}
         )
 
-    async def _admit(self, request: Request, body: object) -> _Faults | Response:
+    async def _admit(self, request: Request, body: object) -> Faults | Response:
         """Record the request, then apply the key and the status and hang faults."""
         self._record(request, body)
         key = self.profile.api_key
@@ -296,8 +241,8 @@ class _Simulator:
         if guarded and not self.wire.authorized(request.headers.get("authorization", ""), key or ""):
             return self.wire.unauthorized()
         try:
-            faults = _Faults.from_headers(request.headers)
-        except _BadFault as exc:
+            faults = Faults.from_headers(request.headers)
+        except BadFault as exc:
             return PlainTextResponse(f"routeproxy simulator: {exc}", 400)
         if faults.status is not None:
             message = f"Simulated {faults.status} (x-sim-status)"
@@ -349,7 +294,7 @@ class _Simulator:
             return _SimStream(events, ticket, self.wire.stream_headers())
         return await self._complete(request, answer, ticket, ttft, gap, faults)
 
-    def _answer(self, body: Json, headers: Headers, faults: _Faults, *, text: bool) -> Answer:
+    def _answer(self, body: Json, headers: Headers, faults: Faults, *, text: bool) -> Answer:
         """Decide the whole answer: text, a tool call or JSON (see ``routeproxy.sim.content``), capped by
         max_tokens, with logprobs when asked for."""
         asked = body.get("prompt") if text else body.get("messages") or []
@@ -397,7 +342,7 @@ class _Simulator:
         return tuple(logprob_entries(tokens, top, rng, fixed=fixed))
 
     async def _complete(
-        self, request: Request, answer: Answer, ticket: _Ticket, ttft: float, gap: float, faults: _Faults
+        self, request: Request, answer: Answer, ticket: _Ticket, ttft: float, gap: float, faults: Faults
     ) -> Response:
         delay = ttft + max(0, len(answer.tokens) - (answer.finish_reason == "length")) * gap
         if not await _sleep_unless_disconnect(request.receive, delay):
@@ -421,7 +366,7 @@ class _Simulator:
         yield 0.0, self.wire.event(self.wire.stream_error(problem))
         yield 0.0, self.wire.done
 
-    def _plan(self, answer: Answer, ttft: float, gap: float, faults: _Faults) -> Iterator[tuple[float, bytes | None]]:
+    def _plan(self, answer: Answer, ttft: float, gap: float, faults: Faults) -> Iterator[tuple[float, bytes | None]]:
         """(offset in seconds, event bytes) in order; None means drop the connection there."""
         wire, tokens = self.wire, answer.tokens
         count = len(tokens)
@@ -512,26 +457,6 @@ class _Simulator:
 
 
 _POOLING = {"/v1/embeddings": pooling.embeddings, "/tokenize": pooling.tokenize, "/detokenize": pooling.detokenize}
-SIMULATOR_THREAD = "simulator"  # the thread-name prefix of in-process simulators (serve --simulate)
-# What uvicorn says when x-sim-die-after drops a response on purpose.
-_DROPPED = "ASGI callable returned without completing response."
-
-
-class DeliberateFaults(logging.Filter):
-    """uvicorn's logger is one per process: an in-process simulator's deliberate drop would read as an error of
-    the proxy's own server. This turns that one message, from a simulator's thread (or from any thread, in a
-    process that is only a simulator), into an info line of the simulator; anything else stays as it is."""
-
-    def __init__(self, *, any_thread: bool = False) -> None:
-        super().__init__()
-        self.any_thread = any_thread
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        ours = self.any_thread or (record.threadName or "").startswith(SIMULATOR_THREAD)
-        if ours and record.getMessage() == _DROPPED:
-            record.name, record.levelno, record.levelname = "routeproxy.simulator", logging.INFO, "INFO"
-            record.msg, record.args = "simulated fault: the response was dropped on purpose (x-sim-die-after)", ()
-        return True
 
 
 def create_simulator_app(profile: SimProfile) -> Starlette:

@@ -106,6 +106,8 @@ def _announce(settings: Settings, *, simulate: bool) -> None:
     from routeproxy.startup import summary, summary_lines
 
     fields = summary(settings, simulate=simulate)
+    if settings.logging.level not in ("debug", "info"):
+        return  # an info event, like the JSON one, which the level filters out
     if console_format(settings.logging):
         print("\n".join(summary_lines(fields)), file=sys.stderr, flush=True)
     else:

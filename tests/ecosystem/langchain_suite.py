@@ -1,8 +1,9 @@
 """LangChain's standard chat-model integration suite, with ChatOpenAI pointed at a routeproxy.
 
 Not collected by routeproxy's own suite: tests/ecosystem/test_langchain.py copies it next to a pytest.ini of its
-own and runs it in a subprocess (the suite brings its own pytest plugins and expectations), against a proxy it
-serves on loopback in front of the built-in simulator. ROUTEPROXY_BASE_URL names that proxy.
+own and runs it in a subprocess (the suite brings its own pytest plugins and expectations), against proxies it
+serves on loopback in front of the built-in simulator, one per simulated dialect. ROUTEPROXY_BASE_URL_<DIALECT>
+names each proxy (ROUTEPROXY_BASE_URL_VLLM, ..._TGI, ..._TGI_LEGACY, ..._HF).
 
 ``SKIPS`` is the whole skip list, each with its reason (applied by the runner's conftest: the suite forbids
 overriding its tests); every other test of the suite must pass.
@@ -28,7 +29,11 @@ SKIPS = {
 }
 
 
-class TestRouteproxyChatOpenAI(ChatModelIntegrationTests):
+class _ThroughRouteproxy(ChatModelIntegrationTests):
+    """The suite with ChatOpenAI pointed at a proxy whose tiers speak ``dialect`` (not collected: no Test prefix)."""
+
+    dialect = "vllm"
+
     @property
     def chat_model_class(self) -> type[ChatOpenAI]:
         return ChatOpenAI
@@ -37,7 +42,7 @@ class TestRouteproxyChatOpenAI(ChatModelIntegrationTests):
     def chat_model_params(self) -> dict[str, Any]:
         return {
             "model": "auto",
-            "base_url": os.environ["ROUTEPROXY_BASE_URL"],
+            "base_url": os.environ[f"ROUTEPROXY_BASE_URL_{self.dialect.upper().replace('-', '_')}"],
             "api_key": "unused",
             # With a base_url of its own ChatOpenAI leaves usage out of streams unless asked (README, LangChain).
             "stream_usage": True,
@@ -85,3 +90,19 @@ class TestRouteproxyChatOpenAI(ChatModelIntegrationTests):
     @property
     def supports_anthropic_inputs(self) -> bool:
         return True
+
+
+class TestThroughRouteproxyToVllm(_ThroughRouteproxy):
+    dialect = "vllm"
+
+
+class TestThroughRouteproxyToTgi(_ThroughRouteproxy):
+    dialect = "tgi"
+
+
+class TestThroughRouteproxyToTgiLegacy(_ThroughRouteproxy):
+    dialect = "tgi-legacy"
+
+
+class TestThroughRouteproxyToHfRouter(_ThroughRouteproxy):
+    dialect = "hf"

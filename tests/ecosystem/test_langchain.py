@@ -1,5 +1,6 @@
-"""LangChain's ChatModelIntegrationTests with ChatOpenAI against the proxy in front of the simulator: zero failures,
-and no skip beyond the documented list in langchain_suite.SKIPS."""
+"""LangChain's ChatModelIntegrationTests with ChatOpenAI against the proxy in front of the simulator, once per
+simulated dialect (vLLM, TGI, TGI < 2.1, the HF router): zero failures, and no skip beyond the documented list in
+langchain_suite.SKIPS."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from langchain_suite import SKIPS
-from support.upstreams import ProxyFactory
+from support.upstreams import ProxyFactory, fast_profile
 
 from routeproxy.config import Tier
+from routeproxy.sim.simulator import Dialect, create_simulator_app
 from routeproxy.sim.threadserver import ThreadedServer
 
 SUITE = Path(__file__).with_name("langchain_suite.py")
@@ -37,13 +41,26 @@ asyncio_default_test_loop_scope = session
 """
 
 
-def test_langchain_standard_suite_passes_through_the_proxy(
-    simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFactory, tmp_path: Path
-) -> None:
-    proxy = start_proxy(
-        {tier: f"{server.url}/v1" for tier, server in simulators.items()},
-        **{"routing.enabled": True, "logging.level": "warning"},
-    )
+@pytest.fixture
+def dialect_proxies(start_proxy: ProxyFactory) -> Iterator[dict[str, str]]:
+    """A proxy per simulated dialect, its two tiers on simulators of that dialect, routing on."""
+    simulators: list[ThreadedServer] = []
+    urls = {}
+    for dialect in Dialect:
+        upstreams = {}
+        for tier in Tier:
+            simulators.append(ThreadedServer(create_simulator_app(fast_profile(tier, dialect))).start())
+            upstreams[tier] = f"{simulators[-1].url}/v1"
+        kind = "tgi" if dialect in (Dialect.TGI, Dialect.TGI_LEGACY) else dialect.value
+        overrides = {f"tiers.{tier}.kind": kind for tier in Tier}
+        proxy = start_proxy(upstreams, **overrides, **{"routing.enabled": True, "logging.level": "warning"})
+        urls[f"ROUTEPROXY_BASE_URL_{dialect.name}"] = f"{proxy.url}/v1"
+    yield urls
+    for server in simulators:
+        server.stop()
+
+
+def test_langchain_standard_suite_passes_through_the_proxy(dialect_proxies: dict[str, str], tmp_path: Path) -> None:
     shutil.copy(SUITE, tmp_path / "test_langchain_suite.py")
     (tmp_path / "pytest.ini").write_text(INI)
     (tmp_path / "conftest.py").write_text(CONFTEST)
@@ -54,20 +71,23 @@ def test_langchain_standard_suite_passes_through_the_proxy(
     result = subprocess.run(
         [*command, "test_langchain_suite.py"],
         cwd=tmp_path,
-        env={**os.environ, "ROUTEPROXY_BASE_URL": f"{proxy.url}/v1"},
+        env={**os.environ, **dialect_proxies},
         capture_output=True,
         text=True,
         timeout=600,
     )
     outcomes: Counter[str] = Counter()
     skipped: dict[str, str] = {}
+    classes = set()
     for case in ElementTree.parse(report).getroot().iter("testcase"):
         name = case.get("name", "").split("[")[0]
+        classes.add(case.get("classname", "").rsplit(".", 1)[-1])
         outcome = next((child.tag for child in case if child.tag in ("failure", "error", "skipped")), "passed")
         outcomes[outcome] += 1
         if outcome == "skipped":
             skipped[name] = next(child.get("message", "") for child in case if child.tag == "skipped")
     assert outcomes["failure"] == outcomes["error"] == 0, result.stdout[-6000:]
     assert set(skipped) == set(SKIPS), skipped
-    assert outcomes["passed"] >= 40, outcomes  # the suite really ran
+    assert len(classes) == len(Dialect), classes  # the suite ran once per dialect
+    assert outcomes["passed"] >= 40 * len(Dialect), outcomes
     assert result.returncode == 0, result.stdout[-3000:]

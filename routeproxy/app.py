@@ -191,7 +191,7 @@ class ProxyApp:
     route). The chat handler renders its own errors in OpenAI's envelope, so it needs none of them.
 
     With CORS origins configured, CORS stands in front of both (preflight included), so the chat path answers
-    browsers too; without them it costs nothing.
+    browsers too; without them the only cost is one more call per request.
     """
 
     def __init__(self, settings: Settings, app: Starlette) -> None:

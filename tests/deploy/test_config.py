@@ -11,6 +11,7 @@ from routeproxy.config import (
     StickyKey,
     Tier,
     UpstreamKind,
+    is_hugging_face,
     load_settings,
 )
 
@@ -138,3 +139,55 @@ def test_an_api_key_that_would_break_a_header_line_is_refused(key: str) -> None:
     assert key not in str(caught.value)  # the secret itself is not echoed
     with pytest.raises(ConfigError, match="environment variable HF_TOKEN"):
         load_settings(environ={"HF_TOKEN": key})
+
+
+@pytest.mark.parametrize(
+    ("key", "suggestion"),
+    [
+        ("routing.enabeld", "routing.enabled"),
+        ("tiers.small.modle", "tiers.small.model"),
+        ("server.prot", "server.port"),
+    ],
+)
+def test_an_unknown_key_names_the_nearest_setting(key: str, suggestion: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"(did you mean {suggestion!r}?)")):
+        load_settings(environ={}, overrides={key: "x"})
+
+
+def test_an_unknown_key_far_from_any_setting_gets_no_suggestion() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={}, overrides={"colour": "blue"})
+    assert "did you mean" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "origins"),
+    [
+        ("http://app.example, https://b.example:8443/", ("http://app.example", "https://b.example:8443")),
+        ("*", ("*",)),
+        ("", ()),
+    ],
+)
+def test_cors_origins_are_read_from_a_list(value: str, origins: tuple[str, ...]) -> None:
+    settings = load_settings(environ={"ROUTEPROXY_CORS_ORIGINS": value, "HF_TOKEN": "hf_x"})
+    assert settings.server.cors_origins == origins
+
+
+@pytest.mark.parametrize("value", ["app.example", "http://app.example/path", "ftp://x"])
+def test_a_cors_origin_that_is_not_an_origin_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape("server.cors_origins")):
+        load_settings(environ={"ROUTEPROXY_CORS_ORIGINS": value})
+
+
+@pytest.mark.parametrize(
+    ("url", "hugging_face"),
+    [
+        ("https://router.huggingface.co/v1", True),
+        ("https://abc.us-east-1.aws.endpoints.huggingface.cloud/v1", True),
+        ("http://127.0.0.1:8000/v1", False),
+        ("https://huggingface.co.evil.example/v1", False),
+        ("https://nothuggingface.co/v1", False),
+    ],
+)
+def test_hugging_face_hosts(url: str, hugging_face: bool) -> None:
+    assert is_hugging_face(url) is hugging_face

@@ -15,7 +15,9 @@ from support.upstreams import LARGE_MODEL, SMALL_MODEL, ProxyFactory, ScriptedUp
 from support.wait import eventually
 
 from routeproxy.config import Tier
+from routeproxy.parse import prompt_messages
 from routeproxy.sim.threadserver import ThreadedServer
+from routeproxy.upstream import root_prefix
 
 Scripted = Callable[..., tuple[ScriptedUpstream, ThreadedServer]]
 EMBEDDING = {
@@ -278,3 +280,24 @@ def test_client_leaving_before_a_passthrough_answer_cancels_the_upstream_request
         )
     stats = eventually(lambda: (now := sim_stats(large))["disconnected_streams"] == 1 and now, what="the cancel")
     assert stats["open_streams"] == 0
+
+
+@pytest.mark.parametrize(
+    ("prompt", "content"),
+    [
+        ("Compare A vs B", "Compare A vs B"),
+        (["first", "second"], "first\nsecond"),
+        ([1, 2, 3], ""),
+        ([[1, 2], [3]], ""),
+    ],
+)
+def test_a_completions_prompt_is_classified_as_one_user_message(prompt: Any, content: str) -> None:
+    assert prompt_messages(prompt) == [{"role": "user", "content": content}]
+
+
+@pytest.mark.parametrize(
+    ("base_path", "root"),
+    [(b"/v1", b""), (b"/prefix/v1", b"/prefix"), (b"", b""), (b"/openai", b"/openai")],
+)
+def test_root_endpoints_go_beside_v1(base_path: bytes, root: bytes) -> None:
+    assert root_prefix(base_path) == root

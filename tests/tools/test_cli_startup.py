@@ -20,6 +20,7 @@ from support.upstreams import SMALL_MODEL, ScriptedUpstream
 
 from routeproxy.config import Tier, load_settings
 from routeproxy.sim.threadserver import ThreadedServer
+from routeproxy.startup import redacted
 
 ROOT = Path(__file__).resolve().parents[2]
 Scripted = Callable[..., tuple[ScriptedUpstream, ThreadedServer]]
@@ -199,3 +200,16 @@ def test_classify_explains_a_missing_file_and_bad_lines(tmp_path: Path) -> None:
     assert "line 3: 'messages' must be an array" in result.stderr
     assert [orjson.loads(line)["id"] for line in result.stdout.splitlines()] == ["ok"]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://user:s3cret@redis:6379/0", "redis://user:***@redis:6379/0"),
+        ("rediss://:s3cret@redis:6380", "rediss://:***@redis:6380"),
+        ("redis://redis:6379/0", "redis://redis:6379/0"),
+        ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+    ],
+)
+def test_the_summary_never_shows_a_redis_password(url: str, shown: str) -> None:
+    assert redacted(url) == shown

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from routeproxy.config import config_dir, read_yaml_tree
+from routeproxy.config import read_yaml_tree, shipped_or_path
 from routeproxy.errors import ConfigError
 from routeproxy.rules import Levels, _named, _Reader
 
@@ -75,9 +75,7 @@ class CheckRules:
 
 def check_rules_path(name_or_path: str) -> Path:
     """A built-in name ("general") -> its shipped file; anything else is a file path."""
-    if re.fullmatch(r"[A-Za-z0-9_-]+", name_or_path):
-        return config_dir() / "checks" / f"{name_or_path}.yaml"
-    return Path(name_or_path)
+    return shipped_or_path("checks", name_or_path, "check rule set")
 
 
 def load_check_rules(name_or_path: str) -> CheckRules:

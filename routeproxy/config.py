@@ -738,6 +738,20 @@ def config_dir() -> Path:
     return Path(str(resources.files("routeproxy.defaults")))
 
 
+def shipped_or_path(folder: str, name_or_path: str, what: str) -> Path:
+    """A built-in name -> its file in the shipped ``config/<folder>/`` (ConfigError listing the built-in ones when
+    there is none); anything that is not a bare name is a file path."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name_or_path):
+        return Path(name_or_path)
+    path = config_dir() / folder / f"{name_or_path}.yaml"
+    if not path.is_file():
+        names = ", ".join(sorted(shipped.stem for shipped in (config_dir() / folder).glob("*.yaml")))
+        raise ConfigError(
+            f"unknown {what} {name_or_path!r}: the built-in ones are {names} (or give the path of a YAML file)"
+        )
+    return path
+
+
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
     for name, value in tree.items():
         key = f"{prefix}{name}"

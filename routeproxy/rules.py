@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from routeproxy.config import config_dir, read_yaml_tree
+from routeproxy.config import read_yaml_tree, shipped_or_path
 from routeproxy.errors import ConfigError
 
 Levels = tuple[tuple[int, float], ...]  # (count reached, weight), ascending by count
@@ -88,21 +88,9 @@ class Rules:
     several_hint_weight: float
 
 
-def builtin_rule_sets() -> list[str]:
-    return sorted(path.stem for path in (config_dir() / "domains").glob("*.yaml"))
-
-
 def rules_path(name_or_path: str) -> Path:
     """A built-in name ("general", "poultry") -> its shipped file; anything else is a file path."""
-    if re.fullmatch(r"[A-Za-z0-9_-]+", name_or_path):
-        path = config_dir() / "domains" / f"{name_or_path}.yaml"
-        if not path.is_file():
-            raise ConfigError(
-                f"unknown rule set {name_or_path!r}: the built-in ones are {', '.join(builtin_rule_sets())} "
-                "(or give the path of a rules YAML file)"
-            )
-        return path
-    return Path(name_or_path)
+    return shipped_or_path("domains", name_or_path, "rule set")
 
 
 def load_rules(name_or_path: str) -> Rules:

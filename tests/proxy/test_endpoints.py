@@ -10,6 +10,7 @@ import httpx
 import openai
 import orjson
 import pytest
+from support import http
 from support.ports import free_port
 from support.upstreams import LARGE_MODEL, SMALL_MODEL, ProxyFactory, ScriptedUpstream
 from support.wait import eventually
@@ -29,17 +30,17 @@ EMBEDDING = {
 
 
 def last_request(server: ThreadedServer) -> dict[str, Any]:
-    recorded: list[dict[str, Any]] = httpx.get(f"{server.url}/_sim/requests").json()
+    recorded: list[dict[str, Any]] = http.get(f"{server.url}/_sim/requests").json()
     return recorded[-1]
 
 
 def sim_stats(server: ThreadedServer) -> dict[str, int]:
-    result: dict[str, int] = httpx.get(f"{server.url}/_sim/stats").json()
+    result: dict[str, int] = http.get(f"{server.url}/_sim/stats").json()
     return result
 
 
 def stats(proxy: ThreadedServer) -> dict[str, Any]:
-    result: dict[str, Any] = httpx.get(f"{proxy.url}/v1/model-routing/stats").json()
+    result: dict[str, Any] = http.get(f"{proxy.url}/v1/model-routing/stats").json()
     return result
 
 
@@ -72,7 +73,7 @@ def test_completions_are_classified_routed_rewritten_and_counted(
 
 
 def test_completions_prompt_of_token_ids_is_routed_without_text(proxy: ThreadedServer) -> None:
-    response = httpx.post(
+    response = http.post(
         f"{proxy.url}/v1/completions", json={"model": "auto", "prompt": [[1, 2, 3], [4]], "max_tokens": 2}
     )
     assert response.status_code == 200
@@ -94,13 +95,13 @@ def test_completions_prompt_of_token_ids_is_routed_without_text(proxy: ThreadedS
 def test_bad_completions_request_is_400_in_openai_envelope(
     proxy: ThreadedServer, body: dict[str, Any], param: str
 ) -> None:
-    response = httpx.post(f"{proxy.url}/v1/completions", json=body)
+    response = http.post(f"{proxy.url}/v1/completions", json=body)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == param
 
 
 def test_unknown_model_for_completions_is_404(proxy: ThreadedServer) -> None:
-    response = httpx.post(f"{proxy.url}/completions", json={"model": "gpt-9", "prompt": "hi"})
+    response = http.post(f"{proxy.url}/completions", json={"model": "gpt-9", "prompt": "hi"})
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "model_not_found"
 
@@ -137,7 +138,7 @@ def test_root_endpoints_go_beside_v1_and_the_tier_is_a_setting(scripted: Scripte
         **{"routing.passthrough_tier": "small"},
     )
     for path in ("/tokenize", "/detokenize", "/v1/responses", "/responses", "/v1/rerank", "/score"):
-        response = httpx.post(f"{proxy.url}{path}", json={"prompt": "hi"})
+        response = http.post(f"{proxy.url}{path}", json={"prompt": "hi"})
         assert response.status_code == 200, path
         assert response.headers["x-routeproxy-tier"] == "3b"
     small = upstreams[Tier.SMALL][0]
@@ -159,7 +160,7 @@ def test_passthrough_to_an_unreachable_tier_is_502_without_fallback(
         {Tier.SMALL: f"{simulators[Tier.SMALL].url}/v1", Tier.LARGE: f"http://127.0.0.1:{free_port()}/v1"},
         **{"routing.fallback_large_to_small": True},
     )
-    response = httpx.post(f"{proxy.url}/v1/embeddings", json={"model": "auto", "input": "x"})
+    response = http.post(f"{proxy.url}/v1/embeddings", json={"model": "auto", "input": "x"})
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "connect_error"
     assert "x-routeproxy-fallback" not in response.headers
@@ -173,13 +174,13 @@ def test_every_proxied_endpoint_needs_the_client_key(
     proxy = start_proxy(
         {tier: f"{server.url}/v1" for tier, server in simulators.items()}, **{"server.api_keys": "client-key-123"}
     )
-    response = httpx.request("GET" if "models" in path else "POST", f"{proxy.url}{path}", json={"prompt": "hi"})
+    response = http.request("GET" if "models" in path else "POST", f"{proxy.url}{path}", json={"prompt": "hi"})
     assert response.status_code == 401
     assert response.json()["error"]["type"] == "authentication_error"
 
 
 def test_health_answers_like_healthz_and_the_model_card_is_served(proxy: ThreadedServer) -> None:
-    assert httpx.get(f"{proxy.url}/health").json() == httpx.get(f"{proxy.url}/healthz").json() == {"status": "ok"}
+    assert http.get(f"{proxy.url}/health").json() == http.get(f"{proxy.url}/healthz").json() == {"status": "ok"}
     with openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="unused", max_retries=0) as client:
         assert client.models.retrieve(SMALL_MODEL).id == SMALL_MODEL
         assert client.models.retrieve("auto").id == "auto"
@@ -189,7 +190,7 @@ def test_health_answers_like_healthz_and_the_model_card_is_served(proxy: Threade
 
 
 def test_cors_is_off_by_default(proxy: ThreadedServer) -> None:
-    response = httpx.post(
+    response = http.post(
         f"{proxy.url}/v1/chat/completions",
         json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
         headers={"origin": "http://app.example"},
@@ -205,7 +206,8 @@ def test_cors_answers_preflight_and_exposes_the_routing_headers_on_chat(
         {tier: f"{server.url}/v1" for tier, server in simulators.items()},
         **{"server.cors_origins": "http://app.example"},
     )
-    preflight = httpx.options(
+    preflight = http.request(
+        "OPTIONS",
         f"{proxy.url}/v1/chat/completions",
         headers={
             "origin": "http://app.example",
@@ -216,7 +218,7 @@ def test_cors_answers_preflight_and_exposes_the_routing_headers_on_chat(
     assert preflight.status_code == 200
     assert preflight.headers["access-control-allow-origin"] == "http://app.example"
     assert "x-stainless-lang" in preflight.headers["access-control-allow-headers"]
-    chat = httpx.post(
+    chat = http.post(
         f"{proxy.url}/v1/chat/completions",
         json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
         headers={"origin": "http://app.example"},
@@ -224,7 +226,8 @@ def test_cors_answers_preflight_and_exposes_the_routing_headers_on_chat(
     assert chat.status_code == 200
     assert chat.headers["access-control-allow-origin"] == "http://app.example"
     assert "x-routeproxy-tier" in chat.headers["access-control-expose-headers"]
-    other = httpx.options(
+    other = http.request(
+        "OPTIONS",
         f"{proxy.url}/v1/chat/completions",
         headers={"origin": "http://evil.example", "access-control-request-method": "POST"},
     )
@@ -242,11 +245,11 @@ def test_simulated_vllm_embeds_and_tokenizes_through_the_proxy(
     assert abs(sum(value * value for value in first) - 1) < 1e-4
     assert as_floats.data[0].embedding == pytest.approx(first, abs=1e-6)
     assert last_request(simulators[Tier.LARGE])["body"]["model"] == LARGE_MODEL
-    tokens = httpx.post(f"{proxy.url}/tokenize", json={"model": "auto", "prompt": "the proxy routes"}).json()
+    tokens = http.post(f"{proxy.url}/tokenize", json={"model": "auto", "prompt": "the proxy routes"}).json()
     assert tokens["count"] == 3
-    text = httpx.post(f"{proxy.url}/detokenize", json={"model": "auto", "tokens": tokens["tokens"]}).json()
+    text = http.post(f"{proxy.url}/detokenize", json={"model": "auto", "tokens": tokens["tokens"]}).json()
     assert text == {"prompt": "the proxy routes"}
-    bad = httpx.post(f"{proxy.url}/v1/embeddings", json={"model": "auto", "input": 5})
+    bad = http.post(f"{proxy.url}/v1/embeddings", json={"model": "auto", "input": 5})
     assert bad.status_code == 400 and "input" in bad.json()["error"]["message"]
 
 
@@ -257,7 +260,7 @@ def test_client_leaving_a_completions_stream_closes_the_upstream_stream(
     body = {"model": "auto", "prompt": "Once", "stream": True}
     slow = {"x-sim-tokens": "1000", "x-sim-token-ms": "50"}
     with (
-        httpx.Client(timeout=10) as client,
+        http.client(timeout=10) as client,
         client.stream("POST", f"{proxy.url}/v1/completions", json=body, headers=slow) as response,
     ):
         chunks = response.iter_raw()  # keep a reference: a collected generator would close the connection
@@ -272,7 +275,7 @@ def test_client_leaving_before_a_passthrough_answer_cancels_the_upstream_request
 ) -> None:
     large = simulators[Tier.LARGE]
     with pytest.raises(httpx.ReadTimeout):  # the client gives up while the upstream is still working
-        httpx.post(
+        http.post(
             f"{proxy.url}/v1/embeddings",
             json={"model": "auto", "input": "x"},
             headers={"x-sim-hang": "1"},

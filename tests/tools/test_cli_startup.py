@@ -11,9 +11,9 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
+from support import http
 from support.ports import free_port
 from support.processes import Served, serve
 from support.upstreams import SMALL_MODEL, ScriptedUpstream
@@ -135,7 +135,7 @@ def test_serve_summarises_its_start_and_never_sends_the_hf_token_elsewhere(
         env={"HF_TOKEN": "hf_never_leaves", "MODEL_3B_BASE_URL": f"{server.url}/v1", "MODEL_3B_KIND": "vllm"},
     )
     served.append(proxy)
-    response = httpx.post(
+    response = http.post(
         f"{proxy.url}/v1/chat/completions", json={"model": SMALL_MODEL, "messages": [{"role": "user", "content": "hi"}]}
     )
     assert response.status_code == 200
@@ -162,7 +162,7 @@ def test_simulated_faults_do_not_log_as_errors(served: list[Served]) -> None:
     served.append(proxy)
     body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
     for fault in ({"x-sim-die-after": "2"}, {"x-sim-status": "503"}):
-        assert httpx.post(f"{proxy.url}/v1/chat/completions", json=body, headers=fault).status_code in (502, 503)
+        assert http.post(f"{proxy.url}/v1/chat/completions", json=body, headers=fault).status_code in (502, 503)
     logged = served.pop().stop()
     assert "simulated fault: the response was dropped on purpose" in logged
     assert "ERROR" not in logged

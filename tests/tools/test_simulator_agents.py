@@ -7,13 +7,13 @@ import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
 import jsonschema
 import openai
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import http
 
 from routeproxy.sim.content import PromptValues, chosen_tool, schema_value
 from routeproxy.sim.simulator import Dialect, SimProfile, create_simulator_app
@@ -193,7 +193,7 @@ def test_logprobs_per_token_with_top_alternatives(serve: Serve, dialect: Dialect
 def test_vllm_refuses_top_logprobs_without_logprobs_and_empty_tools(serve: Serve) -> None:
     server = serve(Dialect.VLLM)
     for extra, param in (({"top_logprobs": 2}, "top_logprobs"), ({"tools": []}, "tools")):
-        response = httpx.post(f"{server.url}/v1/chat/completions", json={"model": MODEL, "messages": ASK, **extra})
+        response = http.post(f"{server.url}/v1/chat/completions", json={"model": MODEL, "messages": ASK, **extra})
         assert response.status_code == 400
         assert response.json()["error"]["param"] == param
 
@@ -215,7 +215,7 @@ def test_legacy_completions_streamed_and_not_with_logprobs(serve: Serve, dialect
 
 
 def test_hf_router_serves_no_legacy_completions(serve: Serve) -> None:
-    response = httpx.post(f"{serve(Dialect.HF).url}/v1/completions", json={"model": MODEL, "prompt": "hi"})
+    response = http.post(f"{serve(Dialect.HF).url}/v1/completions", json={"model": MODEL, "prompt": "hi"})
     assert response.status_code == 404
 
 
@@ -268,7 +268,7 @@ def test_answer_and_logprob_can_be_set_per_request(serve: Serve, dialect: Dialec
 
 
 def test_bad_logprob_header_is_refused(serve: Serve) -> None:
-    response = httpx.post(
+    response = http.post(
         f"{serve(Dialect.VLLM).url}/v1/chat/completions",
         json={"model": MODEL, "messages": ASK},
         headers={"x-sim-logprob": "0.5"},

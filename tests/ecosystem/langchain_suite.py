@@ -5,8 +5,8 @@ own and runs it in a subprocess (the suite brings its own pytest plugins and exp
 serves on loopback in front of the built-in simulator, one per simulated dialect. ROUTEPROXY_BASE_URL_<DIALECT>
 names each proxy (ROUTEPROXY_BASE_URL_VLLM, ..._TGI, ..._TGI_LEGACY, ..._HF).
 
-``SKIPS`` is the whole skip list, each with its reason (applied by the runner's conftest: the suite forbids
-overriding its tests); every other test of the suite must pass.
+``langchain_skips.SKIPS`` is the whole skip list, each with its reason (applied by the runner's conftest: the
+suite forbids overriding its tests); every other test of the suite must pass.
 """
 
 from __future__ import annotations
@@ -16,17 +16,6 @@ from typing import Any
 
 from langchain_openai import ChatOpenAI
 from langchain_tests.integration_tests import ChatModelIntegrationTests
-
-NO_INTERNET = "fetches its media from wikimedia.org or w3.org; the test machines have no internet access"
-SKIPS = {
-    "test_image_inputs": NO_INTERNET,
-    "test_image_tool_message": NO_INTERNET,
-    "test_pdf_inputs": NO_INTERNET,
-    "test_pdf_tool_message": NO_INTERNET,
-    "test_audio_inputs": NO_INTERNET,
-    "test_anthropic_inputs": NO_INTERNET,
-    "test_stream_time": "replays a recorded VCR cassette of the provider's API; there is none for a local upstream",
-}
 
 
 class _ThroughRouteproxy(ChatModelIntegrationTests):

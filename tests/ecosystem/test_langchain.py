@@ -1,6 +1,6 @@
 """LangChain's ChatModelIntegrationTests with ChatOpenAI against the proxy in front of the simulator, once per
 simulated dialect (vLLM, TGI, TGI < 2.1, the HF router): zero failures, and no skip beyond the documented list in
-langchain_suite.SKIPS."""
+langchain_skips.SKIPS."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from langchain_suite import SKIPS
+from langchain_skips import SKIPS
 from support.upstreams import ProxyFactory, fast_profile
 
 from routeproxy.config import Tier
@@ -25,7 +25,7 @@ SUITE = Path(__file__).with_name("langchain_suite.py")
 # The suite's plugins that these tests do not use, left out to start faster.
 UNUSED_PLUGINS = ("benchmark", "codspeed", "recording", "syrupy")
 CONFTEST = """import pytest
-from test_langchain_suite import SKIPS
+from langchain_skips import SKIPS
 
 
 def pytest_collection_modifyitems(items):
@@ -62,6 +62,7 @@ def dialect_proxies(start_proxy: ProxyFactory) -> Iterator[dict[str, str]]:
 
 def test_langchain_standard_suite_passes_through_the_proxy(dialect_proxies: dict[str, str], tmp_path: Path) -> None:
     shutil.copy(SUITE, tmp_path / "test_langchain_suite.py")
+    shutil.copy(SUITE.with_name("langchain_skips.py"), tmp_path)
     (tmp_path / "pytest.ini").write_text(INI)
     (tmp_path / "conftest.py").write_text(CONFTEST)
     report = tmp_path / "report.xml"

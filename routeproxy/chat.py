@@ -174,9 +174,9 @@ def _relay(
         resources.release()
         outcome = _outcome(decision, result)
         resources.counters.record(outcome)
-        resources.decisions.remember(
-            _decision(decision, outcome, request_id, resources.counters.labels[outcome.tier], resources.counters.period)
-        )
+        if endpoint.routed:  # feedback rates answers: an embedding or a token list is not one
+            label = resources.counters.labels[outcome.tier]
+            resources.decisions.remember(_decision(decision, outcome, request_id, label, resources.counters.period))
         resources.metrics.observe(outcome, overhead_s=overhead_s[0] if overhead_s else None, classify_s=classify_s)
         if resources.log_requests or result.upstream_error or decision.classify_error:
             log_request(

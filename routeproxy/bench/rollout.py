@@ -80,7 +80,7 @@ async def _drive(
 ) -> int:
     """Ask, rate, and every LOOK_EVERY requests let ``report`` look at the stats; it returns True to stop."""
     rng = random.Random(seed)
-    truth = {"small": case.small, "large": case.large}
+    truth = {"3b": case.small, "8b": case.large}  # by x-routeproxy-tier: the tiers' labels (this demo's defaults)
     sent = 0
     started = time.monotonic()
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:

@@ -304,3 +304,17 @@ def test_a_completions_prompt_is_classified_as_one_user_message(prompt: Any, con
 )
 def test_root_endpoints_go_beside_v1(base_path: bytes, root: bytes) -> None:
     assert root_prefix(base_path) == root
+
+
+def test_feedback_rates_completions_but_not_passed_through_requests(proxy: ThreadedServer) -> None:
+    completion = http.post(f"{proxy.url}/v1/completions", json={"model": "auto", "prompt": "Once upon a time"})
+    embedding = http.post(f"{proxy.url}/v1/embeddings", json={"model": "auto", "input": "x"})
+    assert completion.status_code == embedding.status_code == 200
+
+    def rate(response: Any) -> Any:
+        body = {"request_id": response.headers["x-request-id"], "thumbs": "up"}
+        return http.post(f"{proxy.url}/v1/model-routing/feedback", json=body)
+
+    rated = eventually(lambda: (answer := rate(completion)).status_code == 200 and answer, what="the decision stored")
+    assert rated.json()["tier"] == completion.headers["x-routeproxy-tier"]
+    assert rate(embedding).status_code == 404

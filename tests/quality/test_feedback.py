@@ -29,7 +29,7 @@ def ask(url: str, prompt: str = MEDIUM, key: str = "anything") -> tuple[str, str
             model="auto", messages=[{"role": "user", "content": prompt}]
         )
     assert raw.http_response.status_code == 200
-    tier = {"small": "3b", "large": "8b"}[raw.headers["x-routeproxy-tier"]]
+    tier = raw.headers["x-routeproxy-tier"]  # the tier's label, as stats and feedback name it
     return raw.headers["x-request-id"], tier
 
 

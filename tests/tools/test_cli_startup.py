@@ -86,6 +86,7 @@ def _typo_config(tmp_path: Path) -> str:
         (("--ratio", "1.7"), KEYLESS, "routing.ab_test_ratio = 1.7 (from command line)"),
         (("--config", "TYPO"), KEYLESS, "unknown setting 'routing.enabeld' (did you mean 'routing.enabled'?)"),
         (("--redis-url", "http://nope"), KEYLESS, "counters.redis_url"),
+        (("--workers", "2"), KEYLESS, "--workers 2 needs REDIS_URL"),
     ],
 )
 def test_check_config_fails_exactly_when_serve_does(

@@ -95,12 +95,12 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 def create_app(settings: Settings) -> ProxyApp:
     # Built here, not in the lifespan: a bad rule set fails at start with a clear ConfigError.
     router = Router(settings, Classifier(load_rules(settings.routing.rules)))
+    # Also here: unreadable TLS files fail at start. A routeproxy client key is ours to check and never goes upstream.
+    pool = UpstreamPool(settings.tiers, forward_client_auth=not settings.server.api_keys)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         client_keys = settings.server.api_keys
-        # A routeproxy client key is ours to check and never goes upstream.
-        pool = UpstreamPool(settings.tiers, forward_client_auth=not client_keys)
         counters = open_store(
             settings.counters,
             settings.tier_labels,

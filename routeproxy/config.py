@@ -13,6 +13,8 @@ import difflib
 import enum
 import os
 import re
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -285,6 +287,62 @@ def _tier_settings(tier: Tier, env_prefix: str, label: str, model: str, cost: fl
             600.0,
             _optional_seconds,
             f"Longest gap in seconds between two body chunks from the {size} upstream (0 = none).",
+        ),
+        Setting(
+            f"tiers.{tier}.max_connections",
+            f"{env_prefix}_MAX_CONNECTIONS",
+            1000,
+            _int_in(1, 1_000_000),
+            f"Most connections (requests in flight) to the {size} upstream at once.",
+        ),
+        Setting(
+            f"tiers.{tier}.pool_timeout",
+            f"{env_prefix}_POOL_TIMEOUT",
+            10.0,
+            _positive,
+            f"Seconds a request waits for a free {size} connection when all are busy; then 503.",
+        ),
+        Setting(
+            f"tiers.{tier}.max_response_bytes",
+            f"{env_prefix}_MAX_RESPONSE_BYTES",
+            32 * 1024 * 1024,
+            _int_in(1024, 2**31),
+            f"Largest non-streamed response body taken from the {size} upstream (502 above it).",
+        ),
+        Setting(
+            f"tiers.{tier}.max_event_bytes",
+            f"{env_prefix}_MAX_EVENT_BYTES",
+            1024 * 1024,
+            _int_in(1024, 2**31),
+            f"Largest SSE event from the {size} upstream held while incomplete (the stream ends in an error event).",
+        ),
+        Setting(
+            f"tiers.{tier}.tls_verify",
+            f"{env_prefix}_TLS_VERIFY",
+            True,
+            _bool,
+            f"Verify the {size} upstream's TLS certificate and host name (false only for testing).",
+        ),
+        Setting(
+            f"tiers.{tier}.ca_bundle",
+            f"{env_prefix}_CA_BUNDLE",
+            None,
+            _optional_text,
+            f"PEM file of the CAs trusted for the {size} upstream; unset = the system's trust store.",
+        ),
+        Setting(
+            f"tiers.{tier}.client_cert",
+            f"{env_prefix}_CLIENT_CERT",
+            None,
+            _optional_text,
+            f"PEM client certificate for mutual TLS with the {size} upstream (may hold the key too).",
+        ),
+        Setting(
+            f"tiers.{tier}.client_key",
+            f"{env_prefix}_CLIENT_KEY",
+            None,
+            _optional_text,
+            f"PEM private key of client_cert for the {size} upstream, when not in the certificate file.",
         ),
         Setting(
             f"tiers.{tier}.relative_cost",
@@ -666,6 +724,14 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    verify: bool = True
+    ca_bundle: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class TierConfig:
     tier: Tier
     label: str  # the tier's name in stats, metrics, logs and Redis fields
@@ -678,6 +744,13 @@ class TierConfig:
     first_byte_timeout: float | None
     idle_timeout: float | None
     relative_cost: float
+    max_connections: int = 1000
+    pool_timeout: float = 10.0
+    max_response_bytes: int = 32 * 1024 * 1024
+    max_event_bytes: int = 1024 * 1024
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    # The HTTP proxy for this upstream, from HTTP(S)_PROXY / NO_PROXY at start (it may carry credentials).
+    proxy: str | None = field(default=None, repr=False)
 
     @property
     def upstream_model(self) -> str:
@@ -958,7 +1031,49 @@ def _tier_config(tier: Tier, values: Mapping[str, Any], environ: Mapping[str, st
         first_byte_timeout=get("first_byte_timeout"),
         idle_timeout=get("idle_timeout"),
         relative_cost=get("relative_cost"),
+        max_connections=get("max_connections"),
+        pool_timeout=get("pool_timeout"),
+        max_response_bytes=get("max_response_bytes"),
+        max_event_bytes=get("max_event_bytes"),
+        tls=_tls_config(tier, values),
+        proxy=_proxy_for(get("base_url"), environ),
     )
+
+
+def _tls_config(tier: Tier, values: Mapping[str, Any]) -> TlsConfig:
+    tls = TlsConfig(
+        verify=values[f"tiers.{tier}.tls_verify"],
+        ca_bundle=values[f"tiers.{tier}.ca_bundle"],
+        client_cert=values[f"tiers.{tier}.client_cert"],
+        client_key=values[f"tiers.{tier}.client_key"],
+    )
+    if tls.client_key is not None and tls.client_cert is None:
+        raise ConfigError(f"tiers.{tier}.client_key is set without tiers.{tier}.client_cert")
+    for name in ("ca_bundle", "client_cert", "client_key"):
+        path = getattr(tls, name)
+        if path is not None and not os.access(path, os.R_OK):
+            raise ConfigError(f"tiers.{tier}.{name} = {path!r}: no readable file there")
+    return tls
+
+
+def _proxy_for(base_url: str, environ: Mapping[str, str]) -> str | None:
+    """The proxy the environment names for this URL, as curl and the standard library read it.
+
+    ``https_proxy`` / ``http_proxy`` by the URL's scheme (the lower-case name wins), unless ``no_proxy`` lists the
+    host. Read once at start: aiohttp's ``trust_env`` would re-read the environment and ~/.netrc per request.
+    """
+    proxies: dict[str, str] = {}
+    for name, value in environ.items():
+        lowered = name.lower()
+        if value and lowered.endswith("_proxy") and (lowered == name or lowered[:-6] not in proxies):
+            proxies[lowered[:-6]] = value
+    parts = urllib.parse.urlsplit(base_url)
+    proxy = proxies.get(parts.scheme)
+    # proxy_bypass_environment is the standard library's NO_PROXY matching; typeshed leaves it out.
+    bypass = urllib.request.proxy_bypass_environment(parts.hostname or "", proxies)  # type: ignore[attr-defined]
+    if proxy is None or bypass:
+        return None
+    return proxy
 
 
 def settings_table() -> str:

@@ -13,7 +13,8 @@
     ├── Overloaded             429
     ├── CounterStoreUnavailable 503: the shared store did not answer a reset or a config change
     └── UpstreamError          the chosen upstream could not give an answer
-        ├── UpstreamUnavailable 502: refused, reset, DNS, protocol error
+        ├── UpstreamUnavailable 502: refused, reset, DNS, TLS, protocol error, truncated or oversize answer
+        ├── UpstreamBusy        503: every connection the tier may open is busy (the upstream was never asked)
         └── UpstreamTimeout     504: connect, first byte or idle gap too long
 
 An upstream's own 4xx/5xx answer is not an error here: it is relayed as it came.
@@ -121,6 +122,15 @@ class UpstreamError(RouteproxyError):
 
 class UpstreamUnavailable(UpstreamError):
     status_code = 502
+
+
+class UpstreamBusy(UpstreamError):
+    """503, not 504: the upstream was never asked, so it did not time out; our own pool is full, which is the
+    server being temporarily overloaded (RFC 9110 15.6.4). The SDKs retry a 503 after Retry-After."""
+
+    status_code = 503
+    error_type = "upstream_busy"
+    retry_after_s: ClassVar[int] = 1
 
 
 class UpstreamTimeout(UpstreamError):

@@ -22,7 +22,7 @@ import orjson
 from starlette.types import Message, Receive, Scope, Send
 
 from routeproxy.config import Tier
-from routeproxy.errors import RouteproxyError, UpstreamError
+from routeproxy.errors import RouteproxyError, UpstreamBusy, UpstreamError, UpstreamUnavailable
 from routeproxy.sse import EVENT_ENDS, Usage, body_usage, last_event_end, stream_usage
 from routeproxy.upstream import RawHeaders, UpstreamPool, UpstreamResponse
 
@@ -51,15 +51,10 @@ class RelayResult:
 
 def error_response_messages(error: RouteproxyError, headers: RawHeaders) -> tuple[Message, Message]:
     body = error.body()
-    start: Message = {
-        "type": "http.response.start",
-        "status": error.status_code,
-        "headers": [
-            *headers,
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-    }
+    headers = [*headers, (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if isinstance(error, UpstreamBusy):
+        headers.append((b"retry-after", str(error.retry_after_s).encode()))
+    start: Message = {"type": "http.response.start", "status": error.status_code, "headers": headers}
     return start, {"type": "http.response.body", "body": body, "more_body": False}
 
 
@@ -166,7 +161,7 @@ class Exchange:
             return
         try:
             result.status = upstream.status
-            if upstream.content_type.startswith("text/event-stream"):
+            if upstream.event_stream:
                 result.stream = True
                 await self._relay_stream(upstream, send)
             else:
@@ -204,16 +199,13 @@ class Exchange:
 
     async def _relay_stream(self, upstream: UpstreamResponse, send: Send) -> None:
         result = self.result
-        await send(
-            {
-                "type": "http.response.start",
-                "status": upstream.status,
-                # Reverse proxies in front of us (nginx) must not buffer the stream either.
-                "headers": [*upstream.headers, *self.extra_headers, (b"x-accel-buffering", b"no")],
-            }
-        )
+        headers = [*upstream.headers, *self.extra_headers]
+        if not any(name == b"x-accel-buffering" for name, _ in upstream.headers):
+            headers.append((b"x-accel-buffering", b"no"))  # nginx in front of us must not buffer the stream either
+        await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
         held = b""
         last_usage = b""
+        max_held = upstream.config.max_event_bytes
         try:
             async for chunk in upstream.chunks():
                 if result.ttfb_s is None:
@@ -224,11 +216,16 @@ class Exchange:
                 if not chunk.endswith(EVENT_ENDS):
                     cut = last_event_end(chunk)
                     chunk, held = chunk[:cut], chunk[cut:]
-                    if not chunk:
-                        continue
-                if b'"usage"' in chunk:
-                    last_usage = chunk
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if chunk:
+                    if b'"usage"' in chunk:
+                        last_usage = chunk
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if len(held) > max_held:
+                    raise UpstreamUnavailable(
+                        f"the {upstream.tier} upstream sent an SSE event larger than "
+                        f"tiers.{upstream.tier}.max_event_bytes ({max_held} bytes)",
+                        reason="event_too_large",
+                    )
         except UpstreamError as exc:
             # Bytes were relayed already, so the status cannot change: end with one error event the SDKs raise.
             result.upstream_error = exc.message

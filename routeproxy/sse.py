@@ -5,21 +5,24 @@ Nothing here does I/O or changes bytes that are relayed; the relay passes the up
 
 from __future__ import annotations
 
+import re
+
 import orjson
 
-EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
+# An SSE event ends with an empty line: two line ends in a row, each CRLF, LF or CR ("\r" then "\n" is one line
+# end). EVENT_ENDS are the ways a chunk can end with one (the relay's fast path); _EVENT_END finds one anywhere.
+EVENT_ENDS = (b"\n\n", b"\r\r", b"\n\r", b"\n\r\n", b"\r\r\n")
+_EVENT_END = re.compile(rb"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r)")
 
 Usage = tuple[int, int]  # (prompt_tokens, completion_tokens)
 
 
 def last_event_end(data: bytes) -> int:
     """Index just past the last complete SSE event in ``data`` (0 when there is none)."""
-    best = 0
-    for end in EVENT_ENDS:
-        position = data.rfind(end)
-        if position >= 0:
-            best = max(best, position + len(end))
-    return best
+    end = 0
+    for match in _EVENT_END.finditer(data):
+        end = match.end()
+    return end
 
 
 def body_usage(body: bytes) -> Usage | None:

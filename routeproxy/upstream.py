@@ -1,4 +1,4 @@
-"""The only module that knows the HTTP client: one connection pool per tier, errors mapped to ours.
+"""The only module that knows the HTTP client (aiohttp): one connection pool per tier, errors mapped to ours.
 
 Header policy (what crosses the proxy):
 - client -> upstream: everything except hop-by-hop headers, ``host``, ``content-length`` (recomputed for the
@@ -10,18 +10,32 @@ Header policy (what crosses the proxy):
   checks client keys itself: a routeproxy client key never leaves the proxy.
 - upstream -> client: everything except hop-by-hop headers, ``content-length`` and ``content-encoding``
   of a body we re-frame, and any upstream ``x-request-id`` (the client gets its own id back).
+
+A request is sent once. aiohttp retries a request on a fresh connection only for idempotent methods, never for
+our POST; it takes a pooled connection only when the connection is still open and younger than the keep-alive
+expiry. So a request is re-sent only when it provably never left: the connection could not be made (and then only
+to the fallback tier, by the relay) or the pooled connection was known closed before anything was written.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
 
-from routeproxy import http1
+import aiohttp
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.http import RawResponseMessage
+from aiohttp.streams import StreamReader
+from yarl import URL
+
 from routeproxy.config import Tier, TierConfig
-from routeproxy.errors import UpstreamTimeout, UpstreamUnavailable
+from routeproxy.errors import ConfigError, UpstreamBusy, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 
 HOP_BY_HOP = frozenset(
     {
@@ -51,6 +65,7 @@ _DROP_RESPONSE = HOP_BY_HOP | {b"content-length", b"x-request-id", b"date", b"se
 # vLLM's uvicorn closes idle keep-alive connections after 5 s; expiring ours first avoids reusing a connection
 # the server is closing ("Server disconnected" on the next request).
 KEEPALIVE_EXPIRY = 4.0
+_HEAD_END = b"\r\n\r\n"
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -85,7 +100,7 @@ def root_prefix(base_path: bytes) -> bytes:
 
 
 def response_headers(upstream_headers: tuple[tuple[bytes, bytes], ...] | RawHeaders) -> RawHeaders:
-    """ASGI wants lower-case names; the upstream may spell them otherwise."""
+    """ASGI wants lower-case names; aiohttp keeps the upstream's spelling."""
     headers = []
     for name, value in upstream_headers:
         lowered = name.lower()
@@ -94,107 +109,279 @@ def response_headers(upstream_headers: tuple[tuple[bytes, bytes], ...] | RawHead
     return headers
 
 
+class _GuardedProtocol(ResponseHandler):
+    """aiohttp's connection protocol, with three guarantees the hop needs that aiohttp does not give on its own:
+
+    - bytes after a Content-Length body are dropped and the connection closed (aiohttp's parser reads them as the
+      next response, and fails the whole exchange when they are not one);
+    - bytes arriving while no request waits close the connection (aiohttp would keep a stray response there as the
+      answer to the next request sent on it);
+    - a reset before the end of a body delimited by the connection's close fails the body (aiohttp takes any close
+      as the end of such a body, so a truncated answer would pass as complete).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self._awaiting = False  # a request was sent and its final response has not ended
+        self._in_head = False  # the final response's head is still to come
+        self._head_tail = b""  # the last bytes of an unfinished head, to find its end across reads
+        self._body_left: int | None = None  # bytes still to come of a Content-Length body
+
+    def set_response_params(self, **options: Any) -> None:
+        self._awaiting, self._in_head, self._head_tail, self._body_left = True, True, b"", None
+        super().set_response_params(**options)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._awaiting:
+            if data:  # an upstream writing out of turn: nothing it says can be trusted as the next answer
+                self._should_close = True
+                if self.transport is not None:
+                    self.transport.close()
+            return
+        while data:
+            if self._body_left is not None:
+                body, extra = data[: self._body_left], data[self._body_left :]
+                self._body_left -= len(body)
+                if extra:
+                    self._should_close = True  # dropped with the connection
+                if body:
+                    super().data_received(body)
+                return
+            if not self._in_head:  # a chunked or close-delimited body: aiohttp's parser finds its end
+                super().data_received(data)
+                return
+            probe = self._head_tail + data
+            end = probe.find(_HEAD_END)
+            if end < 0:
+                self._head_tail = probe[-3:]
+                super().data_received(data)
+                return
+            cut = end + len(_HEAD_END) - len(self._head_tail)
+            self._head_tail = b""
+            head, data = data[:cut], data[cut:]
+            super().data_received(head)  # the parser hands the message to feed_data, which notes its length
+
+    def feed_data(self, data: tuple[RawResponseMessage, StreamReader], size: int = 0) -> None:
+        message, payload = data
+        if not 100 <= message.code < 200:  # interim responses (100 Continue) are followed by the real one
+            self._in_head = False
+            length = message.headers.get("Content-Length", "")
+            if not message.chunked and length.isdigit():
+                self._body_left = int(length) if payload.total_bytes == 0 else None
+            payload.on_eof(self._response_ended)
+        super().feed_data(data, size)
+
+    def _response_ended(self) -> None:
+        self._awaiting = False
+        self._body_left = 0  # anything after the end of this response is dropped
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        payload = self._payload
+        if exc is not None and payload is not None and not payload.is_eof():
+            payload.set_exception(aiohttp.ClientPayloadError(f"the connection was reset mid-body ({exc!r})"))
+        super().connection_lost(exc)
+
+
+class _Connector(aiohttp.TCPConnector):
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._factory = cast("functools.partial[ResponseHandler]", functools.partial(_GuardedProtocol, loop=self._loop))
+
+
+def _upstream_error(exc: BaseException, tier: Tier, config: TierConfig, *, reading: bool) -> UpstreamError:
+    """aiohttp's exceptions in routeproxy's terms (the one place they are translated).
+
+    ``retryable`` (the relay may try the other tier) only where the request cannot have reached the upstream.
+    """
+    if reading:
+        if isinstance(exc, TimeoutError):
+            return UpstreamTimeout(
+                f"the {tier} upstream sent nothing for {config.idle_timeout:g} s", reason="idle_timeout"
+            )
+        return UpstreamUnavailable(f"the {tier} upstream broke off its response: {exc}", reason="broken_response")
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamTimeout(
+            f"could not connect to the {tier} upstream within {config.connect_timeout:g} s",
+            reason="connect_timeout",
+            retryable=True,
+        )
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(
+            f"the {tier} upstream did not answer within {config.first_byte_timeout:g} s", reason="first_byte_timeout"
+        )
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return UpstreamUnavailable(
+            f"the HTTP proxy refused the way to the {tier} upstream: {exc.status} {exc.message}",
+            reason="proxy_error",
+            retryable=True,
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamUnavailable(
+            f"could not connect to the {tier} upstream: {exc}", reason="connect_error", retryable=True
+        )
+    return UpstreamUnavailable(f"the {tier} upstream failed before answering: {exc!r}", reason="protocol_error")
+
+
 @dataclass(slots=True)
 class UpstreamResponse:
     """An upstream answer whose headers have arrived; the body is read with ``chunks()`` or ``read()``."""
 
     status: int
     headers: RawHeaders
-    content_type: str
-    _connection: http1.Connection
-    _pool: http1.Pool
-    _idle_timeout: float | None
+    event_stream: bool  # text/event-stream, whatever its spelling (media types are case-insensitive)
     tier: Tier
+    config: TierConfig
+    _response: aiohttp.ClientResponse
+    _slots: asyncio.Semaphore | None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as the upstream sends it, chunk by chunk; a gap over the idle timeout raises."""
-        connection = self._connection
+        content = self._response.content
+        idle_timeout = self.config.idle_timeout
         while True:
             try:
-                async with asyncio.timeout(self._idle_timeout):
-                    chunk = await connection.read()
-            except TimeoutError:
-                raise UpstreamTimeout(
-                    f"the {self.tier} upstream sent nothing for {self._idle_timeout:g} s", reason="idle_timeout"
-                ) from None
-            except http1.HTTPError as exc:
-                raise UpstreamUnavailable(
-                    f"the {self.tier} upstream broke off its response: {exc}", reason="broken_response"
-                ) from exc
+                async with asyncio.timeout(idle_timeout):
+                    chunk = await content.readany()
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                raise _upstream_error(exc, self.tier, self.config, reading=True) from exc
             if not chunk:
                 return
             yield chunk
 
     async def read(self) -> bytes:
-        parts = [chunk async for chunk in self.chunks()]
-        return b"".join(parts)
+        """The whole body, up to the tier's ``max_response_bytes``."""
+        limit = self.config.max_response_bytes
+        parts, size = [], 0
+        async for chunk in self.chunks():
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamUnavailable(
+                    f"the {self.tier} upstream's response is larger than tiers.{self.tier}.max_response_bytes "
+                    f"({limit} bytes)",
+                    reason="response_too_large",
+                )
+            parts.append(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def aclose(self) -> None:
         """Give the connection back when the body was read to the end, else close it (the upstream stops)."""
-        self._pool.release(self._connection)
+        response = self._response
+        if response.content.at_eof():
+            response.release()
+        else:
+            response.close()
+        if self._slots is not None:
+            self._slots.release()
+            self._slots = None
+
+
+class _Route:
+    """One tier's way upstream: its URL, TLS context, connection slots and (once in the event loop) session."""
+
+    def __init__(self, tier: Tier, config: TierConfig) -> None:
+        self.tier = tier
+        self.config = config
+        parts = urlsplit(config.base_url)
+        path = parts.path.rstrip("/") + "/chat/completions"
+        # encoded=True: the base URL's query (`?api-version=...`) goes upstream exactly as configured.
+        self.url = URL(urlunsplit((parts.scheme, parts.netloc, path, parts.query, "")), encoded=True)
+        self.proxy = URL(config.proxy) if config.proxy else None
+        self.ssl = _tls_context(tier, config)
+        self.slots = asyncio.Semaphore(config.max_connections)
+        self.session: aiohttp.ClientSession | None = None
+
+    def open_session(self) -> aiohttp.ClientSession:
+        # Created on first use, inside the running event loop that will serve it (and so are the slots).
+        self.slots = asyncio.Semaphore(self.config.max_connections)
+        connector = _Connector(
+            limit=0,  # the slots bound the connections, with a pool timeout aiohttp cannot tell from a connect one
+            keepalive_timeout=KEEPALIVE_EXPIRY,
+            ssl=self.ssl,
+            ttl_dns_cache=60,
+        )
+        timeout = self.config.connect_timeout
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),  # one client's cookies must never reach another's request
+            auto_decompress=False,
+            trust_env=False,  # the proxy was read from the environment once, at start (config._proxy_for)
+            skip_auto_headers=("User-Agent", "Content-Type", "Accept-Encoding", "Accept"),
+            timeout=aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=timeout),
+        )
+        return self.session
+
+
+def _tls_context(tier: Tier, config: TierConfig) -> ssl.SSLContext:
+    tls = config.tls
+    try:
+        context = ssl.create_default_context(cafile=tls.ca_bundle)
+        if tls.client_cert is not None:
+            context.load_cert_chain(tls.client_cert, tls.client_key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"tiers.{tier}: cannot load the TLS files: {exc}") from None
+    if not tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 class UpstreamPool:
-    """One keep-alive connection pool per tier (routeproxy.http1; see the README for why not httpx or aiohttp)."""
+    """One connection pool per tier (aiohttp; see the README's performance section for why)."""
 
     def __init__(self, tiers: Mapping[Tier, TierConfig], *, forward_client_auth: bool = True) -> None:
         self.tiers = tiers
         self.forward_client_auth = forward_client_auth
-        self._pools = {
-            tier: http1.Pool(config.base_url, connect_timeout=config.connect_timeout, keepalive_expiry=KEEPALIVE_EXPIRY)
-            for tier, config in tiers.items()
-        }
+        self._routes = {tier: _Route(tier, config) for tier, config in tiers.items()}
 
-    async def send(
-        self,
-        tier: Tier,
-        body: bytes,
-        client_headers: RawHeaders,
-        *,
-        path: str = "/chat/completions",
-        from_root: bool = False,
-    ) -> UpstreamResponse:
-        """POST the request to the tier's base URL + ``path`` (its origin + ``path`` when ``from_root``) and wait
-        for the response headers."""
-        config = self.tiers[tier]
-        pool = self._pools[tier]
-        headers = request_headers(
-            client_headers, config, os.urandom(16).hex(), forward_client_auth=self.forward_client_auth
-        )
+    async def send(self, tier: Tier, body: bytes, client_headers: RawHeaders) -> UpstreamResponse:
+        """POST the chat request to the tier and wait for the response headers."""
+        route = self._routes[tier]
+        config = route.config
+        headers = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in request_headers(
+                client_headers, config, os.urandom(16).hex(), forward_client_auth=self.forward_client_auth
+            )
+        ]
+        session = route.session or route.open_session()
+        slots = route.slots
+        if slots.locked():
+            try:
+                async with asyncio.timeout(config.pool_timeout):
+                    await slots.acquire()
+            except TimeoutError:
+                raise UpstreamBusy(
+                    f"all {config.max_connections} connections to the {tier} upstream stayed busy for "
+                    f"{config.pool_timeout:g} s (tiers.{tier}.max_connections)",
+                    reason="pool_timeout",
+                    retryable=True,
+                ) from None
+        else:
+            await slots.acquire()
         try:
             async with asyncio.timeout(config.first_byte_timeout):
-                connection = await pool.request(
-                    path.encode(), headers, body, prefix=root_prefix(pool.path_prefix) if from_root else None
+                response = await session.post(
+                    route.url, data=body, headers=headers, allow_redirects=False, proxy=route.proxy
                 )
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"the {tier} upstream did not answer within {config.first_byte_timeout:g} s",
-                reason="first_byte_timeout",
-            ) from None
-        except http1.ConnectTimedOut as exc:
-            raise UpstreamTimeout(
-                f"could not connect to the {tier} upstream within {config.connect_timeout:g} s",
-                reason="connect_timeout",
-                retryable=True,
-            ) from exc
-        except http1.ConnectFailed as exc:
-            raise UpstreamUnavailable(
-                f"could not connect to the {tier} upstream: {exc}", reason="connect_error", retryable=True
-            ) from exc
-        except http1.HTTPError as exc:
-            raise UpstreamUnavailable(f"the {tier} upstream failed: {exc}", reason="protocol_error") from exc
-        headers_out = response_headers(connection.headers)
-        content_type = next((value for name, value in headers_out if name == b"content-type"), b"")
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            slots.release()
+            raise _upstream_error(exc, tier, config, reading=False) from exc
+        except BaseException:
+            slots.release()  # cancelled (the client left): aiohttp has closed the connection
+            raise
+        media_type = response.headers.get("Content-Type", "").partition(";")[0].strip().lower()
         return UpstreamResponse(
-            status=connection.status,
-            headers=headers_out,
-            content_type=content_type.decode("latin-1"),
-            _connection=connection,
-            _pool=pool,
-            _idle_timeout=config.idle_timeout,
+            status=response.status,
+            headers=response_headers(response.raw_headers),
+            event_stream=media_type == "text/event-stream",
             tier=tier,
+            config=config,
+            _response=response,
+            _slots=slots,
         )
 
     async def aclose(self) -> None:
-        for pool in self._pools.values():
-            pool.close()
+        for route in self._routes.values():
+            if route.session is not None:
+                await route.session.close()
+                route.session = None

@@ -27,7 +27,7 @@ def fast_profile(tier: Tier, dialect: Dialect = Dialect.VLLM, **changes: Any) ->
     return SimProfile(model=MODELS[tier], dialect=dialect, **options)
 
 
-def settings_for(upstreams: dict[Tier, str], **overrides: Any) -> Settings:
+def settings_for(upstreams: dict[Tier, str], environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
     """Settings from the shipped defaults, with each tier pointed at a local upstream (a base URL with /v1)."""
     values: dict[str, Any] = {}
     for tier, url in upstreams.items():
@@ -36,7 +36,7 @@ def settings_for(upstreams: dict[Tier, str], **overrides: Any) -> Settings:
         values[f"tiers.{tier}.api_key"] = None
     values["logging.format"] = "json"
     values.update(overrides)
-    return load_settings(environ={}, overrides=values)
+    return load_settings(environ=environ or {}, overrides=values)
 
 
 ProxyFactory = Callable[..., ThreadedServer]

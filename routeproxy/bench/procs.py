@@ -152,7 +152,7 @@ def proxy_env(upstreams: dict[str, str], redis_url: str | None, **extra: str) ->
         MODEL_3B_API_KEY="",
         MODEL_8B_API_KEY="",
         ENABLE_MODEL_ROUTING="true",
-        ROUTEPROXY_LOG_LEVEL="warning",
+        ROUTEPROXY_LOG_LEVEL="info",  # the default, as users run it: the per-request line is part of the cost
         **extra,
     )
     if redis_url:

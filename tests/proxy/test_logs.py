@@ -1,0 +1,49 @@
+"""The per-request log line: written without structlog's processor chain, in the shape structlog writes.
+
+Each case runs in a fresh interpreter: structlog caches its loggers on first use, with the stream of that moment.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import orjson
+
+SCRIPT = """
+import sys
+from routeproxy.classify import Complexity
+from routeproxy.config import LogConfig, Tier
+from routeproxy.logs import configure_logging, log, log_request
+from routeproxy.relay import RelayResult
+from routeproxy.route import RouteDecision
+
+configure_logging(LogConfig(format="json", level=sys.argv[1]))
+decision = RouteDecision(Tier.SMALL, Complexity.MEDIUM, "ab_test", ab_draw=0.123, ab_ratio=0.5)
+ok = RelayResult(tier=Tier.SMALL, status=200, stream=True, ttfb_s=0.0123, end_s=0.5)
+log_request(decision, ok, "a" * 32, 60, body_stream=True)
+failed = RelayResult(tier=Tier.SMALL, status=502, end_s=0.5, upstream_error="refused")
+log_request(decision, failed, "a" * 32, 60, body_stream=True)
+fields = dict(request_id="a" * 32, tier="3b", complexity="MEDIUM", reason="ab_test", status=200, latency_ms=500.0,
+              stream=True, ab_draw=0.12, ab_ratio=0.5, ttfb_ms=12.3)
+log.info("route", **fields)  # the same line through structlog's processor chain
+"""
+
+
+def lines_at(level: str) -> list[dict[str, object]]:
+    run = subprocess.run([sys.executable, "-c", SCRIPT, level], capture_output=True, check=True)
+    return [orjson.loads(line) for line in run.stderr.splitlines()]
+
+
+def test_the_request_line_has_structlogs_fields_order_and_shape() -> None:
+    fast, failed, chained = lines_at("info")
+    for line in (fast, failed, chained):
+        assert isinstance(line.pop("timestamp"), str)
+    assert list(fast.items()) == list(chained.items())
+    assert list(fast)[-2:] == ["event", "level"]
+    assert (failed["level"], failed["upstream_error"]) == ("warning", "refused")
+
+
+def test_at_warning_only_the_failed_request_is_written() -> None:
+    (failed,) = lines_at("warning")
+    assert (failed["status"], failed["level"]) == (502, "warning")

@@ -72,14 +72,15 @@ RawHeaders = list[tuple[bytes, bytes]]
 
 def request_headers(
     client_headers: RawHeaders, tier: TierConfig, request_id: str, *, forward_client_auth: bool = True
-) -> RawHeaders:
+) -> list[tuple[str, str]]:
+    """The upstream request's headers, as the strings aiohttp takes (ASGI's bytes read as latin-1)."""
     drop_auth = bool(tier.api_key) or not forward_client_auth
     # Headers the client's Connection header names are hop-by-hop for this one hop (RFC 9110 section 7.6.1).
     named = {
         token.strip().lower() for name, value in client_headers if name == b"connection" for token in value.split(b",")
     }
     headers = [
-        (name, value)
+        (name.decode("latin-1"), value.decode("latin-1"))
         for name, value in client_headers
         if name not in _DROP_REQUEST
         and name not in named
@@ -87,10 +88,10 @@ def request_headers(
         and not (drop_auth and name == b"authorization")
     ]
     if tier.api_key:
-        headers.append((b"authorization", b"Bearer " + tier.api_key.encode("latin-1")))
-    headers.append((b"accept-encoding", b"identity"))
-    headers.append((b"content-type", b"application/json"))  # the body is the JSON we serialised
-    headers.append((b"x-request-id", request_id.encode("ascii")))
+        headers.append(("authorization", "Bearer " + tier.api_key))
+    headers.append(("accept-encoding", "identity"))
+    headers.append(("content-type", "application/json"))  # the body is the JSON we serialised
+    headers.append(("x-request-id", request_id))
     return headers
 
 
@@ -120,8 +121,9 @@ class _GuardedProtocol(ResponseHandler):
       as the end of such a body, so a truncated answer would pass as complete).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, idle_timeout: float | None) -> None:
         super().__init__(loop)
+        self._idle_timeout = idle_timeout
         self._awaiting = False  # a request was sent and its final response has not ended
         self._in_head = False  # the final response's head is still to come
         self._head_tail = b""  # the last bytes of an unfinished head, to find its end across reads
@@ -165,6 +167,10 @@ class _GuardedProtocol(ResponseHandler):
         message, payload = data
         if not 100 <= message.code < 200:  # interim responses (100 Continue) are followed by the real one
             self._in_head = False
+            # aiohttp's read timeout (sock_read) was the first-byte timeout until now; between body chunks it is
+            # the idle timeout. One timer, re-armed by aiohttp on each read: no asyncio.timeout per chunk.
+            self.read_timeout = self._idle_timeout
+            self.start_timeout()
             length = message.headers.get("Content-Length", "")
             if not message.chunked and length.isdigit():
                 self._body_left = int(length) if payload.total_bytes == 0 else None
@@ -183,9 +189,10 @@ class _GuardedProtocol(ResponseHandler):
 
 
 class _Connector(aiohttp.TCPConnector):
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, idle_timeout: float | None, **options: Any) -> None:
         super().__init__(**options)
-        self._factory = cast("functools.partial[ResponseHandler]", functools.partial(_GuardedProtocol, loop=self._loop))
+        factory = functools.partial(_GuardedProtocol, loop=self._loop, idle_timeout=idle_timeout)
+        self._factory = cast("functools.partial[ResponseHandler]", factory)
 
 
 def _upstream_error(exc: BaseException, tier: Tier, config: TierConfig, *, reading: bool) -> UpstreamError:
@@ -236,23 +243,20 @@ class UpstreamResponse:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as the upstream sends it, chunk by chunk; a gap over the idle timeout raises."""
-        content = self._response.content
-        idle_timeout = self.config.idle_timeout
-        while True:
-            try:
-                async with asyncio.timeout(idle_timeout):
-                    chunk = await content.readany()
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                raise _upstream_error(exc, self.tier, self.config, reading=True) from exc
-            if not chunk:
-                return
+        while chunk := await self._next_chunk():
             yield chunk
+
+    async def _next_chunk(self) -> bytes:
+        try:
+            return await self._response.content.readany()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _upstream_error(exc, self.tier, self.config, reading=True) from exc
 
     async def read(self) -> bytes:
         """The whole body, up to the tier's ``max_response_bytes``."""
         limit = self.config.max_response_bytes
         parts, size = [], 0
-        async for chunk in self.chunks():
+        while chunk := await self._next_chunk():
             size += len(chunk)
             if size > limit:
                 raise UpstreamUnavailable(
@@ -294,19 +298,27 @@ class _Route:
         # Created on first use, inside the running event loop that will serve it (and so are the slots).
         self.slots = asyncio.Semaphore(self.config.max_connections)
         connector = _Connector(
+            self.config.idle_timeout,
             limit=0,  # the slots bound the connections, with a pool timeout aiohttp cannot tell from a connect one
             keepalive_timeout=KEEPALIVE_EXPIRY,
             ssl=self.ssl,
             ttl_dns_cache=60,
         )
-        timeout = self.config.connect_timeout
+        config = self.config
+        # sock_read bounds the wait for the response head (then _GuardedProtocol sets it to the idle timeout).
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=config.connect_timeout,
+            sock_connect=config.connect_timeout,
+            sock_read=config.first_byte_timeout,
+        )
         self.session = aiohttp.ClientSession(
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),  # one client's cookies must never reach another's request
             auto_decompress=False,
             trust_env=False,  # the proxy was read from the environment once, at start (config._proxy_for)
             skip_auto_headers=("User-Agent", "Content-Type", "Accept-Encoding", "Accept"),
-            timeout=aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=timeout),
+            timeout=timeout,
         )
         return self.session
 
@@ -337,12 +349,9 @@ class UpstreamPool:
         """POST the chat request to the tier and wait for the response headers."""
         route = self._routes[tier]
         config = route.config
-        headers = [
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in request_headers(
-                client_headers, config, os.urandom(16).hex(), forward_client_auth=self.forward_client_auth
-            )
-        ]
+        headers = request_headers(
+            client_headers, config, os.urandom(16).hex(), forward_client_auth=self.forward_client_auth
+        )
         session = route.session or route.open_session()
         slots = route.slots
         if slots.locked():
@@ -359,10 +368,9 @@ class UpstreamPool:
         else:
             await slots.acquire()
         try:
-            async with asyncio.timeout(config.first_byte_timeout):
-                response = await session.post(
-                    route.url, data=body, headers=headers, allow_redirects=False, proxy=route.proxy
-                )
+            response = await session.post(
+                route.url, data=body, headers=headers, allow_redirects=False, proxy=route.proxy
+            )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             slots.release()
             raise _upstream_error(exc, tier, config, reading=False) from exc

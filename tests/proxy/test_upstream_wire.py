@@ -67,11 +67,13 @@ def test_a_pooled_connection_closed_while_idle_is_replaced_before_writing(start_
 # -- truncated answers --
 
 
-@pytest.mark.parametrize("framing", ["close-delimited", "chunked"])
+@pytest.mark.parametrize("framing", ["close-delimited", "chunked", "content-length"])
 def test_a_non_stream_body_cut_by_a_reset_is_a_502(start_proxy: ProxyFactory, framing: str) -> None:
     def handler(upstream: RawUpstream, conn: socket.socket) -> None:
         upstream.read_request(conn)
-        if framing == "chunked":
+        if framing == "content-length":
+            conn.sendall(response(ANSWER)[:-8])
+        elif framing == "chunked":
             conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
             conn.sendall(b"8\r\n" + ANSWER[:8] + b"\r\n")
         else:

@@ -32,6 +32,7 @@ import aiohttp
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.http import RawResponseMessage
 from aiohttp.streams import StreamReader
+from multidict import CIMultiDict
 from yarl import URL
 
 from routeproxy.config import Tier, TierConfig
@@ -72,26 +73,28 @@ RawHeaders = list[tuple[bytes, bytes]]
 
 def request_headers(
     client_headers: RawHeaders, tier: TierConfig, request_id: str, *, forward_client_auth: bool = True
-) -> list[tuple[str, str]]:
-    """The upstream request's headers, as the strings aiohttp takes (ASGI's bytes read as latin-1)."""
+) -> CIMultiDict[str]:
+    """The upstream request's headers, in the type aiohttp keeps them in (ASGI's bytes read as latin-1)."""
     drop_auth = bool(tier.api_key) or not forward_client_auth
     # Headers the client's Connection header names are hop-by-hop for this one hop (RFC 9110 section 7.6.1).
     named = {
         token.strip().lower() for name, value in client_headers if name == b"connection" for token in value.split(b",")
     }
-    headers = [
-        (name.decode("latin-1"), value.decode("latin-1"))
-        for name, value in client_headers
-        if name not in _DROP_REQUEST
-        and name not in named
-        and not name.startswith((b"x-routeproxy-", b"x-forwarded-"))
-        and not (drop_auth and name == b"authorization")
-    ]
+    headers = CIMultiDict(
+        [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in client_headers
+            if name not in _DROP_REQUEST
+            and name not in named
+            and not name.startswith((b"x-routeproxy-", b"x-forwarded-"))
+            and not (drop_auth and name == b"authorization")
+        ]
+    )
     if tier.api_key:
-        headers.append(("authorization", "Bearer " + tier.api_key))
-    headers.append(("accept-encoding", "identity"))
-    headers.append(("content-type", "application/json"))  # the body is the JSON we serialised
-    headers.append(("x-request-id", request_id))
+        headers.add("authorization", "Bearer " + tier.api_key)
+    headers.add("accept-encoding", "identity")
+    headers.add("content-type", "application/json")  # the body is the JSON we serialised
+    headers.add("x-request-id", request_id)
     return headers
 
 
@@ -152,15 +155,14 @@ class _GuardedProtocol(ResponseHandler):
             if not self._in_head:  # a chunked or close-delimited body: aiohttp's parser finds its end
                 super().data_received(data)
                 return
-            probe = self._head_tail + data
-            end = probe.find(_HEAD_END)
-            if end < 0:
-                self._head_tail = probe[-3:]
+            tail = self._head_tail
+            end = (tail + data).find(_HEAD_END) - len(tail) if tail else data.find(_HEAD_END)
+            if end < -len(tail):
+                self._head_tail = (tail + data)[-3:]
                 super().data_received(data)
                 return
-            cut = end + len(_HEAD_END) - len(self._head_tail)
             self._head_tail = b""
-            head, data = data[:cut], data[cut:]
+            head, data = data[: end + 4], data[end + 4 :]
             super().data_received(head)  # the parser hands the message to feed_data, which notes its length
 
     def feed_data(self, data: tuple[RawResponseMessage, StreamReader], size: int = 0) -> None:
@@ -169,8 +171,9 @@ class _GuardedProtocol(ResponseHandler):
             self._in_head = False
             # aiohttp's read timeout (sock_read) was the first-byte timeout until now; between body chunks it is
             # the idle timeout. One timer, re-armed by aiohttp on each read: no asyncio.timeout per chunk.
-            self.read_timeout = self._idle_timeout
-            self.start_timeout()
+            if self.read_timeout != self._idle_timeout:
+                self.read_timeout = self._idle_timeout
+                self.start_timeout()
             length = message.headers.get("Content-Length", "")
             if not message.chunked and length.isdigit():
                 self._body_left = int(length) if payload.total_bytes == 0 else None

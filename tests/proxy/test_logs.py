@@ -13,17 +13,18 @@ import orjson
 SCRIPT = """
 import sys
 from routeproxy.classify import Complexity
-from routeproxy.config import LogConfig, Tier
+from routeproxy.config import Tier, load_settings
 from routeproxy.logs import configure_logging, log, log_request
 from routeproxy.relay import RelayResult
-from routeproxy.route import RouteDecision
+from routeproxy.route import Reason, RouteDecision
 
-configure_logging(LogConfig(format="json", level=sys.argv[1]))
-decision = RouteDecision(Tier.SMALL, Complexity.MEDIUM, "ab_test", ab_draw=0.123, ab_ratio=0.5)
+settings = load_settings(environ={}, overrides={"logging.format": "json", "logging.level": sys.argv[1]})
+configure_logging(settings.logging)
+decision = RouteDecision(Tier.SMALL, Complexity.MEDIUM, Reason.AB_TEST, ab_draw=0.123, ab_ratio=0.5)
 ok = RelayResult(tier=Tier.SMALL, status=200, stream=True, ttfb_s=0.0123, end_s=0.5)
-log_request(decision, ok, "a" * 32, 60, body_stream=True)
+log_request(decision, ok, "a" * 32, settings, body_stream=True)
 failed = RelayResult(tier=Tier.SMALL, status=502, end_s=0.5, upstream_error="refused")
-log_request(decision, failed, "a" * 32, 60, body_stream=True)
+log_request(decision, failed, "a" * 32, settings, body_stream=True)
 fields = dict(request_id="a" * 32, tier="3b", complexity="MEDIUM", reason="ab_test", status=200, latency_ms=500.0,
               stream=True, ab_draw=0.12, ab_ratio=0.5, ttfb_ms=12.3)
 log.info("route", **fields)  # the same line through structlog's processor chain

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support import http
 from support.raw_upstream import RawUpstream, raw_upstream
 from support.upstreams import fast_profile, settings_for
 
@@ -26,7 +27,7 @@ CHAT = {"model": "auto", "messages": [{"role": "user", "content": "Write a haiku
 
 
 def chat(proxy: ThreadedServer) -> httpx.Response:
-    return httpx.post(f"{proxy.url}/v1/chat/completions", json=CHAT, timeout=20, trust_env=False)
+    return http.post(f"{proxy.url}/v1/chat/completions", json=CHAT, timeout=20, trust_env=False)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from support import http
 from support.raw_upstream import RawUpstream, raw_upstream, reset, response, wait_for
 from support.upstreams import ProxyFactory
 
@@ -23,7 +24,7 @@ def both_tiers(url: str) -> dict[Tier, str]:
 
 
 def chat(proxy_url: str, **changes: Any) -> httpx.Response:
-    return httpx.post(f"{proxy_url}/v1/chat/completions", json={**CHAT, **changes}, timeout=20)
+    return http.post(f"{proxy_url}/v1/chat/completions", json={**CHAT, **changes}, timeout=20)
 
 
 def events_of(body: bytes) -> list[bytes]:
@@ -104,7 +105,10 @@ def test_a_stream_cut_by_a_reset_ends_with_the_error_event(start_proxy: ProxyFac
 
     with raw_upstream(handler) as upstream:
         proxy = start_proxy(both_tiers(upstream.url))
-        with httpx.stream("POST", f"{proxy.url}/v1/chat/completions", json={**CHAT, "stream": True}) as stream:
+        with (
+            http.client(timeout=20) as client,
+            client.stream("POST", f"{proxy.url}/v1/chat/completions", json={**CHAT, "stream": True}) as stream,
+        ):
             assert stream.status_code == 200
             chunks = stream.iter_raw()
             assert next(chunks) == first
@@ -149,7 +153,7 @@ def test_a_mixed_case_event_stream_media_type_is_streamed(scripted: Any, start_p
     assert answer.content == b"".join(events)
     assert "content-length" not in answer.headers  # relayed as a stream, not read whole
     assert answer.headers.get_list("x-accel-buffering") == ["no"]
-    stats = httpx.get(f"{proxy.url}/v1/model-routing/stats").json()
+    stats = http.get(f"{proxy.url}/v1/model-routing/stats").json()
     assert stats["streams"]["8b"] == 1
 
 
@@ -166,7 +170,10 @@ def test_an_sse_event_ending_in_lf_crlf_is_passed_on_at_once(start_proxy: ProxyF
 
     with raw_upstream(handler) as upstream:
         proxy = start_proxy(both_tiers(upstream.url))
-        with httpx.stream("POST", f"{proxy.url}/v1/chat/completions", json={**CHAT, "stream": True}) as stream:
+        with (
+            http.client(timeout=20) as client,
+            client.stream("POST", f"{proxy.url}/v1/chat/completions", json={**CHAT, "stream": True}) as stream,
+        ):
             chunks = stream.iter_raw()
             got_first = next(chunks)
             client_has_first.set()

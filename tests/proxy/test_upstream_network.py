@@ -27,7 +27,7 @@ CHAT = {"model": "auto", "messages": [{"role": "user", "content": "Write a haiku
 
 
 def chat(proxy: ThreadedServer) -> httpx.Response:
-    return http.post(f"{proxy.url}/v1/chat/completions", json=CHAT, timeout=20, trust_env=False)
+    return http.post(f"{proxy.url}/v1/chat/completions", json=CHAT, timeout=20)
 
 
 @contextlib.contextmanager

@@ -57,7 +57,7 @@ def configure_logging(config: LogConfig) -> None:
     level = _LEVELS[config.level]
     renderer: Any
     _RequestLines.fd = None
-    if fmt == "json":
+    if not console_format(config):
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
         if level <= logging.INFO:
             _RequestLines.fd = _stderr_fd()

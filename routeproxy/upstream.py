@@ -288,14 +288,24 @@ class _Route:
     def __init__(self, tier: Tier, config: TierConfig) -> None:
         self.tier = tier
         self.config = config
-        parts = urlsplit(config.base_url)
-        path = parts.path.rstrip("/") + "/chat/completions"
-        # encoded=True: the base URL's query (`?api-version=...`) goes upstream exactly as configured.
-        self.url = URL(urlunsplit((parts.scheme, parts.netloc, path, parts.query, "")), encoded=True)
+        self._base = urlsplit(config.base_url)
+        self._urls: dict[tuple[str, bool], URL] = {}
         self.proxy = URL(config.proxy) if config.proxy else None
         self.ssl = _tls_context(tier, config)
         self.slots = asyncio.Semaphore(config.max_connections)
         self.session: aiohttp.ClientSession | None = None
+
+    def url(self, path: str, from_root: bool) -> URL:
+        """The base URL + ``path`` (its origin + ``path`` when ``from_root``), built once per path."""
+        url = self._urls.get((path, from_root))
+        if url is None:
+            base = self._base
+            prefix = base.path.rstrip("/").encode()
+            full = (root_prefix(prefix) if from_root else prefix).decode() + path
+            # encoded=True: the base URL's query (`?api-version=...`) goes upstream exactly as configured.
+            url = URL(urlunsplit((base.scheme, base.netloc, full, base.query, "")), encoded=True)
+            self._urls[path, from_root] = url
+        return url
 
     def open_session(self) -> aiohttp.ClientSession:
         # Created on first use, inside the running event loop that will serve it (and so are the slots).
@@ -348,8 +358,17 @@ class UpstreamPool:
         self.forward_client_auth = forward_client_auth
         self._routes = {tier: _Route(tier, config) for tier, config in tiers.items()}
 
-    async def send(self, tier: Tier, body: bytes, client_headers: RawHeaders) -> UpstreamResponse:
-        """POST the chat request to the tier and wait for the response headers."""
+    async def send(
+        self,
+        tier: Tier,
+        body: bytes,
+        client_headers: RawHeaders,
+        *,
+        path: str = "/chat/completions",
+        from_root: bool = False,
+    ) -> UpstreamResponse:
+        """POST the request to the tier's base URL + ``path`` (its origin + ``path`` when ``from_root``) and wait
+        for the response headers."""
         route = self._routes[tier]
         config = route.config
         headers = request_headers(
@@ -372,7 +391,7 @@ class UpstreamPool:
             await slots.acquire()
         try:
             response = await session.post(
-                route.url, data=body, headers=headers, allow_redirects=False, proxy=route.proxy
+                route.url(path, from_root), data=body, headers=headers, allow_redirects=False, proxy=route.proxy
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             slots.release()

@@ -25,7 +25,7 @@ ok = RelayResult(tier=Tier.SMALL, status=200, stream=True, ttfb_s=0.0123, end_s=
 log_request(decision, ok, "a" * 32, settings, body_stream=True)
 failed = RelayResult(tier=Tier.SMALL, status=502, end_s=0.5, upstream_error="refused")
 log_request(decision, failed, "a" * 32, settings, body_stream=True)
-fields = dict(request_id="a" * 32, tier="3b", complexity="MEDIUM", reason="ab_test", status=200, latency_ms=500.0,
+fields = dict(request_id="a" * 32, tier="3b", complexity="medium", reason="ab_test", status=200, latency_ms=500.0,
               stream=True, ab_draw=0.12, ab_ratio=0.5, ttfb_ms=12.3)
 log.info("route", **fields)  # the same line through structlog's processor chain
 """

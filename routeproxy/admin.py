@@ -14,12 +14,12 @@ from starlette.responses import JSONResponse, Response
 from routeproxy.admission import read_body
 from routeproxy.analysis import Analysis, analyse, render_ab, thresholds_of
 from routeproxy.auth import check_admin
-from routeproxy.config import Settings
+from routeproxy.config import RoutingMode, Settings
 from routeproxy.controller import Action, RolloutController, evidence_of
 from routeproxy.errors import Conflict, InvalidRequest, preview
 from routeproxy.resources import Resources, resources_of
 from routeproxy.runtime import RuntimeConfig
-from routeproxy.stats import Snapshot, render_stats
+from routeproxy.stats import Snapshot, render_ab_cascade, render_cascade, render_stats
 
 log = structlog.get_logger("routeproxy")
 
@@ -37,8 +37,10 @@ def stats_json(
     ratio: float,
     rollout: RolloutController,
     queued: int,
+    routing_mode: RoutingMode,
 ) -> dict[str, Any]:
-    """The seed's stats JSON, then the A/B analysis and the rollout (the endpoint's and ``routeproxy stats``')."""
+    """The seed's stats JSON, then the A/B analysis, the rollout and the cascade (the endpoint's and
+    ``routeproxy stats``')."""
     stats = render_stats(
         snapshot,
         ab_test_ratio=ratio,
@@ -49,7 +51,9 @@ def stats_json(
     )
     analysis = _analyse(settings, snapshot)
     stats["ab_analysis"] = render_ab(snapshot, analysis, thresholds_of(settings.quality), queued=queued)
+    stats["ab_analysis"]["cascade"] = render_ab_cascade(snapshot, settings.tier_labels)
     stats["rollout"] = rollout.describe(evidence_of(analysis, snapshot.period))
+    stats["cascade"] = render_cascade(snapshot, routing_mode.value, settings.tier_labels)
     return stats
 
 
@@ -67,6 +71,7 @@ async def routing_stats(request: Request) -> Response:
             ratio=ratio,
             rollout=resources.rollout,
             queued=resources.decisions.queued,
+            routing_mode=resources.mode_now(),
         )
     )
 
@@ -85,10 +90,16 @@ def _runtime_json(resources: Resources, shared: RuntimeConfig) -> dict[str, Any]
     return {
         "ab_test_ratio": ratio,
         "enable_model_routing": enabled,
-        "shared": {"ab_test_ratio": shared.ab_test_ratio, "enable_model_routing": shared.enable_model_routing},
+        "routing_mode": resources.mode_now().value,
+        "shared": {
+            "ab_test_ratio": shared.ab_test_ratio,
+            "enable_model_routing": shared.enable_model_routing,
+            "routing_mode": None if shared.routing_mode is None else shared.routing_mode.value,
+        },
         "configured": {
             "ab_test_ratio": resources.settings.routing.ab_test_ratio,
             "enable_model_routing": resources.settings.routing.enabled,
+            "routing_mode": resources.settings.routing.mode.value,
         },
         "rollout": {
             "enabled": resources.rollout.enabled,
@@ -129,7 +140,7 @@ def _parse_runtime_change(raw: bytes, steps: int) -> tuple[RuntimeConfig, Action
         raise InvalidRequest(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(change, dict) or not change:
         raise InvalidRequest('send a JSON object such as {"ab_test_ratio": 0.3, "enable_model_routing": true}')
-    unknown = sorted(set(change) - {"ab_test_ratio", "enable_model_routing", "rollout"})
+    unknown = sorted(set(change) - {"ab_test_ratio", "enable_model_routing", "routing_mode", "rollout"})
     if unknown:
         raise InvalidRequest(f"unknown runtime setting {preview(unknown[0])!r}", param=preview(unknown[0]))
     ratio = change.get("ab_test_ratio")
@@ -142,7 +153,15 @@ def _parse_runtime_change(raw: bytes, steps: int) -> tuple[RuntimeConfig, Action
         raise InvalidRequest(
             f"enable_model_routing must be true or false, not {preview(enabled)}", param="enable_model_routing"
         )
-    runtime = RuntimeConfig(ab_test_ratio=None if ratio is None else float(ratio), enable_model_routing=enabled)
+    mode = change.get("routing_mode")
+    if mode is not None and mode not in tuple(RoutingMode):
+        allowed = " or ".join(member.value for member in RoutingMode)
+        raise InvalidRequest(f"routing_mode must be {allowed}, not {mode!r}", param="routing_mode")
+    runtime = RuntimeConfig(
+        ab_test_ratio=None if ratio is None else float(ratio),
+        enable_model_routing=enabled,
+        routing_mode=None if mode is None else RoutingMode(mode),
+    )
     return runtime, _parse_rollout_action(change.get("rollout"), steps)
 
 
@@ -173,6 +192,7 @@ async def routing_config(request: Request) -> Response:
         "runtime_config_changed",
         ab_test_ratio=shared.ab_test_ratio,
         enable_model_routing=shared.enable_model_routing,
+        routing_mode=shared.routing_mode,
         client=request.client.host if request.client else None,
     )
     return JSONResponse(_runtime_json(resources, shared))
@@ -183,7 +203,9 @@ async def prometheus_metrics(request: Request) -> Response:
     resources = resources_of(request)
     enabled, ratio = resources.routing_now()
     metrics = resources.metrics
-    metrics.set_runtime(ab_test_ratio=ratio, routing_enabled=enabled)
+    metrics.set_runtime(
+        ab_test_ratio=ratio, routing_enabled=enabled, cascade=resources.mode_now() is RoutingMode.CASCADE
+    )
     metrics.set_inflight(resources.inflight)
     metrics.set_counter_store(failures=resources.counters.failures, flush_lag_s=resources.counters.flush_lag_s)
     snapshot = await resources.counters.snapshot()

@@ -124,6 +124,14 @@ def analyse(snapshot: Snapshot, thresholds: Thresholds, labels: Mapping[Tier, st
     signals = compare(
         implicit(snapshot, small, POPULATION).as_tally(), implicit(snapshot, large, POPULATION).as_tally(), thresholds
     )
+    if snapshot.get("cascade_checked", POPULATION):
+        # Cascade mode: the large tier's MEDIUM answers are escalations of weak small answers, not a random draw,
+        # so the two tiers' scores compare different prompts. No verdict, and so no rollout step, on that.
+        reason = (
+            "cascade mode in this period: MEDIUM answers on the large tier are escalations of weak small answers, "
+            "not a random draw, so the comparison is not an A/B test (reset the counters after switching modes)"
+        )
+        return Analysis(feedback, signals, Verdict.INSUFFICIENT_DATA, reason, uses_implicit, small, large)
     if not uses_implicit:
         return Analysis(feedback, signals, feedback.verdict, feedback.reason, uses_implicit, small, large)
     verdict = worst((feedback.verdict, signals.verdict))

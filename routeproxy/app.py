@@ -27,6 +27,7 @@ from routeproxy.controller import open_rollout
 from routeproxy.counters import open_store
 from routeproxy.decisions import open_decisions
 from routeproxy.errors import RouteproxyError, error_envelope, error_response, preview
+from routeproxy.escalation import load_check_rules
 from routeproxy.feedback import post_feedback
 from routeproxy.logs import configure_logging
 from routeproxy.metrics import Metrics
@@ -97,6 +98,7 @@ def create_app(settings: Settings) -> ProxyApp:
     router = Router(settings, Classifier(load_rules(settings.routing.rules)))
     # Also here: unreadable TLS files fail at start. A routeproxy client key is ours to check and never goes upstream.
     pool = UpstreamPool(settings.tiers, forward_client_auth=not settings.server.api_keys)
+    check_rules = load_check_rules(settings.cascade.rules)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -104,7 +106,11 @@ def create_app(settings: Settings) -> ProxyApp:
         counters = open_store(
             settings.counters,
             settings.tier_labels,
-            about={"enable_model_routing": settings.routing.enabled, "ab_test_ratio": settings.routing.ab_test_ratio},
+            about={
+                "enable_model_routing": settings.routing.enabled,
+                "ab_test_ratio": settings.routing.ab_test_ratio,
+                "routing_mode": settings.routing.mode.value,
+            },
         )
         await counters.start()
         decisions = open_decisions(settings, counters)
@@ -119,6 +125,7 @@ def create_app(settings: Settings) -> ProxyApp:
             metrics=Metrics(settings.tier_labels, multiprocess_workers=settings.server.workers > 1),
             decisions=decisions,
             rollout=rollout,
+            check_rules=check_rules,
             client_key_digests=frozenset(digest(key) for key in client_keys),
         )
         # Each worker's flush reports to the metrics itself: with --workers N a scrape reaches one worker only.

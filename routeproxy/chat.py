@@ -18,7 +18,8 @@ from starlette.responses import Response
 
 from routeproxy.admission import read_body, request_id_of
 from routeproxy.auth import check_client_key
-from routeproxy.config import Settings, Tier
+from routeproxy.cascade import CascadeExchange, CascadePlan
+from routeproxy.config import RoutingMode, Settings, Tier
 from routeproxy.decisions import Decision, regeneration_key
 from routeproxy.errors import RouteproxyError, error_response
 from routeproxy.logs import log_request
@@ -94,12 +95,16 @@ async def proxied(request: Request, endpoint: Endpoint) -> Response | Exchange:
     try:
         body, hints = parse_request(raw, request, endpoint)
         enabled, ratio = resources.routing_now()
+        cascade = resources.mode_now() is RoutingMode.CASCADE
         routing_started = time.perf_counter()
         if endpoint is COMPLETIONS:
             view = {**body, "messages": prompt_messages(body["prompt"])}
             decision = resources.router.route(view, hints, request.headers, enabled=enabled, ab_test_ratio=ratio)
         elif endpoint.routed:
-            decision = resources.router.route(body, hints, request.headers, enabled=enabled, ab_test_ratio=ratio)
+            # Cascade mode checks chat answers only (the answer check reads chat.completion bodies and chunks).
+            decision = resources.router.route(
+                body, hints, request.headers, enabled=enabled, ab_test_ratio=ratio, cascade=cascade
+            )
         else:
             decision = resources.router.passthrough(body.get("model"))
         classify_s = time.perf_counter() - routing_started if decision.classification is not None else None
@@ -109,7 +114,7 @@ async def proxied(request: Request, endpoint: Endpoint) -> Response | Exchange:
     except BaseException:
         resources.release()  # the client left mid-body (ClientDisconnect), or a bug: the slot is given back
         raise
-    return _relay(resources, request, endpoint, body, decision, request_id, started, classify_s)
+    return _relay(resources, request, endpoint, body, decision, request_id, started, classify_s, cascade)
 
 
 async def read_request_body(request: Request, settings: Settings) -> bytes:
@@ -144,24 +149,29 @@ def _relay(
     request_id: str,
     started: float,
     classify_s: float | None,
+    cascade: bool,
 ) -> Exchange:
     settings = resources.settings
     overhead_header: list[tuple[bytes, bytes]] = []
     overhead_s: list[float] = []
     # A passthrough request naming a model of its own (an embedding model, say) keeps it.
     keep_model = decision.reason is Reason.PASSTHROUGH and body.get("model") not in (None, settings.routing.auto_model)
+    # The one body rewrite: the cascade's check may ask the small tier for logprobs the client did not ask for.
+    add_logprobs = decision.cascade and settings.cascade.request_logprobs and not body.get("logprobs")
 
     def prepare(tier: Tier, fallback_reason: str | None) -> tuple[bytes, RawHeaders]:
         """The request body and the client's extra response headers, for the tier about to be tried."""
         config = settings.tiers[tier]
         if not keep_model:
             body["model"] = config.upstream_model
-        payload = orjson.dumps(body)
+        payload = orjson.dumps({**body, "logprobs": True} if add_logprobs and tier is Tier.SMALL else body)
         headers = [
             (name.encode(), value.encode("utf-8", "replace"))
             for name, value in response_headers(decision, config.label, config.model).items()
         ]
         headers.append((b"x-request-id", request_id.encode()))
+        if cascade:
+            headers += [(b"x-routeproxy-mode", b"cascade"), (b"x-routeproxy-escalated", b"false")]
         if fallback_reason is not None:
             headers.append((b"x-routeproxy-fallback", fallback_reason.encode()))
         if not overhead_header:  # time in the proxy before the first upstream request is sent
@@ -192,6 +202,15 @@ def _relay(
     # passthrough request, whose endpoint the other tier may not serve.
     unswitched = decision.reason in (Reason.PINNED, Reason.PASSTHROUGH)
     fallback = None if unswitched else settings.routing.fallback_for(decision.tier)
+    if decision.cascade:
+        plan = CascadePlan(
+            request=body,
+            rules=resources.check_rules,
+            hold_tokens=settings.cascade.hold_tokens,
+            hold_s=settings.cascade.hold_ms / 1000,
+            strip_logprobs=add_logprobs,
+        )
+        return CascadeExchange(resources.pool, fallback, prepare, request.headers.raw, started, finish, plan)
     return Exchange(
         resources.pool,
         decision.tier,
@@ -237,4 +256,5 @@ def _outcome(decision: RouteDecision, result: RelayResult) -> Outcome:
         disconnected=result.disconnected,
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
+        cascade=result.cascade,
     )

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import orjson
 
 from routeproxy import __version__
-from routeproxy.config import SETTINGS_BY_KEY, Settings, Tier, load_settings
+from routeproxy.config import SETTINGS_BY_KEY, RoutingMode, Settings, Tier, load_settings
 from routeproxy.errors import ConfigError
 
 
@@ -170,6 +170,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         changes["api_key"] = args.api_key
     if args.keepalive is not None:
         changes["keepalive_s"] = args.keepalive
+    if args.weak_share is not None:
+        changes["weak_share"] = args.weak_share
     if changes:
         from dataclasses import replace
 
@@ -399,8 +401,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _bench_rollout(args)
     settings = _settings(args, _routing_overrides(args))
     workloads = list(args.workload or DEFAULT_WORKLOADS)
-    if args.scenario and "scenario" not in workloads:
-        workloads.append("scenario")
+    if args.scenario:  # the seed scenario, and its cascade variant next to it
+        workloads += [name for name in ("scenario", "cascade") if name not in workloads]
     options = BenchOptions(
         workloads=tuple(workloads),
         requests=args.requests,
@@ -526,6 +528,7 @@ async def _stats_from_redis(settings: Settings) -> dict[str, Any]:
         ratio=_in_force("ab_test_ratio", shared.ab_test_ratio, replicas, settings.routing.ab_test_ratio),
         rollout=rollout,
         queued=0,
+        routing_mode=RoutingMode(_in_force("routing_mode", shared.routing_mode, replicas, settings.routing.mode.value)),
     )
 
 
@@ -615,6 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--tokens", type=int, help="tokens in a typical answer")
     simulate.add_argument("--api-key", help="require this bearer key")
     simulate.add_argument("--keepalive", type=float, help="TGI-style ':' comment after this many idle seconds")
+    simulate.add_argument(
+        "--weak-share", type=float, help="share of prompts (by hash) answered with a short refusal: a weak small model"
+    )
     simulate.set_defaults(handler=cmd_simulate)
 
     explain_cmd = with_routing(
@@ -687,13 +693,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--workload",
         action="append",
-        choices=["latency", "throughput", "stream", "paced", "memory", "classifier", "scenario"],
-        help="repeatable (default: every one but scenario)",
+        choices=["latency", "throughput", "stream", "paced", "memory", "classifier", "scenario", "cascade"],
+        help="repeatable (default: every one but scenario and cascade)",
     )
     bench.add_argument(
         "--scenario",
         choices=["seed", "rollout"],
-        help="seed: also run the seed's query-mix scenario; rollout: only the rollout controller's demonstration",
+        help="seed: also run the seed's query-mix scenario and its cascade variant; "
+        "rollout: only the rollout controller's demonstration",
     )
     bench.add_argument(
         "--quality",

@@ -48,6 +48,11 @@ class StickyKey(enum.StrEnum):
     HEADER = "header"
 
 
+class RoutingMode(enum.StrEnum):
+    CLASSIFY = "classify"  # the prompt decides the tier
+    CASCADE = "cascade"  # the small tier answers first; a weak answer is re-asked on the large tier
+
+
 # -- converters: str (from the environment) or YAML value -> typed value; ValueError names the problem --
 
 
@@ -460,6 +465,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Share of MEDIUM queries sent to the small tier (0.0 = all large, 1.0 = all small).",
     ),
     Setting(
+        "routing.mode",
+        "ROUTEPROXY_ROUTING_MODE",
+        RoutingMode.CLASSIFY,
+        _choice(RoutingMode),
+        "classify: the prompt picks the tier. cascade: all but COMPLEX and pinned go to the small tier first and "
+        "a weak answer (see cascade.*) is re-asked on the large tier.",
+    ),
+    Setting(
         "routing.sticky_key",
         "ROUTEPROXY_STICKY_KEY",
         StickyKey.QUERY,
@@ -557,6 +570,34 @@ SETTINGS: tuple[Setting, ...] = (
         _choice(Tier),
         "Tier that serves the passed-through endpoints (embeddings, responses, tokenize...) unless one names a "
         "tier's model.",
+    ),
+    Setting(
+        "cascade.rules",
+        "ROUTEPROXY_CASCADE_RULES",
+        "general",
+        _text,
+        "Answer-check rule set of cascade mode: a built-in name (config/checks/<name>.yaml) or a path.",
+    ),
+    Setting(
+        "cascade.hold_tokens",
+        "ROUTEPROXY_CASCADE_HOLD_TOKENS",
+        128,
+        _int_in(1, 100_000),
+        "Cascade streams: content tokens of the small answer held back before the check decides.",
+    ),
+    Setting(
+        "cascade.hold_ms",
+        "ROUTEPROXY_CASCADE_HOLD_MS",
+        3000,
+        _int_in(1, 600_000),
+        "Cascade streams: the longest hold in ms; then the check decides on the part that has arrived.",
+    ),
+    Setting(
+        "cascade.request_logprobs",
+        "ROUTEPROXY_CASCADE_REQUEST_LOGPROBS",
+        False,
+        _bool,
+        "Cascade: ask the small tier for token logprobs for the check (removed again when the client did not ask).",
     ),
     *_tier_settings(Tier.SMALL, "MODEL_3B", "3b", "meta-llama/Llama-3.2-3B-Instruct", 0.375),
     *_tier_settings(Tier.LARGE, "MODEL_8B", "8b", "meta-llama/Llama-3.1-8B-Instruct", 1.0),
@@ -716,6 +757,7 @@ class RoutingConfig:
     fallback_large_to_small: bool
     rollout: RolloutConfig
     passthrough_tier: Tier = Tier.LARGE
+    mode: RoutingMode = RoutingMode.CLASSIFY
 
     def fallback_for(self, tier: Tier) -> Tier | None:
         """The tier to retry on when ``tier`` fails before answering, if that fallback is on."""
@@ -766,6 +808,14 @@ class CounterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CascadeConfig:
+    rules: str = "general"
+    hold_tokens: int = 128
+    hold_ms: int = 3000
+    request_logprobs: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     format: str
     level: str
@@ -785,6 +835,7 @@ class Settings:
     logging: LogConfig
     simulator: SimulatorConfig
     quality: QualityConfig
+    cascade: CascadeConfig = CascadeConfig()
     source: str = "defaults"
     values: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
@@ -954,6 +1005,7 @@ def load_settings(
                 interval_s=values["routing.rollout.interval_s"],
             ),
             passthrough_tier=values["routing.passthrough_tier"],
+            mode=values["routing.mode"],
         ),
         tiers=tiers,
         counters=CounterConfig(
@@ -972,6 +1024,12 @@ def load_settings(
             max_remembered=values["quality.max_remembered"],
             max_queued_feedback=values["quality.max_queued_feedback"],
             regeneration_window_s=values["quality.regeneration_window_s"],
+        ),
+        cascade=CascadeConfig(
+            rules=values["cascade.rules"],
+            hold_tokens=values["cascade.hold_tokens"],
+            hold_ms=values["cascade.hold_ms"],
+            request_logprobs=values["cascade.request_logprobs"],
         ),
         source=str(config_path) if config_path is not None else "defaults",
         values=values,

@@ -119,6 +119,17 @@ def log_request(
         fields["disconnected"] = True
     if result.fallback_reason is not None:
         fields["fallback"] = result.fallback_reason
+    if decision.cascade:
+        fields["mode"] = "cascade"
+    cascade = result.cascade
+    if cascade is not None:
+        fields["escalated"] = cascade.escalated
+        fields["check_score"] = round(cascade.score, 4)
+        fields["check_reasons"] = list(cascade.reasons)
+        if cascade.escalated:
+            fields["small_ms"] = round(cascade.small_ms, 2)
+        if cascade.hold_ms is not None:
+            fields["hold_ms"] = round(cascade.hold_ms, 2)
     if result.upstream_error:
         log.warning("route", upstream_error=result.upstream_error, **fields)
     elif decision.classify_error:

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from routeproxy.classify import Complexity
 from routeproxy.config import Tier
-from routeproxy.stats import BUCKETS_MS, PINNED, STATUS_CLASSES, Outcome, status_class
+from routeproxy.stats import BUCKETS_MS, PINNED, STATUS_CLASSES, CascadeOutcome, Outcome, status_class
 
 PREFIX = "routeproxy"
 # The classic text format every Prometheus reads; prometheus_client 0.26 labels its output 1.0.0 by default,
@@ -65,6 +65,14 @@ SERIES: tuple[str, ...] = tuple(
         "quality_verdict",
         "rollout_step",
         "rollout_paused",
+        "cascade_checked_total",
+        "cascade_escalations_total",
+        "cascade_escalation_failures_total",
+        "cascade_small_seconds_total",
+        "cascade_small_tokens_total",
+        "cascade_added_latency_seconds",
+        "cascade_hold_seconds",
+        "cascade_mode",
     )
 )
 VERDICTS: tuple[str, ...] = ("pass", "review", "rollback", "insufficient_data")
@@ -182,6 +190,7 @@ class Metrics:
             registry=registry,
             multiprocess_mode="mostrecent",
         )
+        self._cascade = _CascadeSeries(registry)
 
         feedback = Counter(
             f"{PREFIX}_feedback",
@@ -267,6 +276,8 @@ class Metrics:
             self._prompt_tokens[tier].inc(outcome.prompt_tokens)
         if outcome.completion_tokens:
             self._completion_tokens[tier].inc(outcome.completion_tokens)
+        if outcome.cascade is not None:
+            self._cascade.observe(outcome.cascade, _SLOTS[outcome.complexity])
 
     def rejected(self, status: int) -> None:
         """Count a request the proxy refused before routing (its own 4xx)."""
@@ -285,9 +296,10 @@ class Metrics:
         if not self.multiprocess_workers:
             self._inflight.set(requests)
 
-    def set_runtime(self, *, ab_test_ratio: float, routing_enabled: bool) -> None:
+    def set_runtime(self, *, ab_test_ratio: float, routing_enabled: bool, cascade: bool = False) -> None:
         self._ab_test_ratio.set(ab_test_ratio)
         self._routing_enabled.set(1 if routing_enabled else 0)
+        self._cascade.mode.set(1 if cascade else 0)
 
     def set_counter_store(self, *, failures: int, flush_lag_s: float) -> None:
         """Pulled from the counter store at scrape time: its failure total (since start) and flush lag."""
@@ -334,3 +346,63 @@ class Metrics:
         # Every worker's values, from the files in PROMETHEUS_MULTIPROC_DIR.
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE
+
+
+class _CascadeSeries:
+    """The cascade's series: checks and escalations by complexity, what escalations cost, the hold."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        slots = _SLOTS.values()
+        checked = Counter(
+            f"{PREFIX}_cascade_checked", "Cascade: small answers checked, by complexity.", ["complexity"],
+            registry=registry,
+        )  # fmt: skip
+        escalations = Counter(
+            f"{PREFIX}_cascade_escalations", "Cascade: checked requests re-asked on the large tier, by complexity.",
+            ["complexity"], registry=registry,
+        )  # fmt: skip
+        self.checked = {slot: checked.labels(slot) for slot in slots}
+        self.escalations = {slot: escalations.labels(slot) for slot in slots}
+        self.failures = Counter(
+            f"{PREFIX}_cascade_escalation_failures",
+            "Cascade: escalations whose large tier failed before answering (the client got the small answer).",
+            registry=registry,
+        )
+        self.small_seconds = Counter(
+            f"{PREFIX}_cascade_small_seconds", "Cascade: small-tier time spent on escalated requests.",
+            registry=registry,
+        )  # fmt: skip
+        tokens = Counter(
+            f"{PREFIX}_cascade_small_tokens", "Cascade: small-tier tokens spent on escalated requests, by type.",
+            ["type"], registry=registry,
+        )  # fmt: skip
+        self.small_prompt, self.small_completion = tokens.labels("prompt"), tokens.labels("completion")
+        self.added = Histogram(
+            f"{PREFIX}_cascade_added_latency_seconds",
+            "Cascade: escalated requests, request start to the large tier asked (the latency the cascade added).",
+            buckets=LATENCY_BUCKETS_S, registry=registry,
+        )  # fmt: skip
+        self.hold = Histogram(
+            f"{PREFIX}_cascade_hold_seconds", "Cascade: checked streams, how long the first byte was held.",
+            buckets=LATENCY_BUCKETS_S, registry=registry,
+        )  # fmt: skip
+        self.mode = Gauge(
+            f"{PREFIX}_cascade_mode",
+            "1 in cascade routing mode, 0 in classify mode.",
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+
+    def observe(self, cascade: CascadeOutcome, slot: str) -> None:
+        self.checked[slot].inc()
+        if cascade.hold_ms is not None:
+            self.hold.observe(max(0.0, cascade.hold_ms) / 1000)
+        if cascade.escalation_failed:
+            self.failures.inc()
+        if not cascade.escalated:
+            return
+        self.escalations[slot].inc()
+        self.small_seconds.inc(max(0.0, cascade.small_ms) / 1000)
+        self.small_prompt.inc(cascade.small_prompt_tokens or 0)
+        self.small_completion.inc(cascade.small_completion_tokens or 0)
+        self.added.observe(max(0.0, cascade.added_ms) / 1000)

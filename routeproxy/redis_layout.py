@@ -29,14 +29,15 @@ the tier's label (`tiers.small.label`, `tiers.large.label`: `3b`, `8b` by defaul
 | `{routeproxy}:stats:<p>` | hash | the counters of period `<p>` (fields below) |
 | `{routeproxy}:replicas:<p>` | set | ids of the replicas that flushed counts in period `<p>` |
 | `{routeproxy}:seq` | hash | `<replica id>:<process token>` -> last applied flush number |
-| `{routeproxy}:config` | hash | shared runtime settings `ab_test_ratio`, `enable_model_routing` |
+| `{routeproxy}:config` | hash | shared runtime settings `ab_test_ratio`, `enable_model_routing`, `routing_mode` |
 | `{routeproxy}:live` | sorted set | replica ids, scored by their last flush (ms on Redis's clock) |
 | `{routeproxy}:replica:<id>` | string | that replica's own routing settings (JSON), expiring unless it flushes |
 | `{routeproxy}:decision:<id>` | hash | one request's routing decision, for feedback (fields below) |
 | `{routeproxy}:recent:<key>` | string | `<tier>\\|<complexity>\\|<request id>` of the last answer to `<key>` |
 | `{routeproxy}:rollout` | hash | the rollout controller's `state` (JSON) and `version` (compare-and-set) |
 
-In `{routeproxy}:config`, `enable_model_routing` is `true` or `false`; a missing field means each
+In `{routeproxy}:config`, `enable_model_routing` is `true` or `false`, `routing_mode` is `classify` or
+`cascade`; a missing field means each
 replica's own setting. Keys of a period that a reset left behind expire after 7 days. `<id>` is the
 `x-request-id` routeproxy returned; a decision expires after `quality.decision_ttl_s`. `<key>` is a blake2b
 hex of the A/B sticky key and the query; it expires after `quality.regeneration_window_s`. The rollout state
@@ -72,6 +73,13 @@ means the field exists per tier and also per tier and complexity.
 | `regenerations:<tier>[:<complexity>]` | answers asked again (same sticky key and query) within the window |
 | `feedback_replaced` | feedback that replaced an earlier score for the same request |
 | `feedback_unknown` | feedback queued while Redis was down whose request id turned out unknown |
+| `cascade_checked:<complexity>` | cascade mode: requests whose small answer was checked |
+| `escalations:<complexity>` | checked requests re-asked on the large tier |
+| `escalation_failures` | escalations whose large tier failed before answering (the small answer was sent) |
+| `escalated_small_ms_sum` | escalated requests: small request start to the decision, whole ms |
+| `escalated_small_prompt_tokens`, `escalated_small_completion_tokens` | escalated requests: the small tier's tokens |
+| `escalation_added_ms_sum`, `escalation_added_ms_bucket:le_<ms>` | escalated: request start to the large tier asked |
+| `cascade_hold_ms_sum`, `cascade_hold_ms_count`, `cascade_hold_ms_bucket:le_<ms>` | checked streams: the hold |
 
 Bucket bounds in ms: """
     + ", ".join(map(str, BUCKETS_MS))

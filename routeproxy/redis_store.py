@@ -369,6 +369,8 @@ class RedisCounterStore(CounterStore):
             values["ab_test_ratio"] = repr(float(change.ab_test_ratio))
         if change.enable_model_routing is not None:
             values["enable_model_routing"] = "true" if change.enable_model_routing else "false"
+        if change.routing_mode is not None:
+            values["routing_mode"] = change.routing_mode.value
         try:
             if values:
                 await self._client.hset(self.keys.config, mapping=values)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -24,6 +24,7 @@ from starlette.types import Message, Receive, Scope, Send
 from routeproxy.config import Tier
 from routeproxy.errors import RouteproxyError, UpstreamBusy, UpstreamError, UpstreamUnavailable
 from routeproxy.sse import EVENT_ENDS, Usage, body_usage, last_event_end, stream_usage
+from routeproxy.stats import CascadeOutcome
 from routeproxy.upstream import RawHeaders, UpstreamPool, UpstreamResponse
 
 # Statuses that say the upstream did not start on the request, so the other tier may answer it instead.
@@ -47,6 +48,7 @@ class RelayResult:
     disconnected: bool = False
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cascade: CascadeOutcome | None = None  # cascade mode, the small answer was checked: what the check did
 
 
 def error_response_messages(error: RouteproxyError, headers: RawHeaders) -> tuple[Message, Message]:
@@ -150,35 +152,44 @@ class Exchange:
             tier, result.fallback_reason = self.fallback, reason
 
     async def _exchange(self, send: Send) -> None:
-        result = self.result
         try:
             upstream = await self._open()
         except UpstreamError as exc:
-            result.upstream_error = exc.message
-            result.status = exc.status_code
-            for message in error_response_messages(exc, self.extra_headers):
-                await send(message)
+            await self._send_error(exc, send)
             return
+        await self._relay_then_close(upstream, send)
+
+    async def _relay_then_close(self, upstream: UpstreamResponse, send: Send) -> None:
         try:
-            result.status = upstream.status
-            if upstream.event_stream:
-                result.stream = True
-                await self._relay_stream(upstream, send)
-            else:
-                await self._relay_whole(upstream, send)
+            await self._relay(upstream, send)
         finally:
             await upstream.aclose()
 
+    async def _send_error(self, exc: UpstreamError, send: Send) -> None:
+        """The upstream failed before anything was sent: the client gets our error envelope."""
+        self.result.upstream_error = exc.message
+        self.result.status = exc.status_code
+        for message in error_response_messages(exc, self.extra_headers):
+            await send(message)
+
+    async def _relay(self, upstream: UpstreamResponse, send: Send) -> None:
+        self.result.status = upstream.status
+        if upstream.event_stream:
+            self.result.stream = True
+            await self._relay_stream(upstream, send)
+        else:
+            await self._relay_whole(upstream, send)
+
     async def _relay_whole(self, upstream: UpstreamResponse, send: Send) -> None:
-        result = self.result
         try:
             body = await upstream.read()
         except UpstreamError as exc:
-            result.upstream_error = exc.message
-            result.status = exc.status_code
-            for message in error_response_messages(exc, self.extra_headers):
-                await send(message)
+            await self._send_error(exc, send)
             return
+        await self._send_whole(upstream, body, send)
+
+    async def _send_whole(self, upstream: UpstreamResponse, body: bytes, send: Send) -> None:
+        result = self.result
         result.ttfb_s = time.perf_counter() - self.started
         if upstream.status >= 500:
             result.upstream_error = f"upstream answered {upstream.status}"
@@ -197,7 +208,16 @@ class Exchange:
         )
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
-    async def _relay_stream(self, upstream: UpstreamResponse, send: Send) -> None:
+    async def _relay_stream(
+        self,
+        upstream: UpstreamResponse,
+        send: Send,
+        sent_first: bytes = b"",
+        chunks: AsyncIterator[bytes] | None = None,
+        rewrite: Callable[[bytes], bytes] | None = None,
+    ) -> None:
+        """Relay the stream; the cascade passes the events it held (``sent_first``, already rewritten), the rest of
+        the body (``chunks``) and, when it asked for logprobs the client did not, the rewrite that removes them."""
         result = self.result
         headers = [*upstream.headers, *self.extra_headers]
         if not any(name == b"x-accel-buffering" for name, _ in upstream.headers):
@@ -206,8 +226,12 @@ class Exchange:
         held = b""
         last_usage = b""
         max_held = upstream.config.max_event_bytes
+        if sent_first:
+            if b'"usage"' in sent_first:
+                last_usage = sent_first
+            await send({"type": "http.response.body", "body": sent_first, "more_body": True})
         try:
-            async for chunk in upstream.chunks():
+            async for chunk in upstream.chunks() if chunks is None else chunks:
                 if result.ttfb_s is None:
                     result.ttfb_s = time.perf_counter() - self.started
                 if held:
@@ -217,15 +241,13 @@ class Exchange:
                     cut = last_event_end(chunk)
                     chunk, held = chunk[:cut], chunk[cut:]
                 if chunk:
+                    if rewrite is not None:
+                        chunk = rewrite(chunk)
                     if b'"usage"' in chunk:
                         last_usage = chunk
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if len(held) > max_held:
-                    raise UpstreamUnavailable(
-                        f"the {upstream.tier} upstream sent an SSE event larger than "
-                        f"tiers.{upstream.tier}.max_event_bytes ({max_held} bytes)",
-                        reason="event_too_large",
-                    )
+                    raise event_too_large(upstream)
         except UpstreamError as exc:
             # Bytes were relayed already, so the status cannot change: end with one error event the SDKs raise.
             result.upstream_error = exc.message
@@ -238,6 +260,16 @@ class Exchange:
         if last_usage:
             _note_usage(result, stream_usage(last_usage))
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def event_too_large(upstream: UpstreamResponse) -> UpstreamUnavailable:
+    """An upstream SSE event past the tier's bound: the relay (and the cascade's hold) stop reading it."""
+    limit = upstream.config.max_event_bytes
+    return UpstreamUnavailable(
+        f"the {upstream.tier} upstream sent an SSE event larger than tiers.{upstream.tier}.max_event_bytes "
+        f"({limit} bytes)",
+        reason="event_too_large",
+    )
 
 
 def _note_usage(result: RelayResult, usage: Usage | None) -> None:

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from prometheus_client import Gauge
 from starlette.requests import Request
 
-from routeproxy.config import Settings
+from routeproxy.config import RoutingMode, Settings
 from routeproxy.controller import RolloutController
 from routeproxy.counters import CounterStore
 from routeproxy.decisions import DecisionStore
 from routeproxy.errors import Overloaded
+from routeproxy.escalation import CheckRules
 from routeproxy.metrics import Metrics
 from routeproxy.route import Router
 from routeproxy.upstream import UpstreamPool
@@ -27,6 +28,7 @@ class Resources:
     metrics: Metrics
     decisions: DecisionStore
     rollout: RolloutController
+    check_rules: CheckRules  # the cascade's answer check, loaded at start so a bad rule set fails there
     client_key_digests: frozenset[bytes] = frozenset()
     inflight: int = 0
     draining: bool = False
@@ -68,6 +70,11 @@ class Resources:
         )
         ratio = self.settings.routing.ab_test_ratio if runtime.ab_test_ratio is None else runtime.ab_test_ratio
         return enabled, ratio
+
+    def mode_now(self) -> RoutingMode:
+        """The routing mode in force now: the shared runtime config's when set, else the setting (no I/O)."""
+        mode = self.counters.current_runtime.routing_mode
+        return self.settings.routing.mode if mode is None else mode
 
 
 def resources_of(request: Request) -> Resources:

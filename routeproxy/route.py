@@ -38,6 +38,7 @@ class Reason(enum.StrEnum):
     CLASSIFIED = "classified"  # SIMPLE or COMPLEX: the class decides
     AB_TEST = "ab_test"  # MEDIUM: the sticky key's draw against ab_test_ratio
     PASSTHROUGH = "passthrough"  # an endpoint passed through to routing.passthrough_tier (embeddings, ...)
+    CASCADE = "cascade"  # MEDIUM in cascade mode: the small tier first, its answer decides
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,7 @@ class RouteDecision:
     classify_error: str | None = None
     detail: str | None = None  # CLASSIFIED: the signal that pushed hardest; AB_TEST: the draw against the ratio
     sticky: str | None = None  # what the A/B draw hashes (also what "asked again" compares); None when pinned
+    cascade: bool = False  # cascade mode: the small tier answers first and its answer is checked
 
     @property
     def why(self) -> str:
@@ -62,11 +64,14 @@ class RouteDecision:
         return None if self.classification is None else self.classification.score
 
 
-def decide(classification: Classification, *, enabled: bool, ab_test_ratio: float, sticky: str) -> RouteDecision:
+def decide(
+    classification: Classification, *, enabled: bool, ab_test_ratio: float, sticky: str, cascade: bool = False
+) -> RouteDecision:
     """SIMPLE -> small, COMPLEX -> large, MEDIUM -> small when the sticky key's draw is under the ratio.
 
     With routing disabled every request goes to the large tier (the seed's baseline), but the complexity is
-    still recorded so the baseline's mix is measured before routing is switched on.
+    still recorded so the baseline's mix is measured before routing is switched on. In cascade mode every MEDIUM
+    request goes to the small tier first too (its answer, not a draw, decides whether the large tier is asked).
     """
     complexity = classification.complexity
     if not enabled:
@@ -74,7 +79,12 @@ def decide(classification: Classification, *, enabled: bool, ab_test_ratio: floa
     if complexity is Complexity.SIMPLE or complexity is Complexity.COMPLEX:
         tier = Tier.SMALL if complexity is Complexity.SIMPLE else Tier.LARGE
         top = _top_signal(classification, complexity.value)
-        return RouteDecision(tier, complexity, Reason.CLASSIFIED, classification, detail=top, sticky=sticky)
+        small_first = cascade and tier is Tier.SMALL
+        return RouteDecision(
+            tier, complexity, Reason.CLASSIFIED, classification, detail=top, sticky=sticky, cascade=small_first
+        )
+    if cascade:
+        return RouteDecision(Tier.SMALL, complexity, Reason.CASCADE, classification, sticky=sticky, cascade=True)
     draw = stable_draw(sticky)
     if draw < ab_test_ratio:
         tier, detail = Tier.SMALL, f"ab:{draw:.2f}<{ab_test_ratio:.2f}"
@@ -127,6 +137,7 @@ class Router:
         *,
         enabled: bool,
         ab_test_ratio: float,
+        cascade: bool = False,
     ) -> RouteDecision:
         model = body.get("model")
         if model is not None and model != self.auto_model:
@@ -148,6 +159,7 @@ class Router:
             enabled=enabled,
             ab_test_ratio=ab_test_ratio,
             sticky=self._sticky_key(body, headers, classification.query),
+            cascade=cascade,
         )
 
     def passthrough(self, model: object) -> RouteDecision:

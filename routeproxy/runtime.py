@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from routeproxy.config import RoutingMode
 from routeproxy.errors import InvalidRequest
 
 log = structlog.get_logger(__name__)
@@ -19,12 +20,15 @@ class RuntimeConfig:
 
     ab_test_ratio: float | None = None
     enable_model_routing: bool | None = None
+    routing_mode: RoutingMode | None = None
 
 
 def check_runtime(change: RuntimeConfig) -> None:
     ratio = change.ab_test_ratio
     if ratio is not None and not (isinstance(ratio, (int, float)) and 0.0 <= ratio <= 1.0):
         raise InvalidRequest("ab_test_ratio must be a number from 0.0 to 1.0", param="ab_test_ratio")
+    if change.routing_mode is not None and not isinstance(change.routing_mode, RoutingMode):
+        raise InvalidRequest("routing_mode must be classify or cascade", param="routing_mode")
 
 
 def merge_runtime(current: RuntimeConfig, change: RuntimeConfig) -> RuntimeConfig:
@@ -33,6 +37,7 @@ def merge_runtime(current: RuntimeConfig, change: RuntimeConfig) -> RuntimeConfi
         enable_model_routing=current.enable_model_routing
         if change.enable_model_routing is None
         else change.enable_model_routing,
+        routing_mode=current.routing_mode if change.routing_mode is None else change.routing_mode,
     )
 
 
@@ -42,6 +47,7 @@ def parse_runtime(raw: Mapping[str, str] | list[str] | None) -> RuntimeConfig:
     raw = raw or {}
     ratio: float | None = None
     routing: bool | None = None
+    mode: RoutingMode | None = None
     if "ab_test_ratio" in raw:
         try:
             ratio = float(raw["ab_test_ratio"])
@@ -56,4 +62,9 @@ def parse_runtime(raw: Mapping[str, str] | list[str] | None) -> RuntimeConfig:
         routing = True if text in {"1", "true", "yes", "on"} else False if text in {"0", "false", "no", "off"} else None
         if routing is None:
             log.warning("counters.bad_runtime_value", field="enable_model_routing", value=text)
-    return RuntimeConfig(ab_test_ratio=ratio, enable_model_routing=routing)
+    if "routing_mode" in raw:
+        try:
+            mode = RoutingMode(raw["routing_mode"].strip().lower())
+        except ValueError:
+            log.warning("counters.bad_runtime_value", field="routing_mode", value=raw["routing_mode"])
+    return RuntimeConfig(ab_test_ratio=ratio, enable_model_routing=routing, routing_mode=mode)

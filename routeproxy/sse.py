@@ -1,11 +1,15 @@
-"""Pure server-sent-events framing for the relay: where complete events end, and token usage in a body or event.
+"""Pure server-sent-events framing for the relay: where complete events end, and token usage in a body or event;
+for the cascade, the JSON of each event it holds, and the one rewrite it may make (removing logprobs it asked for).
 
-Nothing here does I/O or changes bytes that are relayed; the relay passes the upstream's bytes on as they came.
+Nothing here does I/O. Relayed bytes are the upstream's own, except where the cascade asked the small tier for
+logprobs the client did not ask for: ``strip_logprobs_*`` take them out again.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from typing import Any
 
 import orjson
 
@@ -27,13 +31,19 @@ def last_event_end(data: bytes) -> int:
 
 def body_usage(body: bytes) -> Usage | None:
     """Token usage of a whole (non-streamed) completion body."""
-    if b'"usage"' not in body:
+    document = _object_with(body, b'"usage"')
+    return None if document is None else _usage(document.get("usage"))
+
+
+def _object_with(body: bytes, marker: bytes) -> dict[str, Any] | None:
+    """The JSON object of a whole body that holds ``marker``; None without it (nothing parsed) or when not one."""
+    if marker not in body:
         return None
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    return _usage(document.get("usage")) if isinstance(document, dict) else None
+    return document if isinstance(document, dict) else None
 
 
 def stream_usage(chunk: bytes) -> Usage | None:
@@ -57,3 +67,55 @@ def _usage(usage: object) -> Usage | None:
     if isinstance(prompt, int) and isinstance(completion, int):
         return prompt, completion
     return None
+
+
+DONE = b"[DONE]"
+
+
+def event_payloads(events: bytes) -> Iterator[bytes]:
+    """The payload of each ``data:`` line of complete events (``[DONE]`` included); comments are skipped."""
+    for line in events.splitlines():
+        if line.startswith(b"data:"):
+            yield line[5:].strip()
+
+
+def parse_event(payload: bytes) -> dict[str, Any] | None:
+    """An event's JSON object, or None (``[DONE]``, a keep-alive, or not JSON: such events pass on untouched)."""
+    if not payload.startswith(b"{"):
+        return None
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _drop_logprobs(document: Any) -> bool:
+    """Set ``choices[*].logprobs`` to null, as an upstream answers when logprobs were not asked for."""
+    choices = document.get("choices") if isinstance(document, dict) else None
+    dropped = False
+    for choice in choices if isinstance(choices, list) else ():
+        if isinstance(choice, dict) and choice.get("logprobs") is not None:
+            choice["logprobs"] = None
+            dropped = True
+    return dropped
+
+
+def strip_logprobs_events(events: bytes) -> bytes:
+    """Complete SSE events with ``choices[*].logprobs`` nulled in each ``data:`` JSON; other bytes unchanged."""
+    if b'"logprobs"' not in events:
+        return events
+    lines = events.split(b"\n")
+    for index, line in enumerate(lines):
+        if line.startswith(b"data:") and b'"logprobs"' in line:
+            ending = b"\r" if line.endswith(b"\r") else b""
+            document = parse_event(line[5:].strip())
+            if document is not None and _drop_logprobs(document):
+                lines[index] = b"data: " + orjson.dumps(document) + ending
+    return b"\n".join(lines)
+
+
+def strip_logprobs_body(body: bytes) -> bytes:
+    """A whole chat.completion body with ``choices[*].logprobs`` nulled (unchanged when it has none)."""
+    document = _object_with(body, b'"logprobs"')
+    return orjson.dumps(document) if document is not None and _drop_logprobs(document) else body

@@ -45,6 +45,22 @@ class Outcome:
     disconnected: bool = False  # the client went away before the end
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cascade: CascadeOutcome | None = None  # cascade mode: the small answer was checked
+
+
+@dataclass(frozen=True, slots=True)
+class CascadeOutcome:
+    """What the cascade did with one request whose small answer was checked."""
+
+    escalated: bool  # the client got the large tier's answer
+    score: float = 0.0  # the check's score and reasons (for the log line; not counted)
+    reasons: tuple[str, ...] = ()
+    escalation_failed: bool = False  # the check escalated, the large tier failed, the client got the small answer
+    hold_ms: float | None = None  # streams: how long the client's first byte waited for the check
+    small_ms: float = 0.0  # escalated: small request start -> escalation decision
+    added_ms: float = 0.0  # escalated: request start -> the large tier asked (what asking 3B first added)
+    small_prompt_tokens: int | None = None  # escalated: the small tier's tokens (usage, else content tokens seen)
+    small_completion_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +121,36 @@ def outcome_fields(outcome: Outcome, labels: Mapping[Tier, str]) -> Iterable[tup
         yield f"usage_reports:{tier}", 1
         yield f"prompt_tokens:{tier}", outcome.prompt_tokens or 0
         yield f"completion_tokens:{tier}", outcome.completion_tokens or 0
+    if outcome.cascade is not None:
+        yield from _cascade_fields(outcome.cascade, outcome.complexity.value if outcome.complexity else PINNED)
+
+
+def _cascade_fields(cascade: CascadeOutcome, slot: str) -> Iterable[tuple[str, int]]:
+    yield f"cascade_checked:{slot}", 1
+    if cascade.hold_ms is not None:
+        hold = max(0.0, cascade.hold_ms)
+        yield "cascade_hold_ms_sum", round(hold)
+        yield "cascade_hold_ms_count", 1
+        yield f"cascade_hold_ms_bucket:{_bucket(hold)}", 1
+    if cascade.escalation_failed:
+        yield "escalation_failures", 1
+    if not cascade.escalated:
+        return
+    added = max(0.0, cascade.added_ms)
+    yield f"escalations:{slot}", 1
+    yield "escalated_small_ms_sum", round(max(0.0, cascade.small_ms))
+    yield "escalated_small_prompt_tokens", cascade.small_prompt_tokens or 0
+    yield "escalated_small_completion_tokens", cascade.small_completion_tokens or 0
+    yield "escalation_added_ms_sum", round(added)
+    yield f"escalation_added_ms_bucket:{_bucket(added)}", 1
 
 
 def field_count(tiers: int = len(Tier)) -> int:
     """How many distinct fields exist: the bound on the size of any local delta."""
     per_scope = 5 + len(BUCKET_NAMES)  # requests, latency sum, errors, fallbacks, disconnects + buckets
     per_tier = (1 + len(COMPLEXITY_SLOTS)) * per_scope + len(STATUS_CLASSES) + 3 + len(BUCKET_NAMES) + 4
-    return tiers * per_tier
+    cascade = 2 * len(COMPLEXITY_SLOTS) + 2 + len(BUCKET_NAMES) + 1 + 5 + len(BUCKET_NAMES)
+    return tiers * per_tier + cascade
 
 
 PERCENTILES: tuple[tuple[str, float], ...] = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
@@ -166,7 +205,8 @@ def render_stats(
     first.
 
     ``baseline_latency_ms`` None means "measure it": the average latency of the large tier.
-    ``estimated_cost_savings_pct`` compares with sending every request to the large tier.
+    ``estimated_cost_savings_pct`` compares with sending every request to the large tier; an escalated request
+    costs a large request plus a whole small one (conservative: a stream cut at the hold cost less).
     """
     requests = {tier: snapshot.get("requests", labels[tier]) for tier in Tier}
     latency_sums = {tier: snapshot.get("latency_ms_sum", labels[tier]) for tier in Tier}
@@ -177,7 +217,8 @@ def render_stats(
     else:
         baseline = round(baseline_latency_ms)
     all_large_cost = total * relative_cost[Tier.LARGE]
-    actual_cost = sum(requests[tier] * relative_cost[tier] for tier in Tier)
+    escalations = sum(snapshot.get("escalations", slot) for slot in COMPLEXITY_SLOTS)
+    actual_cost = sum(requests[tier] * relative_cost[tier] for tier in Tier) + escalations * relative_cost[Tier.SMALL]
     latency_histograms = {tier: snapshot.histogram("latency_ms_bucket", labels[tier]) for tier in Tier}
     ttfb_histograms = {tier: snapshot.histogram("ttfb_ms_bucket", labels[tier]) for tier in Tier}
     errors = {tier: snapshot.get("errors", labels[tier]) for tier in Tier}
@@ -246,6 +287,66 @@ def render_stats(
     return stats
 
 
+def render_cascade(snapshot: Snapshot, routing_mode: str, labels: Mapping[Tier, str]) -> dict[str, Any]:
+    """The ``cascade`` block of the stats JSON (see the README's cascade section)."""
+    answered_small = snapshot.get("requests", labels[Tier.SMALL])
+    total = answered_small + snapshot.get("requests", labels[Tier.LARGE])
+    checked = {slot: snapshot.get("cascade_checked", slot) for slot in COMPLEXITY_SLOTS}
+    escalated = {slot: snapshot.get("escalations", slot) for slot in COMPLEXITY_SLOTS}
+    all_checked, all_escalated = sum(checked.values()), sum(escalated.values())
+    small_ms = snapshot.get("escalated_small_ms_sum")
+    hold_count = snapshot.get("cascade_hold_ms_count")
+    return {
+        "routing_mode": routing_mode,
+        "checked": all_checked,
+        "escalated": all_escalated,
+        "escalated_pct": _pct(all_escalated, all_checked),
+        "answered_by_small_pct": _pct(answered_small, total),
+        "escalation_failures": snapshot.get("escalation_failures"),
+        "by_complexity": {
+            slot: {
+                "checked": checked[slot],
+                "escalated": escalated[slot],
+                "escalated_pct": _pct(escalated[slot], checked[slot]),
+            }
+            for slot in COMPLEXITY_SLOTS
+        },
+        "small_tier_on_escalated": {
+            "time_ms_sum": small_ms,
+            "avg_time_ms": _avg(small_ms, all_escalated),
+            "prompt_tokens": snapshot.get("escalated_small_prompt_tokens"),
+            "completion_tokens": snapshot.get("escalated_small_completion_tokens"),
+        },
+        "added_latency_ms": {
+            "avg": _avg(snapshot.get("escalation_added_ms_sum"), all_escalated),
+            **_percentiles(snapshot.histogram("escalation_added_ms_bucket")),
+        },
+        "hold_ms": {
+            "avg": _avg(snapshot.get("cascade_hold_ms_sum"), hold_count),
+            **_percentiles(snapshot.histogram("cascade_hold_ms_bucket")),
+        },
+    }
+
+
+def render_ab_cascade(snapshot: Snapshot, labels: Mapping[Tier, str]) -> dict[str, Any]:
+    """What the A/B view's MEDIUM comparison is in this period: a random split (``ab_test``), the cascade's
+    (``cascade``: the small tier's MEDIUM answers are the ones the check kept, the large tier's the escalated
+    ones), or both (``mixed``: the mode changed without a reset)."""
+    slot = Complexity.MEDIUM.value
+    checked, escalated = snapshot.get("cascade_checked", slot), snapshot.get("escalations", slot)
+    answered = sum(snapshot.get("requests", labels[tier], slot) for tier in Tier)
+    fell_back = sum(snapshot.get("fallbacks", labels[tier], slot) for tier in Tier)
+    comparison = "ab_test" if not checked else "cascade" if checked + fell_back >= answered else "mixed"
+    return {
+        "comparison": comparison,
+        "checked": checked,
+        "escalated": escalated,
+        "escalated_pct": _pct(escalated, checked),
+        "kept_on": labels[Tier.SMALL],
+        "escalated_to": labels[Tier.LARGE],
+    }
+
+
 def format_stats_table(stats: Mapping[str, Any]) -> str:
     """The stats JSON as a short plain-text report, for ``routeproxy stats``."""
     distribution = stats["model_distribution"]
@@ -283,6 +384,14 @@ def format_stats_table(stats: Mapping[str, Any]) -> str:
         if entry["count"]:
             tiers = ", ".join(f"{label} {count}" for label, count in entry["tiers"].items())
             lines.append(f"{slot}: {entry['count']} ({tiers}), avg {entry['avg_latency_ms']} ms")
+    cascade = stats.get("cascade")
+    if cascade and (cascade["routing_mode"] == "cascade" or cascade["checked"]):
+        added, hold = cascade["added_latency_ms"], cascade["hold_ms"]
+        lines.append(
+            f"cascade: {cascade['checked']} checked, {cascade['escalated']} escalated "
+            f"({cascade['escalated_pct']:.1f}%), small tier answered {cascade['answered_by_small_pct']:.1f}%; "
+            f"added latency p50 {added['p50']} ms p95 {added['p95']} ms; hold p50 {hold['p50']} ms"
+        )
     if "store" in stats:
         replicas = stats.get("replicas", [])
         lines.append(

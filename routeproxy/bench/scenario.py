@@ -11,14 +11,18 @@ from typing import Any
 import httpx
 
 from routeproxy.bench.loadgen import run_async, run_load
-from routeproxy.bench.procs import proxy_env, spawn
+from routeproxy.bench.procs import Proc, proxy_env, spawn
 from routeproxy.bench.run import Target
 from routeproxy.bench.session import Session
 from routeproxy.bench.table import Table
+from routeproxy.config import SETTINGS_BY_KEY
 
 # The seed report's "Performance Projections": ratio -> (share to 3B in %, stated average latency in ms).
 SEED_PROJECTIONS = {0.3: (45, 3550), 0.5: (60, 3075), 0.8: (72, 2835)}
 SEED_SMALL_MS, SEED_LARGE_MS, SEED_BASELINE_MS = 2500, 4500, 4500
+# Share of the scenario's prompts the simulated small tier answers with a short refusal (a weak 3B answer). Not a
+# measured rate: it gives the cascade's check something to find; the escalated share it yields is reported.
+SMALL_WEAK_SHARE = 0.2
 _BREEDS = ("Ross 308", "Cobb 500", "Hubbard Flex", "Arbor Acres Plus", "Ross 708")
 _METRICS = ("body weight", "FCR", "daily gain", "mortality", "feed intake", "uniformity")
 _AGES = (7, 14, 21, 28, 35, 42)
@@ -67,7 +71,7 @@ def scenario_mix(size: int = 200) -> list[tuple[str, dict[str, Any]]]:
     return mix
 
 
-def _read_until(client: httpx.Client, url: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+def read_until(client: httpx.Client, url: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
     """GET ``url`` until ``done`` says yes, for at most 10 s (Redis-backed settings and counters lag by ~1 s)."""
     deadline = time.monotonic() + 10
     while True:
@@ -77,16 +81,45 @@ def _read_until(client: httpx.Client, url: str, done: Callable[[dict[str, Any]],
         time.sleep(0.1)
 
 
-def workload_scenario(session: Session) -> Table:
-    requests, duration = session.cap(200, 120.0)
+def scenario_upstreams(session: Session) -> dict[str, str]:
+    """Two simulators paced like the seed's tiers (base URLs by tier), started once per bench session. The small
+    one answers a share of prompts weakly, so the cascade's check has weak answers to find; classify mode relays
+    them like any other answer."""
     speed = session.options.speed
     urls = {}
     for tier, model in (("small", session.options.small_model), ("large", session.options.large_model)):
-        args = ["routeproxy", "simulate", "--tier", tier, "--model", model, "--speed", str(speed)]
-        sim = session._keep(spawn(f"simulator {tier}", args, dict(os.environ), session.cores.rest, "/health"))
-        urls[tier] = f"http://127.0.0.1:{sim.port}/v1"
-    env = proxy_env(urls, session.options.redis_url, ROUTEPROXY_RULES="poultry")
-    proxy = session._keep(spawn("proxy (scenario)", ["routeproxy", "serve"], env, session.cores.proxy(), "/healthz"))
+        if f"scenario-sim-{tier}" not in session.procs:
+            args = ["routeproxy", "simulate", "--tier", tier, "--model", model, "--speed", str(speed)]
+            if tier == "small":
+                args += ["--weak-share", str(SMALL_WEAK_SHARE)]
+            sim = spawn(f"simulator {tier}", args, dict(os.environ), session.cores.rest, "/health")
+            session.procs[f"scenario-sim-{tier}"] = session._keep(sim)
+        urls[tier] = f"http://127.0.0.1:{session.procs[f'scenario-sim-{tier}'].port}/v1"
+    return urls
+
+
+def scenario_proxy(session: Session, **env: str) -> Proc:
+    """The scenario's proxy in front of ``scenario_upstreams``, with extra environment ``env``; one per ``env``."""
+    key = "scenario-proxy:" + ",".join(f"{name}={value}" for name, value in sorted(env.items()))
+    if key not in session.procs:
+        # The hold's time bound in the seed's time, like every other delay of the scenario.
+        hold_ms = str(max(1, round(int(SETTINGS_BY_KEY["cascade.hold_ms"].default) / session.options.speed)))
+        environment = proxy_env(
+            scenario_upstreams(session),
+            session.options.redis_url,
+            ROUTEPROXY_RULES="poultry",
+            ROUTEPROXY_CASCADE_HOLD_MS=hold_ms,
+            **env,
+        )
+        proc = spawn("proxy (scenario)", ["routeproxy", "serve"], environment, session.cores.proxy(), "/healthz")
+        session.procs[key] = session._keep(proc)
+    return session.procs[key]
+
+
+def workload_scenario(session: Session) -> Table:
+    requests, duration = session.cap(200, 120.0)
+    speed = session.options.speed
+    proxy = scenario_proxy(session)
     base = f"http://127.0.0.1:{proxy.port}/v1/model-routing"
     mix = scenario_mix(min(requests, 1000))
     target = Target("proxy", "127.0.0.1", proxy.port, "/v1/chat/completions", "auto", proxy)
@@ -110,14 +143,15 @@ def workload_scenario(session: Session) -> Table:
     runs: list[dict[str, Any]] = []
     with httpx.Client(trust_env=False, timeout=10) as client:
         for ratio, (seed_small, seed_avg) in SEED_PROJECTIONS.items():
-            client.put(f"{base}/config", json={"ab_test_ratio": ratio, "enable_model_routing": True}).raise_for_status()
+            change = {"ab_test_ratio": ratio, "enable_model_routing": True, "routing_mode": "classify"}
+            client.put(f"{base}/config", json=change).raise_for_status()
             client.post(f"{base}/reset").raise_for_status()
-            _read_until(client, f"{base}/config", lambda answer: answer["ab_test_ratio"] == ratio)  # noqa: B023
+            read_until(client, f"{base}/config", lambda answer: answer == {**answer, **change})  # noqa: B023
             result = run_async(
                 run_load("127.0.0.1", proxy.port, sent, concurrency=50, max_requests=len(sent), max_duration=duration)
             )
             answered = len(result.samples)
-            stats = _read_until(client, f"{base}/stats", lambda answer: answer["total_requests"] >= answered)  # noqa: B023
+            stats = read_until(client, f"{base}/stats", lambda answer: answer["total_requests"] >= answered)  # noqa: B023
             small, large = stats["model_distribution"].values()  # small first, whatever the tiers are called
             client_avg = sum(x.total_s for x in result.samples) / len(result.samples) * 1000 * speed
             average = stats["average_latency_ms"] * speed

@@ -26,13 +26,14 @@ from typing import Any
 
 import orjson
 
+from routeproxy.bench.cascade import workload_cascade
 from routeproxy.bench.loadgen import LoadResult, run_async, run_load
 from routeproxy.bench.run import _FAST, Target, measure, measure_wrk
 from routeproxy.bench.scenario import workload_scenario
 from routeproxy.bench.session import Session, parse_upstream
 from routeproxy.bench.table import Table
 
-WORKLOADS = ("latency", "throughput", "stream", "paced", "memory", "classifier", "scenario")
+WORKLOADS = ("latency", "throughput", "stream", "paced", "memory", "classifier", "scenario", "cascade")
 DEFAULT_WORKLOADS = ("latency", "throughput", "stream", "paced", "memory", "classifier")
 
 # A short factual question: SIMPLE under the default rules, so with routing on it goes to the small tier,
@@ -320,6 +321,7 @@ _RUNNERS = {
     "memory": workload_memory,
     "classifier": workload_classifier,
     "scenario": workload_scenario,
+    "cascade": workload_cascade,
 }
 
 

@@ -24,13 +24,14 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from routeproxy.config import SETTINGS_BY_KEY
 from routeproxy.escalation import AnswerView, CheckRules, StreamAnswer, check_answer
 from routeproxy.evaluate.metrics import apgr, cpt, pgr_curve, quantile, random_apgr_band
 
-# Measured with `routeproxy eval --cascade ... --hold-tokens N`: at 64 tokens the prefix keeps little of the
-# whole answer's APGR, at 128 it keeps it (short answers have ended by then); every held token is time to first
-# token (128 tokens at 100-200 tokens/s: 0.6-1.3 s).
-DEFAULT_HOLD_TOKENS = 128
+# The proxy's default hold (setting cascade.hold_tokens), chosen with `routeproxy eval --cascade ... --hold-tokens N`:
+# at 64 tokens the prefix keeps little of the whole answer's APGR, at 128 it keeps it (short answers have ended by
+# then); every held token is time to first token (128 tokens at 100-200 tokens/s: 0.6-1.3 s).
+DEFAULT_HOLD_TOKENS: int = SETTINGS_BY_KEY["cascade.hold_tokens"].default
 RANDOM_DRAWS = 300
 # Llama 3's pre-tokenizer split (letters, 1-3 digit groups, punctuation runs, whitespace): each piece is at
 # least one token, and one for most English words, so a prefix of N pieces is close to N tokens.

@@ -22,6 +22,10 @@ Fault controls, read from request headers so that they pass through a proxy:
     x-sim-answer: TEXT     answer with this text (a refusal, say) instead of filler words, JSON or a tool call
     x-sim-logprob: X       every token's logprob is X (<= 0), for answers that must look (un)sure
 
+Weak answers (``SimProfile.weak_share``, ``routeproxy simulate --weak-share``): on that share of prompts, chosen by
+a hash of the messages, the answer is a short refusal instead, as a small model gives on prompts beyond it. It lets
+the cascade's answer check (routeproxy.escalation) see weak answers from a simulated small tier.
+
 Observability: ``GET /_sim/requests`` (the last 100 requests: method, path, lowercased headers, parsed JSON
 body or null), ``DELETE /_sim/requests``, and ``GET /_sim/stats``. In the stats an answer in progress,
 streamed or not, is an "open stream"; it ends as completed (the whole body was sent, an in-stream error
@@ -50,6 +54,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from routeproxy.config import Tier
+from routeproxy.route import stable_draw
 from routeproxy.sim import pooling
 from routeproxy.sim.content import (
     ToolCall,
@@ -68,6 +73,7 @@ from routeproxy.sim.faults import BadFault, Faults
 
 __all__ = ["Dialect", "SimProfile", "create_simulator_app", "seed_profile"]
 
+WEAK_ANSWER = "I'm sorry, but I can't help with that."  # what a weak small tier says (weak_share)
 _LOG_SIZE = 100
 _MIN_SLEEP_S = 0.0005  # below this, pacing runs ahead on the schedule instead of arming a timer
 
@@ -82,10 +88,13 @@ class SimProfile:
     speed: float = 1.0  # divides every delay; 1000 makes tests fast
     keepalive_s: float | None = None  # TGI-style ":\n\n" comment after this many idle seconds (TGI: 15)
     api_key: str | None = None  # when set, require Authorization: Bearer <key> (401 in the dialect's shape)
+    weak_share: float = 0.0  # share of prompts answered with a short refusal (see the module docstring)
 
     def __post_init__(self) -> None:
         if self.ttft_s < 0 or self.tokens_per_s <= 0 or self.speed <= 0 or self.answer_tokens < 0:
             raise ValueError("SimProfile needs ttft_s >= 0, tokens_per_s > 0, speed > 0 and answer_tokens >= 0")
+        if not 0.0 <= self.weak_share <= 1.0:
+            raise ValueError("SimProfile.weak_share must be from 0.0 to 1.0")
         if self.keepalive_s is not None and self.keepalive_s <= 0:
             raise ValueError("SimProfile.keepalive_s must be positive (or None for no keep-alive comments)")
 
@@ -310,6 +319,8 @@ class _Simulator:
             tokens = split_tokens(structured)
         if faults.answer is not None:
             calls, tokens = (), words_of(faults.answer)
+        elif self.profile.weak_share and stable_draw(f"weak:{orjson.dumps(asked).decode()}") < self.profile.weak_share:
+            calls, tokens = (), words_of(WEAK_ANSWER)
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         count = len(tokens) if limit is None else min(len(tokens), limit)
         answer_id = self.wire.answer_id(headers.get("x-request-id"))

@@ -384,7 +384,8 @@ def test_explain_runs_the_same_check_on_a_given_answer(cascade: CascadeFactory) 
 
 
 def test_routing_mode_switches_at_runtime_and_bad_values_get_a_400(cascade: CascadeFactory) -> None:
-    proxy = cascade(Script(REFUSAL), **{"routing.mode": "classify"})
+    admin = {"server.admin_loopback_without_token": True}
+    proxy = cascade(Script(REFUSAL), **{"routing.mode": "classify", **admin})
     config = f"{proxy.proxy.url}/v1/model-routing/config"
     assert "x-routeproxy-mode" not in proxy.post(user(WATER)).headers  # classify mode: headers as before
     changed = http.put(config, json={"routing_mode": "cascade"}, timeout=10).json()
@@ -397,10 +398,10 @@ def test_routing_mode_switches_at_runtime_and_bad_values_get_a_400(cascade: Casc
 def test_routing_mode_is_shared_by_replicas_through_redis(
     cascade: CascadeFactory, start_proxy: ProxyFactory, redis_server: Any
 ) -> None:
-    proxy = cascade(Script(REFUSAL), **{"routing.mode": "classify", "counters.redis_url": redis_server.url})
+    shared = {"counters.redis_url": redis_server.url, "server.admin_loopback_without_token": True}
+    proxy = cascade(Script(REFUSAL), **{"routing.mode": "classify", **shared})
     other = start_proxy(
-        {Tier.SMALL: proxy.small_url, Tier.LARGE: proxy.large_url},
-        **{"routing.enabled": True, "counters.redis_url": redis_server.url},
+        {Tier.SMALL: proxy.small_url, Tier.LARGE: proxy.large_url}, **{"routing.enabled": True, **shared}
     )
     http.put(f"{proxy.proxy.url}/v1/model-routing/config", json={"routing_mode": "cascade"}, timeout=10)
 

@@ -184,13 +184,16 @@ class CascadeExchange(Exchange):
             await self._cascade_whole(upstream, send)
 
     async def _cascade_whole(self, small: UpstreamResponse, send: Send) -> None:
+        failure: UpstreamError | None = None
         try:
             body = await small.read()
         except UpstreamError as exc:
-            await self._fall_back(exc.reason, exc, send)
-            return
+            failure, body = exc, b""
         finally:
-            await small.aclose()
+            await small.aclose()  # before the large tier is asked, and when the client leaves
+        if failure is not None:
+            await self._fall_back(failure.reason, failure, send)
+            return
         try:
             document = orjson.loads(body)
         except orjson.JSONDecodeError:

@@ -109,6 +109,8 @@ def scenario_proxy(session: Session, **env: str) -> Proc:
             session.options.redis_url,
             ROUTEPROXY_RULES="poultry",
             ROUTEPROXY_CASCADE_HOLD_MS=hold_ms,
+            # The scenario switches ratio and mode and resets between runs, from loopback, without a token.
+            ROUTEPROXY_ADMIN_LOOPBACK_WITHOUT_TOKEN="true",
             **env,
         )
         proc = spawn("proxy (scenario)", ["routeproxy", "serve"], environment, session.cores.proxy(), "/healthz")

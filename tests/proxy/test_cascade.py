@@ -266,6 +266,15 @@ def test_a_small_stream_breaking_during_the_hold_falls_back_to_the_large_tier(ca
     assert (stats["cascade"]["checked"], stats["cascade"]["escalated"]) == (0, 0)
 
 
+def test_a_small_answer_broken_off_mid_body_falls_back_to_the_large_tier(cascade: CascadeFactory) -> None:
+    proxy = cascade(Script(GOOD, break_after=0))
+    response = proxy.post(user(WATER))
+    assert response.content == completion(Script(LARGE_ANSWER), "large", with_logprobs=False)
+    assert response.headers["x-routeproxy-fallback"] == "broken_response"
+    assert (response.headers["x-routeproxy-escalated"], response.headers["x-routeproxy-tier"]) == ("false", "large")
+    assert "x-routeproxy-check-score" not in response.headers
+
+
 def test_a_large_tier_failing_after_the_check_leaves_the_client_the_small_answer(cascade: CascadeFactory) -> None:
     proxy = cascade(Script(REFUSAL), Script(LARGE_ANSWER, status=503))
     response = proxy.post(user(WATER))

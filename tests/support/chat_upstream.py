@@ -26,7 +26,7 @@ class Script:
     finish_reason: str = "stop"
     logprobs: Sequence[float] | None = None  # one per token; sent only when the request asks for logprobs
     stall_after: int | None = None  # stream: after this many tokens wait for ``go`` (or the client to leave)
-    break_after: int | None = None  # stream: after this many tokens drop the connection
+    break_after: int | None = None  # stream: after this many tokens drop the connection; whole: after half the body
     status: int = 200
 
     @property
@@ -70,7 +70,11 @@ class ChatUpstream:
         if body.get("stream"):
             await self._stream(body, script, receive, send)
         else:
-            await _whole(send, 200, completion(script, self.model, bool(body.get("logprobs"))))
+            payload = completion(script, self.model, bool(body.get("logprobs")))
+            if script.break_after is not None:  # half the body, then the connection drops
+                await _whole(send, 200, payload, cut=len(payload) // 2)
+                raise ConnectionAbortedError("scripted break")
+            await _whole(send, 200, payload)
             self.completed += 1
 
     async def _stream(self, body: Mapping[str, Any], script: Script, receive: Receive, send: Send) -> None:
@@ -110,10 +114,13 @@ class ChatUpstream:
             self.stalled -= 1
 
 
-async def _whole(send: Send, status: int, payload: bytes) -> None:
+async def _whole(send: Send, status: int, payload: bytes, cut: int | None = None) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload, "more_body": False})
+    if cut is None:
+        await send({"type": "http.response.body", "body": payload, "more_body": False})
+    else:
+        await send({"type": "http.response.body", "body": payload[:cut], "more_body": True})
 
 
 def _logprobs(script: Script, tokens: Sequence[str], start: int) -> dict[str, Any]:

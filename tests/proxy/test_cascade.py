@@ -122,7 +122,7 @@ def test_a_good_small_answer_is_sent_unchanged_and_the_large_tier_is_not_asked(c
     assert response.content == completion(Script(GOOD), "small", with_logprobs=False)
     headers = response.headers
     assert (headers["x-routeproxy-mode"], headers["x-routeproxy-escalated"]) == ("cascade", "false")
-    assert (headers["x-routeproxy-tier"], headers["x-routeproxy-complexity"]) == ("small", "medium")
+    assert (headers["x-routeproxy-tier"], headers["x-routeproxy-complexity"]) == ("3b", "medium")
     assert headers["x-routeproxy-reason"] == "cascade; check: none"
     assert float(headers["x-routeproxy-check-score"]) < 0.5
     assert len(proxy.small.requests) == 1 and proxy.large.requests == []
@@ -149,7 +149,7 @@ def test_a_weak_small_answer_is_replaced_by_the_large_tiers(
     assert response.status_code == 200
     assert response.content == completion(Script(LARGE_ANSWER), "large", with_logprobs=False)
     headers = response.headers
-    assert (headers["x-routeproxy-escalated"], headers["x-routeproxy-tier"]) == ("true", "large")
+    assert (headers["x-routeproxy-escalated"], headers["x-routeproxy-tier"]) == ("true", "8b")
     assert headers["x-routeproxy-model"] == "meta-llama/Llama-3.1-8B-Instruct"
     assert reason in headers["x-routeproxy-reason"].split("; check: ")[1].split(",")
     assert float(headers["x-routeproxy-check-score"]) >= 0.5
@@ -170,8 +170,8 @@ def test_complex_and_pinned_requests_go_to_the_large_tier_unchecked(cascade: Cas
     proxy = cascade(Script(REFUSAL))
     complex_answer = proxy.post(user(COMPLEX))
     pinned = proxy.post({**user(WATER), "model": "meta-llama/Llama-3.2-3B-Instruct"})
-    assert complex_answer.headers["x-routeproxy-tier"] == "large"
-    assert pinned.headers["x-routeproxy-tier"] == "small"  # pinned to the small model: its refusal is what it asked for
+    assert complex_answer.headers["x-routeproxy-tier"] == "8b"
+    assert pinned.headers["x-routeproxy-tier"] == "3b"  # pinned to the small model: its refusal is what it asked for
     for response in (complex_answer, pinned):
         assert response.headers["x-routeproxy-escalated"] == "false"
         assert "x-routeproxy-check-score" not in response.headers
@@ -195,7 +195,7 @@ def test_a_released_stream_is_byte_identical_to_the_small_tiers(cascade: Cascade
     proxy = cascade(Script(GOOD))  # longer than the default hold of 128 tokens: released mid-answer
     headers, body = proxy.stream(user(WATER))
     assert body == b"".join(stream_events(Script(GOOD), "small", with_logprobs=False, usage=False))
-    assert (headers["x-routeproxy-escalated"], headers["x-routeproxy-tier"]) == ("false", "small")
+    assert (headers["x-routeproxy-escalated"], headers["x-routeproxy-tier"]) == ("false", "3b")
     assert proxy.large.requests == []
 
 
@@ -204,7 +204,7 @@ def test_an_escalated_stream_is_the_large_tiers_and_the_small_connection_is_clos
     proxy = cascade(Script(REFUSAL, stall_after=10), **{"cascade.hold_tokens": 8})
     headers, body = proxy.stream(user(WATER, stream_options={"include_usage": True}))
     assert body == b"".join(stream_events(Script(LARGE_ANSWER), "large", with_logprobs=False, usage=True))
-    assert (headers["x-routeproxy-escalated"], headers["x-routeproxy-tier"]) == ("true", "large")
+    assert (headers["x-routeproxy-escalated"], headers["x-routeproxy-tier"]) == ("true", "8b")
     assert "refusal" in headers["x-routeproxy-reason"]
     eventually(lambda: proxy.small.disconnects == 1, what="the small upstream saw its connection closed")
     assert proxy.small.completed == 0
@@ -247,7 +247,7 @@ def test_a_small_tier_that_refuses_connections_is_a_fallback_not_an_escalation(c
     assert response.content == completion(Script(LARGE_ANSWER), "large", with_logprobs=False)
     headers = response.headers
     assert headers["x-routeproxy-fallback"] == "connect_error"
-    assert (headers["x-routeproxy-escalated"], headers["x-routeproxy-tier"]) == ("false", "large")
+    assert (headers["x-routeproxy-escalated"], headers["x-routeproxy-tier"]) == ("false", "8b")
     assert "x-routeproxy-check-score" not in headers
     eventually(lambda: proxy.stats()["total_requests"] == 1, what="the request is counted")
     assert proxy.stats()["cascade"]["checked"] == 0
@@ -258,7 +258,7 @@ def test_a_small_stream_breaking_during_the_hold_falls_back_to_the_large_tier(ca
     headers, body = proxy.stream(user(WATER))
     assert body == b"".join(stream_events(Script(LARGE_ANSWER), "large", with_logprobs=False, usage=False))
     assert headers["x-routeproxy-fallback"] == "broken_response"
-    assert (headers["x-routeproxy-escalated"], headers["x-routeproxy-tier"]) == ("false", "large")
+    assert (headers["x-routeproxy-escalated"], headers["x-routeproxy-tier"]) == ("false", "8b")
     assert "x-routeproxy-check-score" not in headers
     eventually(lambda: proxy.stats()["total_requests"] == 1, what="the request is counted")
     stats = proxy.stats()
@@ -271,7 +271,7 @@ def test_a_small_answer_broken_off_mid_body_falls_back_to_the_large_tier(cascade
     response = proxy.post(user(WATER))
     assert response.content == completion(Script(LARGE_ANSWER), "large", with_logprobs=False)
     assert response.headers["x-routeproxy-fallback"] == "broken_response"
-    assert (response.headers["x-routeproxy-escalated"], response.headers["x-routeproxy-tier"]) == ("false", "large")
+    assert (response.headers["x-routeproxy-escalated"], response.headers["x-routeproxy-tier"]) == ("false", "8b")
     assert "x-routeproxy-check-score" not in response.headers
 
 
@@ -280,7 +280,7 @@ def test_a_large_tier_failing_after_the_check_leaves_the_client_the_small_answer
     response = proxy.post(user(WATER))
     assert response.content == completion(Script(REFUSAL), "small", with_logprobs=False)
     assert response.headers["x-routeproxy-fallback"] == "escalation_status_503"
-    assert (response.headers["x-routeproxy-escalated"], response.headers["x-routeproxy-tier"]) == ("false", "small")
+    assert (response.headers["x-routeproxy-escalated"], response.headers["x-routeproxy-tier"]) == ("false", "3b")
     headers, body = proxy.stream(user(WATER))
     assert body == b"".join(stream_events(Script(REFUSAL), "small", with_logprobs=False, usage=False))
     assert headers["x-routeproxy-fallback"] == "escalation_status_503"

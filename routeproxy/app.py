@@ -25,6 +25,7 @@ from routeproxy.classify import Classifier, load_rules
 from routeproxy.config import Settings, load_settings
 from routeproxy.controller import open_rollout
 from routeproxy.counters import open_store
+from routeproxy.dashboard import dashboard_routes
 from routeproxy.decisions import open_decisions
 from routeproxy.errors import RouteproxyError, error_envelope, error_response, preview
 from routeproxy.escalation import load_check_rules
@@ -160,6 +161,7 @@ def create_app(settings: Settings) -> ProxyApp:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/health", healthz, methods=["GET"]),  # the probe path of vLLM, TGI and LiteLLM
         Route("/readyz", readyz, methods=["GET"]),
+        *(dashboard_routes() if settings.server.dashboard else ()),
     ]
     return ProxyApp(
         settings,

@@ -451,6 +451,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Browser origins allowed by CORS (comma-separated, or *); unset = no CORS headers.",
     ),
     Setting(
+        "server.dashboard",
+        "ROUTEPROXY_DASHBOARD",
+        True,
+        _bool,
+        "Serve the dashboard page at GET /dashboard (it reads the stats and config endpoints from the browser).",
+    ),
+    Setting(
         "routing.enabled",
         "ENABLE_MODEL_ROUTING",
         False,
@@ -720,6 +727,7 @@ class ServerConfig:
     admin_token: str | None = field(repr=False)
     admin_loopback_without_token: bool = False
     cors_origins: tuple[str, ...] = ()
+    dashboard: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -985,6 +993,7 @@ def load_settings(
             admin_token=values["server.admin_token"],
             admin_loopback_without_token=values["server.admin_loopback_without_token"],
             cors_origins=values["server.cors_origins"],
+            dashboard=values["server.dashboard"],
         ),
         routing=RoutingConfig(
             enabled=values["routing.enabled"],

@@ -8,7 +8,7 @@
   const TIERS = ["3b", "8b"];
   const SLOTS = ["simple", "medium", "complex", "pinned"];
   const STORE = { client: "routeproxy.clientKey", admin: "routeproxy.adminToken", history: "routeproxy.history" };
-  const { lineChart, intervalChart } = window.routeproxyCharts;
+  const { chart, lineChart, intervalChart } = window.routeproxyCharts;
   const $ = (id) => document.getElementById(id);
   let stats = null;
   let config = null;
@@ -51,8 +51,8 @@
   const note = (text) => h("p", { class: "muted" }, text);
   const interval = (path) => h("span", {}, "[", fig(`${path}.0`), ", ", fig(`${path}.1`), "]");
 
-  function table(head, rows, caption) {
-    return h("table", {}, caption ? h("caption", {}, caption) : null,
+  function table(head, rows, caption, cls) {
+    return h("table", { class: cls }, caption ? h("caption", {}, caption) : null,
       h("thead", {}, h("tr", {}, head.map((name) => h("th", {}, name)))),
       h("tbody", {}, rows.map((row) => h("tr", {}, row.map((cell, index) => h(index ? "td" : "th", {}, cell))))));
   }
@@ -200,6 +200,7 @@
       if ([...select.options].map((option) => option.value).join() !== wanted.join()) {
         select.replaceChildren(...wanted.map((step) => h("option", { value: step },
           step === "-1" ? "-1 (ratio 0)" : `${step} (ratio ${schedule[Number(step)]})`)));
+        select.value = String(stats.rollout.step_index ?? -1);
       }
     }
   }
@@ -307,14 +308,14 @@
     const [low, high] = difference.degradation_interval_pct || [null, null];
     const review = thresholds.review_at_pct ?? 5;
     const rollback = thresholds.rollback_at_pct ?? 10;
-    const min = Math.min(-5, (low ?? 0) - 2);
-    const max = Math.max(rollback * 2, (high ?? 0) + 2);
-    const degradation = h("svg", { class: "chart interval", id: "chart-degradation" });
+    const min = Math.floor(Math.min(-review, (low ?? 0) - 1) / 5) * 5;
+    const max = Math.ceil(Math.max(rollback * 2, (high ?? 0) + 1) / 5) * 5;
+    const degradation = chart("chart-degradation");
     intervalChart(degradation, [{ name: "3B vs 8B", cls: "tier-3b", low, high, point: difference.degradation_pct }],
-      { min, max, unit: "%", marks: [{ at: review }, { at: rollback }, { at: 0 }],
+      { min, max, unit: "%", marks: [{ at: 0 }, { at: review, name: "review" }, { at: rollback, name: "rollback" }],
         zones: [{ from: min, to: review, cls: "pass" }, { from: review, to: rollback, cls: "review" },
           { from: rollback, to: max, cls: "rollback" }] });
-    const scores = h("svg", { class: "chart interval", id: "chart-scores" });
+    const scores = chart("chart-scores");
     intervalChart(scores, TIERS.map((tier) => ({ name: tier, cls: `tier-${tier}`,
       low: at(ab, `tiers.${tier}.score_interval.0`), high: at(ab, `tiers.${tier}.score_interval.1`),
       point: at(ab, `tiers.${tier}.mean_score`) })), { min: 0, max: 1 });
@@ -376,7 +377,7 @@
         h("p", { class: "status" }, show(rollout.status)),
         h("p", { class: "muted" }, `on rollback: ${show(rollout.rollback_to)} step; version ${show(rollout.version)}`
           + (rollout.step_since ? `; step since ${new Date(rollout.step_since).toLocaleString()}` : ""))) : null,
-      entries.length ? table(["when", "ratio", "step", "by", "why"], entries, "history, newest first")
+      entries.length ? table(["when", "ratio", "step", "by", "why"], entries, "history, newest first", "history")
         : note("No rollout changes yet."));
   }
 

@@ -80,8 +80,8 @@ window.routeproxyCharts = (() => {
   // rows: [{name, cls, low, high, point}] on one axis from `min` to `max`;
   // zones: [{from, to, cls}] shaded behind; marks: [{at, name}] drawn as vertical lines.
   function intervalChart(svg, rows, { min, max, zones = [], marks = [], unit = "" }) {
-    const rowH = 26;
-    const margin = { left: 60, right: 16, top: 8, bottom: 22 };
+    const rowH = 30;
+    const margin = { left: 60, right: 16, top: marks.some((mark) => mark.name) ? 14 : 4, bottom: 22 };
     const height = margin.top + rows.length * rowH + margin.bottom;
     svg.setAttribute("viewBox", `0 0 ${WIDTH} ${height}`);
     svg.replaceChildren();
@@ -94,13 +94,14 @@ window.routeproxyCharts = (() => {
       svg.append(el("rect", { x: from, y: margin.top, width: Math.max(0, to - from), height: bottom - margin.top,
         class: `zone ${zone.cls}` }));
     }
-    for (let tick = 0; tick <= 4; tick += 1) {
-      const value = min + ((max - min) * tick) / 4;
+    const step = niceMax((max - min) / 6);
+    for (let value = Math.ceil(min / step) * step; value <= max + step / 1000; value += step) {
       svg.append(el("text", { x: x(value), y: height - 6, "text-anchor": "middle", class: "tick" },
         `${label(value)}${unit}`));
     }
     for (const mark of marks) {
       svg.append(el("line", { x1: x(mark.at), x2: x(mark.at), y1: margin.top, y2: bottom, class: "mark" }));
+      if (mark.name) svg.append(el("text", { x: x(mark.at) + 3, y: margin.top + 9, class: "tick" }, mark.name));
     }
     rows.forEach((row, index) => {
       const middle = margin.top + index * rowH + rowH / 2;
@@ -116,5 +117,10 @@ window.routeproxyCharts = (() => {
     });
   }
 
-  return { lineChart, intervalChart, niceMax };
+  // An empty chart element, for charts whose block is built by the page's script.
+  function chart(id) {
+    return el("svg", { id, class: "chart" });
+  }
+
+  return { chart, lineChart, intervalChart };
 })();

@@ -45,6 +45,8 @@ class Browser:
 
     def __init__(self, binary: str, workdir: Path) -> None:
         profile = workdir / "chromium-profile"
+        port_file = profile / "DevToolsActivePort"
+        port_file.unlink(missing_ok=True)  # a profile used before keeps the port of its last browser
         self._log = (workdir / "chromium.log").open("wb")
         self.process = subprocess.Popen(
             [
@@ -72,7 +74,6 @@ class Browser:
         self._stack = contextlib.ExitStack()
         self.events: list[dict[str, Any]] = []
         try:
-            port_file = profile / "DevToolsActivePort"
             port = poll(lambda: self._port(port_file), tries=400, what="Chromium's DevTools port")
             targets = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=5).json()
             page = next(target for target in targets if target["type"] == "page")

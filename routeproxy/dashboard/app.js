@@ -5,7 +5,7 @@
 (() => {
   const REFRESH_MS = 3000;
   const HISTORY_POINTS = 600;
-  const TIERS = ["3b", "8b"];
+  let tiers = ["3b", "8b"]; // the tiers' labels (settings tiers.<tier>.label), small first; from the stats
   const SLOTS = ["simple", "medium", "complex", "pinned"];
   const STORE = { client: "routeproxy.clientKey", admin: "routeproxy.adminToken", history: "routeproxy.history" };
   const { chart, lineChart, intervalChart } = window.routeproxyCharts;
@@ -44,6 +44,7 @@
     return String(value);
   }
 
+  const tierClass = (tier) => (tiers.indexOf(tier) === 0 ? "tier-small" : "tier-large");
   const fig = (path) => h("span", { class: "fig", "data-field": path }, show(at(stats, path)));
   const cfg = (path) => h("span", { class: "fig", "data-config": path }, show(at(config, path)));
   const card = (name, ...value) => h("div", { class: "card" }, h("div", { class: "card-name" }, name),
@@ -119,7 +120,7 @@
 
   function remember() {
     const point = { t: Date.now(), period: stats.period, count: {}, latency: {}, ttfb: {} };
-    for (const tier of TIERS) {
+    for (const tier of tiers) {
       point.count[tier] = at(stats, `model_distribution.${tier}.count`) ?? 0;
       point.latency[tier] = point.count[tier] ? at(stats, `latency_percentiles_ms.${tier}`) : null;
       point.ttfb[tier] = at(stats, `streams.${tier}`) ? at(stats, `ttfb_percentiles_ms.${tier}`) : null;
@@ -143,8 +144,8 @@
   }
 
   function percentileSeries(kind) {
-    return TIERS.flatMap((tier) => ["p50", "p95"].map((name) => ({
-      name: `${tier} ${name}`, cls: `tier-${tier}`, dashed: name === "p95",
+    return tiers.flatMap((tier) => ["p50", "p95"].map((name) => ({
+      name: `${tier} ${name}`, cls: tierClass(tier), dashed: name === "p95",
       points: history.map((point) => [point.t, point[kind][tier] ? point[kind][tier][name] : null]),
     })));
   }
@@ -176,7 +177,7 @@
     const configured = config.configured || {};
     fill($("routing-now"),
       card("routing", cfg("enable_model_routing")),
-      card("A/B ratio (MEDIUM to 3B)", cfg("ab_test_ratio")),
+      card(`A/B ratio (MEDIUM to ${tiers[0]})`, cfg("ab_test_ratio")),
       hasMode ? card("mode", cfg("routing_mode")) : null,
       rollout && rollout.enabled ? card("rollout step", cfg("rollout.step_index"),
         rollout.paused ? h("span", { class: "badge verdict-review" }, "paused") : "") : null,
@@ -216,19 +217,19 @@
       card("classifier failures", fig("classify_failures")));
     fill($("traffic-tiers"), table(
       ["tier", "requests", "share %", "avg ms", "streams", "prompt tokens", "completion tokens"],
-      TIERS.map((tier) => [tier, fig(`model_distribution.${tier}.count`), fig(`model_distribution.${tier}.percentage`),
+      tiers.map((tier) => [tier, fig(`model_distribution.${tier}.count`), fig(`model_distribution.${tier}.percentage`),
         fig(`model_distribution.${tier}.avg_latency_ms`), fig(`streams.${tier}`), tokens(tier, "prompt"),
         tokens(tier, "completion")]), "per tier"));
     const slots = SLOTS.filter((slot) => stats.complexity_distribution && slot in stats.complexity_distribution);
-    fill($("traffic-complexity"), table(["complexity", "requests", "to 3b", "to 8b", "avg ms"],
+    fill($("traffic-complexity"), table(["complexity", "requests", ...tiers.map((tier) => `to ${tier}`), "avg ms"],
       slots.map((slot) => [slot, fig(`complexity_distribution.${slot}.count`),
-        fig(`complexity_distribution.${slot}.tiers.3b`), fig(`complexity_distribution.${slot}.tiers.8b`),
+        ...tiers.map((tier) => fig(`complexity_distribution.${slot}.tiers.${tier}`)),
         fig(`complexity_distribution.${slot}.avg_latency_ms`)]), "per complexity"));
-    lineChart($("chart-rate"), TIERS.map((tier) => ({ name: tier, cls: `tier-${tier}`, points: ratePoints(tier) })));
+    lineChart($("chart-rate"), tiers.map((tier) => ({ name: tier, cls: tierClass(tier), points: ratePoints(tier) })));
   }
 
   function renderLatency() {
-    const rows = [...TIERS, "overall"].map((row) => [row,
+    const rows = [...tiers, "overall"].map((row) => [row,
       ...["p50", "p95", "p99"].map((name) => fig(`latency_percentiles_ms.${row}.${name}`)),
       ...["p50", "p95", "p99"].map((name) => fig(`ttfb_percentiles_ms.${row}.${name}`))]);
     fill($("latency-table"), table(
@@ -238,7 +239,7 @@
   }
 
   function renderRates() {
-    const rows = TIERS.map((tier) => {
+    const rows = tiers.map((tier) => {
       const requests = at(stats, `model_distribution.${tier}.count`) || 0;
       return [tier, fig(`model_distribution.${tier}.count`), fig(`upstream_errors.${tier}`),
         fig(`error_rate_pct.${tier}`), fig(`fallbacks.${tier}`), share(at(stats, `fallbacks.${tier}`) || 0, requests),
@@ -259,10 +260,10 @@
     }
     const percentiles = (path) => ["avg", "p50", "p95", "p99"].map((name) => fig(`${path}.${name}`));
     fill(box,
-      h("h3", {}, "Escalation (cascade mode: 3B first, 8B when its answer looks weak)"),
+      h("h3", {}, `Escalation (cascade mode: ${tiers[0]} first, ${tiers[1]} when its answer looks weak)`),
       h("div", { class: "cards" }, card("mode", fig("cascade.routing_mode")), card("checked", fig("cascade.checked")),
         card("escalated", fig("cascade.escalated")), card("escalation rate %", fig("cascade.escalated_pct")),
-        card("answered by 3B %", fig("cascade.answered_by_3b_pct")),
+        card(`answered by ${tiers[0]} %`, fig("cascade.answered_by_3b_pct")),
         card("escalation failures", fig("cascade.escalation_failures"))),
       h("div", { class: "grid" },
         table(["complexity", "checked", "escalated", "rate %"], SLOTS.map((slot) => [slot,
@@ -271,7 +272,7 @@
         table(["ms", "avg", "p50", "p95", "p99"], [
           ["added latency (escalated)", ...percentiles("cascade.added_latency_ms")],
           ["hold before first byte", ...percentiles("cascade.hold_ms")]]),
-        table(["3B spent on escalated requests", ""], [
+        table([`${tiers[0]} spent on escalated requests`, ""], [
           ["time ms (sum)", fig("cascade.small_tier_on_escalated.time_ms_sum")],
           ["avg time ms", fig("cascade.small_tier_on_escalated.avg_time_ms")],
           ["prompt tokens", fig("cascade.small_tier_on_escalated.prompt_tokens")],
@@ -311,15 +312,17 @@
     const min = Math.floor(Math.min(-review, (low ?? 0) - 1) / 5) * 5;
     const max = Math.ceil(Math.max(rollback * 2, (high ?? 0) + 1) / 5) * 5;
     const degradation = chart("chart-degradation");
-    intervalChart(degradation, [{ name: "3B vs 8B", cls: "tier-3b", low, high, point: difference.degradation_pct }],
-      { min, max, unit: "%", marks: [{ at: 0 }, { at: review, name: "review" }, { at: rollback, name: "rollback" }],
+    const [small, large] = Object.keys(ab.tiers || {});
+    intervalChart(degradation, [{ name: `${small} vs ${large}`, cls: "tier-small", low, high,
+      point: difference.degradation_pct }],
+      { min, max, unit: "%", marks: [{ at: 0 }, { at: review, name: "review", anchor: "end" }, { at: rollback, name: "rollback" }],
         zones: [{ from: min, to: review, cls: "pass" }, { from: review, to: rollback, cls: "review" },
           { from: rollback, to: max, cls: "rollback" }] });
     const scores = chart("chart-scores");
-    intervalChart(scores, TIERS.map((tier) => ({ name: tier, cls: `tier-${tier}`,
+    intervalChart(scores, [small, large].map((tier) => ({ name: tier, cls: tierClass(tier),
       low: at(ab, `tiers.${tier}.score_interval.0`), high: at(ab, `tiers.${tier}.score_interval.1`),
       point: at(ab, `tiers.${tier}.mean_score`) })), { min: 0, max: 1 });
-    const others = Object.keys(ab.other_complexities || {}).flatMap((slot) => TIERS.map((tier) =>
+    const others = Object.keys(ab.other_complexities || {}).flatMap((slot) => [small, large].map((tier) =>
       [`${slot} ${tier}`, `ab_analysis.other_complexities.${slot}.${tier}`]));
     const cascade = ab.cascade;
     fill(box,
@@ -330,9 +333,9 @@
         + `implicit signals: ${show(ab.implicit_verdict)}); review at ${review} %, rollback at ${rollback} %, `
         + `at least ${show(thresholds.min_feedback_per_tier)} feedback per tier`),
       h("div", { class: "cards" },
-        card("degradation of 3B vs 8B %", fig("ab_analysis.difference.degradation_pct"), " ",
+        card(`degradation of ${small} vs ${large} %`, fig("ab_analysis.difference.degradation_pct"), " ",
           interval("ab_analysis.difference.degradation_interval_pct")),
-        card("score difference (3B - 8B)", fig("ab_analysis.difference.absolute"), " ",
+        card(`score difference (${small} - ${large})`, fig("ab_analysis.difference.absolute"), " ",
           interval("ab_analysis.difference.absolute_interval")),
         card("feedback received", fig("ab_analysis.feedback.received")),
         card("replaced / unknown / queued", fig("ab_analysis.feedback.replaced"), " / ",
@@ -340,10 +343,10 @@
       h("figure", {}, h("figcaption", {}, "degradation interval (%), with the review and rollback thresholds"),
         degradation),
       h("div", { class: "grid" },
-        tierTable(TIERS.map((tier) => [tier, `ab_analysis.tiers.${tier}`]), "MEDIUM queries, this period"),
+        tierTable([small, large].map((tier) => [tier, `ab_analysis.tiers.${tier}`]), "MEDIUM queries, this period"),
         h("figure", {}, h("figcaption", {}, "mean score and its interval, per tier"), scores)),
-      cascade ? tierTable([["kept on 3B", "ab_analysis.cascade.kept_3b"],
-        ["escalated to 8B", "ab_analysis.cascade.escalated_8b"]], "cascade: answers kept vs escalated") : null,
+      cascade ? tierTable([[`kept on ${small}`, "ab_analysis.cascade.kept_3b"],
+        [`escalated to ${large}`, "ab_analysis.cascade.escalated_8b"]], "cascade: answers kept vs escalated") : null,
       others.length ? tierTable(others, "beside the comparison (never mixed into it)") : null);
   }
 
@@ -399,6 +402,7 @@
       return;
     }
     problem(null);
+    if (stats.model_distribution) tiers = Object.keys(stats.model_distribution);
     remember();
     render();
     $("refreshed").textContent = `updated ${new Date().toTimeString().slice(0, 8)}, every ${REFRESH_MS / 1000} s`;

@@ -52,9 +52,10 @@ window.routeproxyCharts = (() => {
       svg.append(el("text", { x: margin.left - 4, y: y(value) + 4, "text-anchor": "end", class: "tick" },
         label(value)));
     }
-    for (let tick = 0; tick <= 3; tick += 1) {
-      const t = t0 + ((t1 - t0) * tick) / 3;
-      const anchor = tick === 0 ? "start" : tick === 3 ? "end" : "middle";
+    const steps = Math.max(1, Math.min(3, Math.floor((t1 - t0) / 1000)));
+    for (let tick = 0; tick <= steps; tick += 1) {
+      const t = t0 + ((t1 - t0) * tick) / steps;
+      const anchor = tick === 0 ? "start" : tick === steps ? "end" : "middle";
       svg.append(el("text", { x: x(t), y: height - 6, "text-anchor": anchor, class: "tick" }, clock(t)));
     }
     let legendX = margin.left;
@@ -101,7 +102,11 @@ window.routeproxyCharts = (() => {
     }
     for (const mark of marks) {
       svg.append(el("line", { x1: x(mark.at), x2: x(mark.at), y1: margin.top, y2: bottom, class: "mark" }));
-      if (mark.name) svg.append(el("text", { x: x(mark.at) + 3, y: margin.top + 9, class: "tick" }, mark.name));
+      if (mark.name) {
+        const before = mark.anchor === "end";
+        svg.append(el("text", { x: x(mark.at) + (before ? -3 : 3), y: margin.top + 9, class: "tick",
+          "text-anchor": before ? "end" : "start" }, mark.name));
+      }
     }
     rows.forEach((row, index) => {
       const middle = margin.top + index * rowH + rowH / 2;

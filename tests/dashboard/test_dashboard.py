@@ -85,6 +85,8 @@ def endpoint(url: str, path: str, key: str | None = None) -> dict[str, Any]:
 def value_at(data: dict[str, Any], path: str) -> Any:
     value: Any = data
     for key in path.split("."):
+        if value is None:
+            return None  # the page shows a dash for a figure inside a null (an interval not computable yet)
         value = value[int(key)] if isinstance(value, list) else value[key]
     return value
 
@@ -170,7 +172,14 @@ def test_dashboard_shows_the_stats_and_changes_the_ratio_with_the_admin_token(
 def test_dashboard_shows_the_shared_view_and_which_replicas_report(
     redis_server: RedisServer, served: list[Served], browser: Browser
 ) -> None:
-    env = {"REDIS_URL": redis_server.url, "ENABLE_MODEL_ROUTING": "true", "ROUTEPROXY_REDIS_NAMESPACE": "dash"}
+    env = {
+        "REDIS_URL": redis_server.url,
+        "ENABLE_MODEL_ROUTING": "true",
+        "ROUTEPROXY_REDIS_NAMESPACE": "dash",
+        # Tier names of the operator's choosing: the page takes them from the stats.
+        "MODEL_3B_LABEL": "small-llama",
+        "MODEL_8B_LABEL": "large-llama",
+    }
     replicas = [serve("--simulate", "--speed", "1000", env=env) for _ in range(2)]
     served.extend(replicas)
     for replica in replicas:
@@ -190,7 +199,10 @@ def test_dashboard_shows_the_shared_view_and_which_replicas_report(
     assert sorted(names) == sorted(stats["replicas"])
     assert browser.evaluate("document.getElementById('view').dataset.store") == "redis"
     assert "Shared view from Redis" in browser.evaluate("document.getElementById('view').textContent")
-    assert browser.evaluate("document.querySelector('[data-field=\"total_requests\"]').textContent") == "16"
+    shown = dict(browser.evaluate(FIGURES_JS))
+    assert shown["total_requests"] == "16"
+    for label in ("small-llama", "large-llama"):
+        assert shown[f"model_distribution.{label}.count"] == str(stats["model_distribution"][label]["count"])
     assert browser.errors() == []
 
 

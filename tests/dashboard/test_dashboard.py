@@ -13,10 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
-from support.browser import Browser, find_chromium, poll
+from support.browser import Browser, find_chromium
 from support.processes import Served, serve
 from support.redis_server import RedisServer
 from support.upstreams import ProxyFactory
+from support.wait import eventually
 
 from routeproxy.config import Tier
 from routeproxy.sim.threadserver import ThreadedServer
@@ -150,7 +151,7 @@ def test_dashboard_shows_the_stats_and_changes_the_ratio_with_the_admin_token(
     browser.click("#keep-keys")
     browser.type_into("#ratio", "0.3")
     browser.click("#apply-routing")
-    poll(lambda: endpoint(proxy.url, "config")["ab_test_ratio"] == 0.3, what="the ratio changed through the page")
+    eventually(lambda: endpoint(proxy.url, "config")["ab_test_ratio"] == 0.3, what="the ratio changed through the page")
     browser.wait_for("document.querySelector('[data-config=\"ab_test_ratio\"]').textContent === '0.3'")
     assert browser.evaluate("document.getElementById('routing-message').textContent") == "applied: ab_test_ratio 0.3"
     # The token is kept in this tab's session storage, and nowhere a URL, a referrer or another tab could see it.
@@ -184,7 +185,7 @@ def test_dashboard_shows_the_shared_view_and_which_replicas_report(
     served.extend(replicas)
     for replica in replicas:
         send_traffic(replica.url, 8)
-    stats = poll(
+    stats = eventually(
         lambda: (
             (found := endpoint(replicas[0].url, "stats"))["total_requests"] == 16
             and len(found["replicas"]) == 2

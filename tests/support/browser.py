@@ -11,13 +11,14 @@ import itertools
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 from websockets.sync.client import ClientConnection, connect
+
+from support.wait import eventually
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 WIDTH = 1280
@@ -28,16 +29,6 @@ def find_chromium() -> str | None:
     if explicit:
         return shutil.which(explicit) or (explicit if Path(explicit).is_file() else None)
     return next((found for name in CANDIDATES if (found := shutil.which(name))), None)
-
-
-def poll(check: Any, *, tries: int = 200, pause: float = 0.05, what: str = "the condition") -> Any:
-    """Call ``check`` until it returns something truthy; fail after ``tries`` calls."""
-    for _ in range(tries):
-        result = check()
-        if result:
-            return result
-        time.sleep(pause)
-    raise AssertionError(f"{what} did not hold after {tries} tries")
 
 
 class Browser:
@@ -74,7 +65,7 @@ class Browser:
         self._stack = contextlib.ExitStack()
         self.events: list[dict[str, Any]] = []
         try:
-            port = poll(lambda: self._port(port_file), tries=400, what="Chromium's DevTools port")
+            port = eventually(lambda: self._port(port_file), tries=400, interval=0.05, what="Chromium's DevTools port")
             targets = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=5).json()
             page = next(target for target in targets if target["type"] == "page")
             self.socket: ClientConnection = self._stack.enter_context(
@@ -129,7 +120,7 @@ class Browser:
         return result["result"].get("value")
 
     def wait_for(self, expression: str, *, tries: int = 200, what: str | None = None) -> Any:
-        return poll(lambda: self.evaluate(expression), tries=tries, what=what or expression)
+        return eventually(lambda: self.evaluate(expression), tries=tries, interval=0.05, what=what or expression)
 
     def open(self, url: str) -> None:
         self.send("Page.navigate", url=url)

@@ -346,7 +346,9 @@
         tierTable([small, large].map((tier) => [tier, `ab_analysis.tiers.${tier}`]), "MEDIUM queries, this period"),
         h("figure", {}, h("figcaption", {}, "mean score and its interval, per tier"), scores)),
       cascade ? tierTable([[`kept on ${small}`, "ab_analysis.cascade.kept_3b"],
-        [`escalated to ${large}`, "ab_analysis.cascade.escalated_8b"]], "cascade: answers kept vs escalated") : null,
+        [`escalated to ${large}`, "ab_analysis.cascade.escalated_8b"]], ["cascade: ", fig("ab_analysis.cascade.checked"),
+        " checked, ", fig("ab_analysis.cascade.escalated"), " escalated (", fig("ab_analysis.cascade.escalated_pct"),
+        " %); answers kept vs escalated"]) : null,
       others.length ? tierTable(others, "beside the comparison (never mixed into it)") : null);
   }
 

@@ -20,6 +20,7 @@ _MEDIA_TYPES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "charts.js": "text/javascript; charset=utf-8",
+    "blocks.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 _HEADERS = {

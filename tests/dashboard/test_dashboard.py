@@ -63,7 +63,7 @@ def browser(tmp_path: Path) -> Iterator[Browser]:
 
 
 def send_traffic(url: str, count: int, key: str | None = None) -> None:
-    """Mixed traffic: every complexity, a third streamed, and some small-tier 503s (errors and fallbacks)."""
+    """Mixed traffic: every complexity, a third streamed, and some upstream 503s (errors; fallbacks on the small tier)."""
     headers = {"authorization": f"Bearer {key}"} if key else {}
     with httpx.Client(base_url=url, timeout=10, headers=headers) as client:
         for index in range(count):

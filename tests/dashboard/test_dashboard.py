@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from support.browser import Browser, find_chromium
 from support.processes import Served, serve
@@ -63,7 +64,7 @@ def browser(tmp_path: Path) -> Iterator[Browser]:
 
 
 def send_traffic(url: str, count: int, key: str | None = None) -> None:
-    """Mixed traffic: every complexity, a third streamed, and some upstream 503s (errors; fallbacks on the small tier)."""
+    """Mixed traffic: every complexity, a third streamed, some upstream 503s (errors; fallbacks on the small tier)."""
     headers = {"authorization": f"Bearer {key}"} if key else {}
     with httpx.Client(base_url=url, timeout=10, headers=headers) as client:
         for index in range(count):
@@ -205,6 +206,11 @@ def test_dashboard_shows_the_shared_view_and_which_replicas_report(
     for label in ("small-llama", "large-llama"):
         assert shown[f"model_distribution.{label}.count"] == str(stats["model_distribution"][label]["count"])
     assert browser.errors() == []
+    # routeproxy serve says where the page is.
+    logged = [orjson.loads(line) for line in replicas[0].stop().splitlines() if line.startswith("{")]
+    assert {"event": "dashboard", "url": f"{replicas[0].url}/dashboard"} in [
+        {key: entry.get(key) for key in ("event", "url")} for entry in logged
+    ]
 
 
 def test_dashboard_files_are_served_with_a_strict_content_policy(proxy: ThreadedServer) -> None:

@@ -47,6 +47,14 @@ REQUIRED_FIGURES = {
     "fallbacks.3b",
     "upstream_errors.8b",
     "status_classes.8b.5xx",
+    "ab_analysis.verdict",
+    "ab_analysis.tiers.3b.feedback_count",
+    "ab_analysis.tiers.8b.mean_score",
+    "ab_analysis.tiers.3b.score_interval.0",
+    "ab_analysis.difference.degradation_pct",
+    "ab_analysis.difference.degradation_interval_pct.1",
+    "ab_analysis.feedback.received",
+    "ab_analysis.other_complexities.complex.8b.requests",
 }
 FIGURES_JS = "[...document.querySelectorAll('[data-field]')].map(e => [e.dataset.field, e.textContent])"
 
@@ -64,9 +72,12 @@ def browser(tmp_path: Path) -> Iterator[Browser]:
 
 
 def send_traffic(url: str, count: int, key: str | None = None) -> None:
-    """Mixed traffic: every complexity, a third streamed, some upstream 503s (errors; fallbacks on the small tier)."""
+    """Mixed traffic: every complexity, a third streamed, and some upstream 503s (errors; fallbacks on the small tier);
+    then a thumb up or down for each answered request (down for one in four), so both tiers of the A/B population
+    have feedback."""
     headers = {"authorization": f"Bearer {key}"} if key else {}
     with httpx.Client(base_url=url, timeout=10, headers=headers) as client:
+        answered = []
         for index in range(count):
             body: dict[str, Any] = {"model": "auto", "messages": [{"role": "user", "content": PROMPTS[index % 4]}]}
             if index % 3 == 0:
@@ -74,6 +85,14 @@ def send_traffic(url: str, count: int, key: str | None = None) -> None:
             fail = {"x-sim-status": "503"} if index % 7 == 6 else {}
             response = client.post("/v1/chat/completions", json=body, headers=fail)
             assert response.status_code in (200, 503), response.text
+            if response.status_code == 200:
+                answered.append(response.headers["x-request-id"])
+        for index, request_id in enumerate(answered):
+            thumbs = {"request_id": request_id, "thumbs": "down" if index % 4 == 3 else "up"}
+            eventually(
+                lambda thumbs=thumbs: client.post("/v1/model-routing/feedback", json=thumbs).status_code == 200,
+                what=f"feedback for {request_id} accepted",
+            )
 
 
 def endpoint(url: str, path: str, key: str | None = None) -> dict[str, Any]:
@@ -125,11 +144,13 @@ def test_dashboard_shows_the_stats_and_changes_the_ratio_with_the_admin_token(
             "routing.ab_test_ratio": 0.5,
             "server.api_keys": [CLIENT_KEY],
             "server.admin_token": ADMIN_TOKEN,
+            "quality.min_feedback_per_tier": 5,
         },
     )
     send_traffic(proxy.url, 42, key=CLIENT_KEY)
     stats = endpoint(proxy.url, "stats", CLIENT_KEY)
     assert stats["total_requests"] == 42
+    assert stats["ab_analysis"]["difference"]["degradation_pct"] is not None  # both tiers have enough feedback
 
     browser.open(f"{proxy.url}/dashboard")
     browser.type_into("#client-key", CLIENT_KEY)
@@ -168,6 +189,47 @@ def test_dashboard_shows_the_stats_and_changes_the_ratio_with_the_admin_token(
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == 1280
     keep_artifact(shot)
+    assert browser.errors() == []
+
+
+def test_dashboard_pauses_and_moves_the_rollout_with_the_admin_token(
+    simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFactory, browser: Browser
+) -> None:
+    proxy = start_proxy(
+        {tier: f"{server.url}/v1" for tier, server in simulators.items()},
+        **{
+            "routing.enabled": True,
+            "routing.rollout.enabled": True,
+            "routing.rollout.min_hold_s": 3600,
+            "server.admin_token": ADMIN_TOKEN,
+        },
+    )
+    send_traffic(proxy.url, 8)
+    browser.open(f"{proxy.url}/dashboard")
+    browser.wait_for("document.querySelector('.schedule li.current')?.textContent === '0.1'", what="step 0 shown")
+    assert browser.evaluate("document.querySelector('[data-field=\"rollout.step_index\"]').textContent") == "0"
+    # While the controller sets the ratio, the page does not offer to set it by hand.
+    assert browser.evaluate("document.getElementById('ratio').disabled") is True
+
+    browser.type_into("#admin-token", ADMIN_TOKEN)
+    browser.type_into("#rollout-why", "looking at the latency first")
+    browser.click("#rollout-pause")
+    eventually(lambda: endpoint(proxy.url, "config")["rollout"]["paused"], what="the rollout paused through the page")
+    browser.wait_for("document.getElementById('ratio').disabled === false", what="the ratio offered once paused")
+    assert browser.evaluate("document.getElementById('routing-message').textContent") == "rollout paused"
+
+    browser.evaluate("document.getElementById('rollout-step').value = '2'")
+    browser.click("#rollout-move")
+    eventually(
+        lambda: endpoint(proxy.url, "config")["rollout"]["step_index"] == 2, what="the step moved through the page"
+    )
+    assert endpoint(proxy.url, "config")["ab_test_ratio"] == 0.5
+    browser.wait_for("document.querySelector('.schedule li.current')?.textContent === '0.5'", what="step 2 shown")
+    history = endpoint(proxy.url, "stats")["rollout"]["history"]
+    assert [entry["by"] for entry in history[-2:]] == ["operator", "operator"]
+    assert history[-2]["why"] == "looking at the latency first"
+    rows = browser.evaluate("[...document.querySelectorAll('table.history tbody tr')].map(r => r.cells[3].textContent)")
+    assert rows[:2] == ["operator", "operator"] and len(rows) == len(history)
     assert browser.errors() == []
 
 

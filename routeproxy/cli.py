@@ -441,7 +441,9 @@ def _bench_rollout(args: argparse.Namespace) -> int:
             print("routeproxy bench: --quality takes two satisfaction rates from 0 to 1", file=sys.stderr)
             return 2
         cases = (Case(f"3B {small:.2f} vs 8B {large:.2f}", small, large),)
-    run_demo(cases, max_requests=args.requests or 3000)
+    elif args.proxy:
+        cases = cases[:1]  # a running proxy keeps its rollout state: one case, the one that ramps all the way
+    run_demo(cases, max_requests=args.requests or 3000, proxy_url=args.proxy.rstrip("/") if args.proxy else None)
     return 0
 
 
@@ -721,6 +723,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--workers", type=int, default=1, help="also measure throughput with N proxy workers")
     bench.add_argument("--redis-url", help="count into this Redis (default: in-memory counters)")
     bench.add_argument("--upstream", help="use this upstream (http://127.0.0.1:PORT[/v1]) instead of starting one")
+    bench.add_argument(
+        "--proxy",
+        help="--scenario rollout: drive this running proxy (e.g. serve --simulate with the rollout on) instead of one "
+        "started in this process",
+    )
     bench.add_argument("--speed", type=float, default=10.0, help="scenario: divide the seed's latencies by this")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=cmd_bench)

@@ -5,14 +5,18 @@ A client asks MEDIUM questions and rates each answer with a thumb drawn from the
 tier that answered (a seeded random draw), through ``POST /v1/model-routing/feedback``. The controller's steps are
 printed as they happen, with the figures it decided on. Each case ends when the rollout completes, when it is back
 at ratio 0, or after ``max_requests``: bounded in count and time.
+
+With ``proxy_url`` (``--proxy``) the same client drives a proxy that is already running instead, for example
+``routeproxy serve --simulate`` with the rollout on, so its dashboard can be watched while the controller moves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,15 +109,9 @@ async def _drive(
     return sent
 
 
-def run_case(
-    case: Case,
-    *,
-    max_requests: int = 3000,
-    hold_s: float = 1.0,
-    min_feedback: int = 200,
-    seed: int = 12,
-    out: Callable[[str], None] = print,
-) -> CaseResult:
+@contextlib.contextmanager
+def _demo_proxy(*, hold_s: float, min_feedback: int) -> Iterator[str]:
+    """Two simulated tiers and a proxy in this process, with the controller on; yields the proxy's URL."""
     simulators = {
         tier: ThreadedServer(create_simulator_app(seed_profile(tier, model, speed=SPEED))).start()
         for tier, model in (
@@ -125,6 +123,24 @@ def run_case(
         {tier: f"{server.url}/v1" for tier, server in simulators.items()}, hold_s=hold_s, min_feedback=min_feedback
     )
     proxy = ThreadedServer(create_app(settings)).start()
+    try:
+        yield proxy.url
+    finally:
+        proxy.stop()
+        for server in simulators.values():
+            server.stop()
+
+
+def run_case(
+    case: Case,
+    *,
+    max_requests: int = 3000,
+    hold_s: float = 1.0,
+    min_feedback: int = 200,
+    seed: int = 12,
+    out: Callable[[str], None] = print,
+    proxy_url: str | None = None,
+) -> CaseResult:
     shown = 0
     last: dict[str, Any] = {}
 
@@ -148,17 +164,15 @@ def run_case(
         shown = len(rollout["history"])
         return bool(rollout["waiting_for"] == "complete" or (rollout["paused"] and rollout["step_index"] == -1))
 
+    rules = f"hold {hold_s:g} s, {min_feedback} feedback events per step" if proxy_url is None else f"at {proxy_url}"
     out(
         f"{case.name}: true satisfaction on MEDIUM 3b {case.small:.2f}, 8b {case.large:.2f}; "
-        f"hold {hold_s:g} s, {min_feedback} feedback events per step, at most {max_requests} requests"
+        f"{rules}, at most {max_requests} requests"
     )
     started = time.monotonic()
-    try:
-        sent = asyncio.run(_drive(proxy.url, case, max_requests=max_requests, seed=seed, report=report))
-    finally:
-        proxy.stop()
-        for server in simulators.values():
-            server.stop()
+    with contextlib.ExitStack() as stack:
+        url = proxy_url or stack.enter_context(_demo_proxy(hold_s=hold_s, min_feedback=min_feedback))
+        sent = asyncio.run(_drive(url, case, max_requests=max_requests, seed=seed, report=report))
     rollout, analysis = last["rollout"], last["ab_analysis"]
     interval = analysis["difference"]["degradation_interval_pct"]
     out(
@@ -175,10 +189,11 @@ def run_demo(
     *,
     max_requests: int = 3000,
     out: Callable[[str], None] = print,
+    proxy_url: str | None = None,
 ) -> list[CaseResult]:
     configure_logging(LogConfig(format="json", level="warning"))  # the proxy runs in this process: keep it quiet
     results = []
     for case in cases:
-        results.append(run_case(case, max_requests=max_requests, out=out))
+        results.append(run_case(case, max_requests=max_requests, out=out, proxy_url=proxy_url))
         out("")
     return results

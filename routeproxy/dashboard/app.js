@@ -10,6 +10,7 @@
   let stats = null;
   let config = null;
   let formDirty = false;
+  let stepChosen = false;
   let history = loadHistory();
 
   const cfg = (path) => h("span", { class: "fig", "data-config": path }, show(at(config, path)));
@@ -129,8 +130,8 @@
       if ([...select.options].map((option) => option.value).join() !== wanted.join()) {
         select.replaceChildren(...wanted.map((step) => h("option", { value: step },
           step === "-1" ? "-1 (ratio 0)" : `${step} (ratio ${schedule[Number(step)]})`)));
-        select.value = String(stats.rollout.step_index ?? -1);
       }
+      if (!stepChosen) select.value = String(stats.rollout.step_index ?? -1); // follows the controller until picked
     }
   }
 
@@ -171,6 +172,7 @@
     }
     if ($("admin-token").value.trim()) sessionStorage.setItem(STORE.admin, $("admin-token").value.trim());
     formDirty = false;
+    stepChosen = false;
     say(done, true);
     await refresh();
   }
@@ -192,6 +194,9 @@
       sessionStorage.removeItem(STORE.client);
       sessionStorage.removeItem(STORE.admin);
       $("client-key").value = $("admin-token").value = "";
+    });
+    $("rollout-step").addEventListener("input", () => {
+      stepChosen = true;
     });
     $("ratio-range").addEventListener("input", () => {
       $("ratio").value = $("ratio-range").value;

@@ -218,7 +218,7 @@ def test_dashboard_pauses_and_moves_the_rollout_with_the_admin_token(
     browser.wait_for("document.getElementById('ratio').disabled === false", what="the ratio offered once paused")
     assert browser.evaluate("document.getElementById('routing-message').textContent") == "rollout paused"
 
-    browser.evaluate("document.getElementById('rollout-step').value = '2'")
+    browser.choose("#rollout-step", "2")
     browser.click("#rollout-move")
     eventually(
         lambda: endpoint(proxy.url, "config")["rollout"]["step_index"] == 2, what="the step moved through the page"

@@ -1,8 +1,14 @@
-"""The rollout demonstration, bounded: a clearly worse 3B is rolled back to ratio 0 within a few hundred requests."""
+"""The rollout demonstration, bounded: a clearly worse 3B is rolled back to ratio 0 within a few hundred requests;
+with --proxy it drives a proxy that is already running."""
 
 from __future__ import annotations
 
+import httpx
+from support.upstreams import ProxyFactory
+
 from routeproxy.bench.rollout import Case, run_case
+from routeproxy.config import Tier
+from routeproxy.sim.threadserver import ThreadedServer
 
 
 def test_demo_rolls_a_clearly_worse_small_tier_back_to_zero() -> None:
@@ -13,3 +19,26 @@ def test_demo_rolls_a_clearly_worse_small_tier_back_to_zero() -> None:
     assert result.history[-1]["why"].startswith("rollback: ")
     assert result.requests < 1500
     assert any("ratio 0.1 -> 0.0  rollback" in line for line in lines)
+
+
+def test_demo_drives_a_running_proxy_with_the_rollout_on(
+    simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFactory
+) -> None:
+    proxy = start_proxy(
+        {tier: f"{server.url}/v1" for tier, server in simulators.items()},
+        **{
+            "routing.enabled": True,
+            "routing.rollout.enabled": True,
+            "routing.rollout.min_hold_s": 0.2,
+            "routing.rollout.min_feedback": 100,
+            "routing.rollout.interval_s": 0.1,
+        },
+    )
+    lines: list[str] = []
+    result = run_case(Case("worse", 0.60, 0.95), max_requests=1500, out=lines.append, proxy_url=proxy.url)
+    assert lines[0].endswith(f"at {proxy.url}, at most 1500 requests")
+    # The proxy that was already running moved its own ratio from the feedback the demo sent it: back to 0.
+    assert result.history[-1]["why"].startswith("rollback: ")
+    assert result.final["step_index"] == -1 and result.requests < 1500
+    config = httpx.get(f"{proxy.url}/v1/model-routing/config").json()
+    assert config["ab_test_ratio"] == 0.0 and config["rollout"]["paused"] is True

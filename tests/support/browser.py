@@ -132,6 +132,14 @@ class Browser:
                       "e.focus(); e.select(); return true; })()")  # fmt: skip
         self.send("Input.insertText", text=text)
 
+    def choose(self, selector: str, value: str) -> None:
+        """Pick an option of a select, with the input and change events a user's pick fires."""
+        self.evaluate(
+            f"(() => {{ const e = document.querySelector({orjson.dumps(selector).decode()}); "
+            f"e.value = {orjson.dumps(value).decode()}; "
+            "for (const kind of ['input', 'change']) e.dispatchEvent(new Event(kind, { bubbles: true })); })()"
+        )
+
     def click(self, selector: str) -> None:
         self.evaluate(f"document.querySelector({orjson.dumps(selector).decode()}).click()")
 

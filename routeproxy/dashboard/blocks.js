@@ -137,7 +137,7 @@ window.routeproxyBlocks = (() => {
       h("h3", {}, `Escalation (cascade mode: ${tiers[0]} first, ${tiers[1]} when its answer looks weak)`),
       h("div", { class: "cards" }, card("mode", fig("cascade.routing_mode")), card("checked", fig("cascade.checked")),
         card("escalated", fig("cascade.escalated")), card("escalation rate %", fig("cascade.escalated_pct")),
-        card(`answered by ${tiers[0]} %`, fig("cascade.answered_by_3b_pct")),
+        card(`answered by ${tiers[0]} %`, fig("cascade.answered_by_small_pct")),
         card("escalation failures", fig("cascade.escalation_failures"))),
       h("div", { class: "grid" },
         table(["complexity", "checked", "escalated", "rate %"], SLOTS.map((slot) => [slot,
@@ -198,7 +198,11 @@ window.routeproxyBlocks = (() => {
       point: at(ab, `tiers.${tier}.mean_score`) })), { min: 0, max: 1 });
     const others = Object.keys(ab.other_complexities || {}).flatMap((slot) => [small, large].map((tier) =>
       [`${slot} ${tier}`, `ab_analysis.other_complexities.${slot}.${tier}`]));
-    const cascade = ab.cascade;
+    // In a period with cascade checks, the small tier's column holds the answers the check kept and the large
+    // tier's the escalated ones (feedback counts on the tier that answered).
+    const cascade = ab.cascade && ab.cascade.comparison !== "ab_test" ? ab.cascade : null;
+    const column = (tier) => (!cascade ? tier : tier === cascade.kept_on ? `${tier} (kept)`
+      : tier === cascade.escalated_to ? `${tier} (escalated)` : tier);
     fill(box,
       h("p", { class: "verdict-line" }, h("span", { class: `badge verdict-${ab.verdict}`, id: "verdict",
         "data-field": "ab_analysis.verdict" }, show(ab.verdict)), " ", h("span", {}, show(ab.reason))),
@@ -217,12 +221,14 @@ window.routeproxyBlocks = (() => {
       h("figure", {}, h("figcaption", {}, "degradation interval (%), with the review and rollback thresholds"),
         degradation),
       h("div", { class: "grid" },
-        tierTable([small, large].map((tier) => [tier, `ab_analysis.tiers.${tier}`]), "MEDIUM queries, this period"),
+        tierTable([small, large].map((tier) => [column(tier), `ab_analysis.tiers.${tier}`]),
+          "MEDIUM queries, this period"),
         h("figure", {}, h("figcaption", {}, "mean score and its interval, per tier"), scores)),
-      cascade ? tierTable([[`kept on ${small}`, "ab_analysis.cascade.kept_3b"],
-        [`escalated to ${large}`, "ab_analysis.cascade.escalated_8b"]], ["cascade: ", fig("ab_analysis.cascade.checked"),
-        " checked, ", fig("ab_analysis.cascade.escalated"), " escalated (", fig("ab_analysis.cascade.escalated_pct"),
-        " %); answers kept vs escalated"]) : null,
+      cascade ? h("p", { class: "muted" }, "comparison ", fig("ab_analysis.cascade.comparison"), ": ",
+        fig("ab_analysis.cascade.checked"), " MEDIUM answers checked, ", fig("ab_analysis.cascade.escalated"),
+        " escalated (", fig("ab_analysis.cascade.escalated_pct"), ` %). The ${cascade.kept_on} column holds the `
+        + `answers the check kept, the ${cascade.escalated_to} column the escalated ones: different prompts, so the `
+        + "rollout controller does not act on this comparison.") : null,
       others.length ? tierTable(others, "beside the comparison (never mixed into it)") : null);
   }
 

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
+from support import http
 from support.browser import Browser, find_chromium
 from support.processes import Served, serve
 from support.redis_server import RedisServer
@@ -76,7 +76,7 @@ def send_traffic(url: str, count: int, key: str | None = None) -> None:
     then a thumb up or down for each answered request (down for one in four), so both tiers of the A/B population
     have feedback."""
     headers = {"authorization": f"Bearer {key}"} if key else {}
-    with httpx.Client(base_url=url, timeout=10, headers=headers) as client:
+    with http.client(base_url=url, timeout=10, headers=headers) as client:
         answered = []
         for index in range(count):
             body: dict[str, Any] = {"model": "auto", "messages": [{"role": "user", "content": PROMPTS[index % 4]}]}
@@ -97,7 +97,7 @@ def send_traffic(url: str, count: int, key: str | None = None) -> None:
 
 def endpoint(url: str, path: str, key: str | None = None) -> dict[str, Any]:
     headers = {"authorization": f"Bearer {key}"} if key else {}
-    response = httpx.get(f"{url}/v1/model-routing/{path}", headers=headers, timeout=10)
+    response = http.get(f"{url}/v1/model-routing/{path}", headers=headers, timeout=10)
     assert response.status_code == 200, response.text
     result: dict[str, Any] = response.json()
     return result
@@ -276,7 +276,7 @@ def test_dashboard_shows_the_shared_view_and_which_replicas_report(
 
 
 def test_dashboard_files_are_served_with_a_strict_content_policy(proxy: ThreadedServer) -> None:
-    page = httpx.get(f"{proxy.url}/dashboard")
+    page = http.get(f"{proxy.url}/dashboard")
     assert page.status_code == 200
     assert page.headers["content-type"] == "text/html; charset=utf-8"
     policy = page.headers["content-security-policy"]
@@ -288,12 +288,12 @@ def test_dashboard_files_are_served_with_a_strict_content_policy(proxy: Threaded
         ("charts.js", "text/javascript"),
         ("style.css", "text/css"),
     ):
-        asset = httpx.get(f"{proxy.url}/dashboard/{name}")
+        asset = http.get(f"{proxy.url}/dashboard/{name}")
         assert asset.status_code == 200 and asset.headers["content-type"].startswith(media_type)
         assert f"dashboard/{name}" in page.text
         text = asset.text.replace('"http://www.w3.org/2000/svg"', "")  # the SVG namespace is a name, not a fetch
         assert "http://" not in text and "https://" not in text
-    missing = httpx.get(f"{proxy.url}/dashboard/nothing.js")
+    missing = http.get(f"{proxy.url}/dashboard/nothing.js")
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
 
 
@@ -304,6 +304,6 @@ def test_dashboard_switched_off_is_not_served(
         {tier: f"{server.url}/v1" for tier, server in simulators.items()}, **{"server.dashboard": False}
     )
     for path in ("/dashboard", "/dashboard/app.js"):
-        response = httpx.get(f"{proxy.url}{path}")
+        response = http.get(f"{proxy.url}{path}")
         assert response.status_code == 404 and response.json()["error"]["type"] == "not_found_error"
-    assert httpx.get(f"{proxy.url}/v1/model-routing/stats").status_code == 200
+    assert http.get(f"{proxy.url}/v1/model-routing/stats").status_code == 200

@@ -3,7 +3,7 @@ with --proxy it drives a proxy that is already running."""
 
 from __future__ import annotations
 
-import httpx
+from support import http
 from support.upstreams import ProxyFactory
 
 from routeproxy.bench.rollout import Case, run_case
@@ -40,5 +40,5 @@ def test_demo_drives_a_running_proxy_with_the_rollout_on(
     # The proxy that was already running moved its own ratio from the feedback the demo sent it: back to 0.
     assert result.history[-1]["why"].startswith("rollback: ")
     assert result.final["step_index"] == -1 and result.requests < 1500
-    config = httpx.get(f"{proxy.url}/v1/model-routing/config").json()
+    config = http.get(f"{proxy.url}/v1/model-routing/config").json()
     assert config["ab_test_ratio"] == 0.0 and config["rollout"]["paused"] is True

@@ -14,10 +14,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 from websockets.sync.client import ClientConnection, connect
 
+from support import http
 from support.wait import eventually
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
@@ -66,7 +66,7 @@ class Browser:
         self.events: list[dict[str, Any]] = []
         try:
             port = eventually(lambda: self._port(port_file), tries=400, interval=0.05, what="Chromium's DevTools port")
-            targets = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=5).json()
+            targets = http.get(f"http://127.0.0.1:{port}/json/list", timeout=5).json()
             page = next(target for target in targets if target["type"] == "page")
             self.socket: ClientConnection = self._stack.enter_context(
                 connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10)

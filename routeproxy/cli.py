@@ -60,12 +60,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # After a graceful shutdown uvicorn restores the handlers it found and raises the signal again; with the
     # default SIGTERM handler that would end the process with status 143. A drained shutdown is a clean exit.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    if settings.server.dashboard:
-        import structlog
-
-        structlog.get_logger("routeproxy").info(
-            "dashboard", url=f"http://{settings.server.host}:{settings.server.port}/dashboard"
-        )
     if settings.server.workers == 1:
         uvicorn.run(create_app(settings), **options)
     else:

@@ -65,6 +65,9 @@ def summary(settings: Settings, *, simulate: bool) -> dict[str, Any]:
         "passthrough_tier": settings.tiers[settings.routing.passthrough_tier].label,
         "counters": f"redis {redacted(redis_url)}" if redis_url else "in-memory (this process only)",
         "cors_origins": list(settings.server.cors_origins) or None,
+        "dashboard": f"http://{settings.server.host}:{settings.server.port}/dashboard"
+        if settings.server.dashboard
+        else None,
         "config": settings.source,
     }
 
@@ -83,4 +86,6 @@ def summary_lines(fields: dict[str, Any]) -> list[str]:
     lines.append(f"  counters: {fields['counters']}")
     if fields["cors_origins"]:
         lines.append(f"  CORS origins: {', '.join(fields['cors_origins'])}")
+    if fields["dashboard"]:
+        lines.append(f"  dashboard: {fields['dashboard']}")
     return lines

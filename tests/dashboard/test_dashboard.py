@@ -233,6 +233,33 @@ def test_dashboard_pauses_and_moves_the_rollout_with_the_admin_token(
     assert browser.errors() == []
 
 
+def test_dashboard_shows_escalations_and_switches_the_routing_mode(
+    simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFactory, browser: Browser
+) -> None:
+    proxy = start_proxy(
+        {tier: f"{server.url}/v1" for tier, server in simulators.items()},
+        **{"routing.enabled": True, "routing.mode": "cascade", "server.admin_token": ADMIN_TOKEN},
+    )
+    send_traffic(proxy.url, 24)
+    stats = endpoint(proxy.url, "stats")
+    assert stats["cascade"]["checked"] > 0
+
+    browser.open(f"{proxy.url}/dashboard")
+    browser.wait_for("document.querySelector('[data-field=\"cascade.checked\"]')?.textContent", what="escalations")
+    shown = [(path, text) for path, text in browser.evaluate(FIGURES_JS) if path.startswith("cascade.")]
+    assert {path for path, _ in shown} >= {"cascade.checked", "cascade.escalated_pct", "cascade.answered_by_small_pct"}
+    for path, text in shown:
+        assert_shown_equals(text, value_at(stats, path), path)
+    assert browser.evaluate("document.querySelector('[data-config=\"routing_mode\"]').textContent") == "cascade"
+
+    browser.type_into("#admin-token", ADMIN_TOKEN)
+    browser.choose("#routing-mode", "classify")
+    browser.click("#apply-routing")
+    eventually(lambda: endpoint(proxy.url, "config")["routing_mode"] == "classify", what="the mode switched")
+    browser.wait_for("document.querySelector('[data-config=\"routing_mode\"]').textContent === 'classify'")
+    assert browser.errors() == []
+
+
 def test_dashboard_shows_the_shared_view_and_which_replicas_report(
     redis_server: RedisServer, served: list[Served], browser: Browser
 ) -> None:

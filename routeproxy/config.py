@@ -5,7 +5,7 @@ key, its environment variable, its default and its help text. The README's setti
 tested against) that declaration.
 
 Precedence, highest first: explicit overrides (CLI flags) > environment > YAML file > default.
-Nothing outside this module and ``cli.py`` reads the environment.
+Nothing outside this module and the command line (``cli.py``, ``commands/``) reads the environment.
 """
 
 from __future__ import annotations

@@ -1,0 +1,196 @@
+"""`routeproxy serve` and `check-config`: the proxy, optionally in front of simulated upstreams; `simulate`: one
+simulated upstream on its own. Serve hands its effective overrides to ``--workers N`` child processes through the
+environment."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from routeproxy.commands import settings_for
+from routeproxy.config import SETTINGS_BY_KEY, Settings, Tier
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import structlog
+    import uvicorn
+
+    from routeproxy.app import create_app
+    from routeproxy.logs import configure_logging
+    from routeproxy.server import uvicorn_options
+    from routeproxy.startup import check_startable
+
+    if args.speed is not None and not args.simulate:
+        print(
+            "routeproxy serve: --speed applies only with --simulate (it paces the simulated upstreams)", file=sys.stderr
+        )
+        return 2
+    overrides = _serve_overrides(args)
+    settings = settings_for(args, overrides)
+    configure_logging(settings.logging)
+    check_startable(settings, simulate=args.simulate)  # before the simulators start: nothing to clean up
+    if args.simulate:
+        overrides.update(_start_simulators(settings))
+        # The local demo keeps its admin endpoints usable from this machine without a token (README, Security).
+        if SETTINGS_BY_KEY["server.admin_loopback_without_token"].env not in os.environ:
+            overrides["server.admin_loopback_without_token"] = True
+        settings = settings_for(args, overrides)
+    _announce(settings, simulate=args.simulate)
+    if settings.server.admin_token is None and settings.server.admin_loopback_without_token:
+        structlog.get_logger("routeproxy").warning(
+            "admin_open_on_loopback",
+            note="no admin token: reset and config changes answer any loopback peer (local development only)",
+        )
+    options = uvicorn_options(settings)
+    # After a graceful shutdown uvicorn restores the handlers it found and raises the signal again; with the
+    # default SIGTERM handler that would end the process with status 143. A drained shutdown is a clean exit.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    if settings.server.workers == 1:
+        uvicorn.run(create_app(settings), **options)
+    else:
+        # Child processes build their own app from the environment: hand them the same inputs.
+        if args.config:
+            os.environ["ROUTEPROXY_CONFIG"] = str(Path(args.config).resolve())
+        for key, value in overrides.items():
+            env = SETTINGS_BY_KEY[key].env
+            if env:
+                os.environ[env] = "" if value is None else str(value)
+        # The workers share their Prometheus series through files here (prometheus_client's multiprocess mode,
+        # which reads this variable when the workers import it).
+        metrics_dir = tempfile.mkdtemp(prefix="routeproxy-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        try:
+            uvicorn.run("routeproxy.app:app_from_environment", factory=True, workers=settings.server.workers, **options)
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+_SERVE_FLAGS = (
+    ("host", "server.host"),
+    ("port", "server.port"),
+    ("workers", "server.workers"),
+    ("speed", "simulator.speed"),
+    ("enable_routing", "routing.enabled"),
+    ("ratio", "routing.ab_test_ratio"),
+    ("rules", "routing.rules"),
+    ("redis_url", "counters.redis_url"),
+    ("log_level", "logging.level"),
+)
+
+
+def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: getattr(args, flag) for flag, key in _SERVE_FLAGS if getattr(args, flag, None) is not None}
+
+
+def _announce(settings: Settings, *, simulate: bool) -> None:
+    """The start-up summary: readable lines on a console, one ``startup`` event in JSON logs."""
+    import structlog
+
+    from routeproxy.logs import console_format
+    from routeproxy.startup import summary, summary_lines
+
+    fields = summary(settings, simulate=simulate)
+    if settings.logging.level not in ("debug", "info"):
+        return  # an info event, like the JSON one, which the level filters out
+    if console_format(settings.logging):
+        print("\n".join(summary_lines(fields)), file=sys.stderr, flush=True)
+    else:
+        structlog.get_logger("routeproxy").info("startup", **fields)
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _start_simulators(settings: Settings) -> dict[str, Any]:
+    """One simulated upstream per tier on a free loopback port; the tiers are pointed at them."""
+    import logging
+
+    import structlog
+
+    from routeproxy.sim.faults import SIMULATOR_THREAD, DeliberateFaults
+    from routeproxy.sim.simulator import create_simulator_app, seed_profile
+    from routeproxy.sim.threadserver import ThreadedServer
+
+    logging.getLogger("uvicorn.error").addFilter(DeliberateFaults())
+    overrides: dict[str, Any] = {}
+    for tier in Tier:
+        profile = seed_profile(tier, settings.tiers[tier].model, speed=settings.simulator.speed)
+        app = create_simulator_app(profile)
+        server = ThreadedServer(app, host="127.0.0.1", port=0, name=SIMULATOR_THREAD).start()
+        overrides[f"tiers.{tier}.base_url"] = f"{server.url}/v1"
+        overrides[f"tiers.{tier}.kind"] = "vllm"
+        overrides[f"tiers.{tier}.api_key"] = None
+        structlog.get_logger("routeproxy").info(
+            "simulated_upstream",
+            tier=settings.tiers[tier].label,
+            model=profile.model,
+            url=server.url,
+            speed=settings.simulator.speed,
+            note="built-in simulator (demo/load-test upstream), not a real model",
+        )
+    return overrides
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from routeproxy.sim.faults import DeliberateFaults
+    from routeproxy.sim.simulator import Dialect, create_simulator_app, seed_profile
+
+    tier = Tier(args.tier)
+    model = args.model or settings_for(args).tiers[tier].model
+    profile = seed_profile(tier, model, speed=args.speed, dialect=Dialect(args.dialect))
+    changes: dict[str, Any] = {}
+    if args.ttft is not None:
+        changes["ttft_s"] = args.ttft
+    if args.tokens_per_second is not None:
+        changes["tokens_per_s"] = args.tokens_per_second
+    if args.tokens is not None:
+        changes["answer_tokens"] = args.tokens
+    if args.api_key is not None:
+        changes["api_key"] = args.api_key
+    if args.keepalive is not None:
+        changes["keepalive_s"] = args.keepalive
+    if args.weak_share is not None:
+        changes["weak_share"] = args.weak_share
+    if changes:
+        from dataclasses import replace
+
+        profile = replace(profile, **changes)
+    print(
+        f"routeproxy simulator (a demo/load-test upstream, not a model): {profile.model} as {profile.dialect} "
+        f"on http://{args.host}:{args.port}/v1",
+        file=sys.stderr,
+    )
+    logging.getLogger("uvicorn.error").addFilter(DeliberateFaults(any_thread=True))
+    uvicorn.run(
+        create_simulator_app(profile),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+    )
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Fails exactly when ``serve`` (with the same flags) would fail at start, and prints its start-up summary."""
+    from routeproxy.startup import check_startable, summary, summary_lines
+
+    settings = settings_for(args, _serve_overrides(args))
+    check_startable(settings, simulate=args.simulate)
+    print(f"config OK: {settings.source}")
+    print("\n".join(summary_lines(summary(settings, simulate=args.simulate))))
+    return 0

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from routeproxy.config import read_yaml_tree, shipped_or_path
+from routeproxy.config_files import read_yaml_tree, shipped_or_path
 from routeproxy.errors import ConfigError
 from routeproxy.rules import Levels, _named, _Reader
 

@@ -113,6 +113,58 @@ def response_headers(upstream_headers: tuple[tuple[bytes, bytes], ...] | RawHead
     return headers
 
 
+class _RelayReader(StreamReader):
+    """aiohttp's body buffer, cheaper per HTTP chunk for a relay that only ever reads what has arrived (``readany``).
+
+    aiohttp's parser calls three Python methods per HTTP chunk of a chunked body, and ``readany`` hands back each
+    buffered chunk through its own bookkeeping (and a ``resume_reading`` call each): about 8 k instructions per
+    chunk, a third of a 20-event stream's cost. The relay never reads by HTTP chunk, so the chunk boundaries are
+    not tracked, and ``readany`` takes the whole buffer in one step. Flow control is aiohttp's: reading pauses past
+    the high-water mark and resumes once the buffer is taken.
+    """
+
+    __slots__ = ()
+
+    def feed_data(self, data: bytes, size: int = 0) -> bool:
+        if data:
+            self._size += len(data)
+            self.total_bytes += len(data)
+            self._buffer.append(data)
+            waiter = self._waiter
+            if waiter is not None:
+                self._waiter = None
+                if not waiter.done():
+                    waiter.set_result(None)
+            if self._size > self._high_water:
+                self._protocol.pause_reading()
+        return False
+
+    def begin_http_chunk_receiving(self) -> None:
+        """Chunk boundaries are not kept: the relay reads whatever has arrived."""
+
+    def end_http_chunk_receiving(self) -> None:
+        """Chunk boundaries are not kept: the relay reads whatever has arrived."""
+
+    async def readany(self) -> bytes:
+        if self._exception is not None:
+            raise self._exception
+        buffer = self._buffer
+        while not buffer and not self._eof:
+            await self._wait("readany")
+        if not buffer:
+            return b""
+        self._timer.assert_timeout()
+        data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
+        if self._buffer_offset:
+            data = data[self._buffer_offset :]
+            self._buffer_offset = 0
+        buffer.clear()
+        self._size = 0
+        self._cursor += len(data)
+        self._protocol.resume_reading()
+        return data
+
+
 class _GuardedProtocol(ResponseHandler):
     """aiohttp's connection protocol, with three guarantees the hop needs that aiohttp does not give on its own:
 
@@ -167,6 +219,8 @@ class _GuardedProtocol(ResponseHandler):
 
     def feed_data(self, data: tuple[RawResponseMessage, StreamReader], size: int = 0) -> None:
         message, payload = data
+        if type(payload) is StreamReader:
+            payload.__class__ = _RelayReader  # same slots; the parser has not fed it a byte yet (see data_received)
         if not 100 <= message.code < 200:  # interim responses (100 Continue) are followed by the real one
             self._in_head = False
             # aiohttp's read timeout (sock_read) was the first-byte timeout until now; between body chunks it is

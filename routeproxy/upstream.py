@@ -159,9 +159,11 @@ class _RelayReader(StreamReader):
             data = data[self._buffer_offset :]
             self._buffer_offset = 0
         buffer.clear()
+        paused = self._size > self._high_water  # feed_data paused reading at this size
         self._size = 0
         self._cursor += len(data)
-        self._protocol.resume_reading()
+        if paused:
+            self._protocol.resume_reading()
         return data
 
 
@@ -300,28 +302,30 @@ class UpstreamResponse:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as the upstream sends it, chunk by chunk; a gap over the idle timeout raises."""
-        while chunk := await self._next_chunk():
-            yield chunk
-
-    async def _next_chunk(self) -> bytes:
+        readany = self._response.content.readany
         try:
-            return await self._response.content.readany()
+            while chunk := await readany():
+                yield chunk
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise _upstream_error(exc, self.tier, self.config, reading=True) from exc
 
     async def read(self) -> bytes:
         """The whole body, up to the tier's ``max_response_bytes``."""
         limit = self.config.max_response_bytes
+        readany = self._response.content.readany
         parts, size = [], 0
-        while chunk := await self._next_chunk():
-            size += len(chunk)
-            if size > limit:
-                raise UpstreamUnavailable(
-                    f"the {self.tier} upstream's response is larger than tiers.{self.tier}.max_response_bytes "
-                    f"({limit} bytes)",
-                    reason="response_too_large",
-                )
-            parts.append(chunk)
+        try:
+            while chunk := await readany():
+                size += len(chunk)
+                if size > limit:
+                    raise UpstreamUnavailable(
+                        f"the {self.tier} upstream's response is larger than tiers.{self.tier}.max_response_bytes "
+                        f"({limit} bytes)",
+                        reason="response_too_large",
+                    )
+                parts.append(chunk)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _upstream_error(exc, self.tier, self.config, reading=True) from exc
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def aclose(self) -> None:

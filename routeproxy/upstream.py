@@ -1,4 +1,6 @@
-"""The only module that knows the HTTP client (aiohttp): one connection pool per tier, errors mapped to ours.
+"""The HTTP client (aiohttp) for the upstream hop: one connection pool per tier, errors mapped to ours.
+
+With ``upstream_wire.py`` (its protocol and body buffer) the only module that knows aiohttp.
 
 Header policy (what crosses the proxy):
 - client -> upstream: everything except hop-by-hop headers, ``host``, ``content-length`` (recomputed for the
@@ -20,23 +22,19 @@ to the fallback tier, by the relay) or the pooled connection was known closed be
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-from aiohttp.client_proto import ResponseHandler
-from aiohttp.http import RawResponseMessage
-from aiohttp.streams import StreamReader
 from multidict import CIMultiDict
 from yarl import URL
 
 from routeproxy.config import Tier, TierConfig
 from routeproxy.errors import ConfigError, UpstreamBusy, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from routeproxy.upstream_wire import Connector
 
 HOP_BY_HOP = frozenset(
     {
@@ -66,7 +64,6 @@ _DROP_RESPONSE = HOP_BY_HOP | {b"content-length", b"x-request-id", b"date", b"se
 # vLLM's uvicorn closes idle keep-alive connections after 5 s; expiring ours first avoids reusing a connection
 # the server is closing ("Server disconnected" on the next request).
 KEEPALIVE_EXPIRY = 4.0
-_HEAD_END = b"\r\n\r\n"
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -111,91 +108,6 @@ def response_headers(upstream_headers: tuple[tuple[bytes, bytes], ...] | RawHead
         if lowered not in _DROP_RESPONSE:
             headers.append((lowered, value))
     return headers
-
-
-class _GuardedProtocol(ResponseHandler):
-    """aiohttp's connection protocol, with three guarantees the hop needs that aiohttp does not give on its own:
-
-    - bytes after a Content-Length body are dropped and the connection closed (aiohttp's parser reads them as the
-      next response, and fails the whole exchange when they are not one);
-    - bytes arriving while no request waits close the connection (aiohttp would keep a stray response there as the
-      answer to the next request sent on it);
-    - a reset before the end of a body delimited by the connection's close fails the body (aiohttp takes any close
-      as the end of such a body, so a truncated answer would pass as complete).
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, idle_timeout: float | None) -> None:
-        super().__init__(loop)
-        self._idle_timeout = idle_timeout
-        self._awaiting = False  # a request was sent and its final response has not ended
-        self._in_head = False  # the final response's head is still to come
-        self._head_tail = b""  # the last bytes of an unfinished head, to find its end across reads
-        self._body_left: int | None = None  # bytes still to come of a Content-Length body
-
-    def set_response_params(self, **options: Any) -> None:
-        self._awaiting, self._in_head, self._head_tail, self._body_left = True, True, b"", None
-        super().set_response_params(**options)
-
-    def data_received(self, data: bytes) -> None:
-        if not self._awaiting:
-            if data:  # an upstream writing out of turn: nothing it says can be trusted as the next answer
-                self._should_close = True
-                if self.transport is not None:
-                    self.transport.close()
-            return
-        while data:
-            if self._body_left is not None:
-                body, extra = data[: self._body_left], data[self._body_left :]
-                self._body_left -= len(body)
-                if extra:
-                    self._should_close = True  # dropped with the connection
-                if body:
-                    super().data_received(body)
-                return
-            if not self._in_head:  # a chunked or close-delimited body: aiohttp's parser finds its end
-                super().data_received(data)
-                return
-            tail = self._head_tail
-            end = (tail + data).find(_HEAD_END) - len(tail) if tail else data.find(_HEAD_END)
-            if end < -len(tail):
-                self._head_tail = (tail + data)[-3:]
-                super().data_received(data)
-                return
-            self._head_tail = b""
-            head, data = data[: end + 4], data[end + 4 :]
-            super().data_received(head)  # the parser hands the message to feed_data, which notes its length
-
-    def feed_data(self, data: tuple[RawResponseMessage, StreamReader], size: int = 0) -> None:
-        message, payload = data
-        if not 100 <= message.code < 200:  # interim responses (100 Continue) are followed by the real one
-            self._in_head = False
-            # aiohttp's read timeout (sock_read) was the first-byte timeout until now; between body chunks it is
-            # the idle timeout. One timer, re-armed by aiohttp on each read: no asyncio.timeout per chunk.
-            if self.read_timeout != self._idle_timeout:
-                self.read_timeout = self._idle_timeout
-                self.start_timeout()
-            length = message.headers.get("Content-Length", "")
-            if not message.chunked and length.isdigit():
-                self._body_left = int(length) if payload.total_bytes == 0 else None
-            payload.on_eof(self._response_ended)
-        super().feed_data(data, size)
-
-    def _response_ended(self) -> None:
-        self._awaiting = False
-        self._body_left = 0  # anything after the end of this response is dropped
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        payload = self._payload
-        if exc is not None and payload is not None and not payload.is_eof():
-            payload.set_exception(aiohttp.ClientPayloadError(f"the connection was reset mid-body ({exc!r})"))
-        super().connection_lost(exc)
-
-
-class _Connector(aiohttp.TCPConnector):
-    def __init__(self, idle_timeout: float | None, **options: Any) -> None:
-        super().__init__(**options)
-        factory = functools.partial(_GuardedProtocol, loop=self._loop, idle_timeout=idle_timeout)
-        self._factory = cast("functools.partial[ResponseHandler]", factory)
 
 
 def _upstream_error(exc: BaseException, tier: Tier, config: TierConfig, *, reading: bool) -> UpstreamError:
@@ -246,28 +158,30 @@ class UpstreamResponse:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as the upstream sends it, chunk by chunk; a gap over the idle timeout raises."""
-        while chunk := await self._next_chunk():
-            yield chunk
-
-    async def _next_chunk(self) -> bytes:
+        readany = self._response.content.readany
         try:
-            return await self._response.content.readany()
+            while chunk := await readany():
+                yield chunk
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise _upstream_error(exc, self.tier, self.config, reading=True) from exc
 
     async def read(self) -> bytes:
         """The whole body, up to the tier's ``max_response_bytes``."""
         limit = self.config.max_response_bytes
+        readany = self._response.content.readany
         parts, size = [], 0
-        while chunk := await self._next_chunk():
-            size += len(chunk)
-            if size > limit:
-                raise UpstreamUnavailable(
-                    f"the {self.tier} upstream's response is larger than tiers.{self.tier}.max_response_bytes "
-                    f"({limit} bytes)",
-                    reason="response_too_large",
-                )
-            parts.append(chunk)
+        try:
+            while chunk := await readany():
+                size += len(chunk)
+                if size > limit:
+                    raise UpstreamUnavailable(
+                        f"the {self.tier} upstream's response is larger than tiers.{self.tier}.max_response_bytes "
+                        f"({limit} bytes)",
+                        reason="response_too_large",
+                    )
+                parts.append(chunk)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _upstream_error(exc, self.tier, self.config, reading=True) from exc
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def aclose(self) -> None:
@@ -310,7 +224,7 @@ class _Route:
     def open_session(self) -> aiohttp.ClientSession:
         # Created on first use, inside the running event loop that will serve it (and so are the slots).
         self.slots = asyncio.Semaphore(self.config.max_connections)
-        connector = _Connector(
+        connector = Connector(
             self.config.idle_timeout,
             limit=0,  # the slots bound the connections, with a pool timeout aiohttp cannot tell from a connect one
             keepalive_timeout=KEEPALIVE_EXPIRY,
@@ -318,7 +232,7 @@ class _Route:
             ttl_dns_cache=60,
         )
         config = self.config
-        # sock_read bounds the wait for the response head (then _GuardedProtocol sets it to the idle timeout).
+        # sock_read bounds the wait for the response head (then upstream_wire.py sets it to the idle timeout).
         timeout = aiohttp.ClientTimeout(
             total=None,
             connect=config.connect_timeout,

@@ -119,6 +119,31 @@ def test_a_stream_cut_by_a_reset_ends_with_the_error_event(start_proxy: ProxyFac
         assert orjson.loads(events[0].removeprefix(b"data: "))["error"]["code"] == "broken_response"
 
 
+@pytest.mark.parametrize("framing", ["chunked", "content-length"])
+def test_a_body_far_past_the_read_buffer_is_relayed_byte_exact(start_proxy: ProxyFactory, framing: str) -> None:
+    # 3,000 events of ~700 bytes (2 MB) in one write: the proxy's reader pauses the socket past its high-water
+    # mark (twice aiohttp's 64 KiB read buffer) and must resume it each time the relay takes the buffer.
+    events = [b'data: {"n":%d,"pad":"%s"}\n\n' % (i, b"x" * 680) for i in range(3000)]
+    body = b"".join(events)
+
+    def handler(upstream: RawUpstream, conn: socket.socket) -> None:
+        upstream.read_request(conn)
+        if framing == "chunked":
+            head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+            conn.sendall(head + b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n")
+        else:
+            conn.sendall(response(body, content_type=b"text/event-stream"))
+
+    with raw_upstream(handler) as upstream:
+        proxy = start_proxy(both_tiers(upstream.url))
+        with (
+            http.client(timeout=20) as client,
+            client.stream("POST", f"{proxy.url}/v1/chat/completions", json={**CHAT, "stream": True}) as stream,
+        ):
+            assert stream.status_code == 200
+            assert b"".join(stream.iter_raw()) == body
+
+
 @pytest.mark.parametrize("extra", ["garbage", "a whole response", "a response written later"])
 def test_bytes_after_a_content_length_body_are_dropped(start_proxy: ProxyFactory, extra: str) -> None:
     forged = response(b'{"forged":true}')

@@ -1,0 +1,125 @@
+"""The proxy's own instructions per request, counted by callgrind: a CPU cost that a shared machine's load cannot move.
+
+``python -m routeproxy.bench.callgrind`` starts the static upstream and the proxy as ``routeproxy bench`` does
+(``procs.proxy_env``: both tiers on the static upstream, routing and counters on, log level info), but the proxy
+under ``valgrind --tool=callgrind``; it warms the proxy up, zeroes the counts (``callgrind_control -z``), sends
+the non-streaming requests, dumps, zeroes, sends the 20-event streams, dumps, and prints the instructions per
+request of each (the dumps' ``summary:`` line divided by the answered requests). Two runs of the same code agree to
+about 0.1 %. To measure another checkout, run this file with that checkout's Python:
+``/other/.venv/bin/python routeproxy/bench/callgrind.py`` (it imports the ``routeproxy`` that Python has installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+import orjson
+
+from routeproxy.bench.loadgen import LoadResult, build_request, run_async, run_load
+from routeproxy.bench.procs import proxy_env
+
+_FAST = {"x-sim-tokens": "17", "x-sim-ttft-ms": "0", "x-sim-token-ms": "0"}
+_BODY = {"model": "auto", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+
+
+def _wait(url: str, process: subprocess.Popen[bytes], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited with {process.returncode}")
+        try:
+            httpx.post(url, content=b"{}", timeout=2, trust_env=False)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer within {seconds:g} s") from None
+            time.sleep(0.2)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _load(port: int, request: bytes, count: int, concurrency: int) -> LoadResult:
+    result = run_async(
+        run_load("127.0.0.1", port, request, concurrency=concurrency, max_requests=count, max_duration=600)
+    )
+    if result.ok != count:
+        raise RuntimeError(f"{result.ok} of {count} requests answered 2xx (first failure: {result.first_failure})")
+    return result
+
+
+def _dump(pid: int, out_dir: str, label: str) -> int:
+    subprocess.run(["callgrind_control", "-d", label, str(pid)], check=True, capture_output=True)
+    for _ in range(100):
+        for path in glob.glob(os.path.join(out_dir, f"callgrind.out.{pid}.*")):
+            with open(path) as dump:
+                text = dump.read()
+            if f"Trigger: dump {label}\n" in text:
+                for line in text.splitlines():
+                    if line.startswith("summary:"):
+                        os.remove(path)
+                        return int(line.split()[1])
+        time.sleep(0.1)
+    raise RuntimeError(f"no callgrind dump for {label}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m routeproxy.bench.callgrind", description=__doc__)
+    parser.add_argument("--requests", type=int, default=1000, help="non-streaming requests counted")
+    parser.add_argument("--streams", type=int, default=500, help="20-event streams counted")
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args(argv)
+    upstream_port, proxy_port = _free_port(), _free_port()
+    out_dir = tempfile.mkdtemp(prefix="callgrind-")
+    url = f"http://127.0.0.1:{upstream_port}/v1"
+    env = proxy_env({"small": url, "large": url}, None)
+    env["ROUTEPROXY_LOG_LEVEL"] = "info"  # the default, as users run it (older checkouts' benchmark pinned warning)
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "routeproxy.bench.loadgen", "--port", str(upstream_port)], cwd=out_dir
+    )
+    valgrind = ["valgrind", "--tool=callgrind", "--dump-instr=no", f"--callgrind-out-file={out_dir}/callgrind.out.%p"]
+    serve = [sys.executable, "-m", "routeproxy", "serve", "--port", str(proxy_port)]
+    proxy = subprocess.Popen(
+        [*valgrind, *serve], env=env, cwd=out_dir, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+    )  # cwd: not a checkout, so `python -m` imports the routeproxy this Python has installed
+    try:
+        _wait(f"http://127.0.0.1:{upstream_port}/", upstream, 30)
+        _wait(f"http://127.0.0.1:{proxy_port}/healthz", proxy, 300)
+        plain = build_request("127.0.0.1", proxy_port, "/v1/chat/completions", orjson.dumps(_BODY), _FAST)
+        stream = build_request(
+            "127.0.0.1", proxy_port, "/v1/chat/completions", orjson.dumps({**_BODY, "stream": True}), _FAST
+        )
+        _load(proxy_port, plain, args.warmup, args.concurrency)
+        _load(proxy_port, stream, args.warmup, args.concurrency)
+        subprocess.run(["callgrind_control", "-z", str(proxy.pid)], check=True, capture_output=True)
+        _load(proxy_port, plain, args.requests, args.concurrency)
+        per_request = _dump(proxy.pid, out_dir, "plain") / args.requests
+        subprocess.run(["callgrind_control", "-z", str(proxy.pid)], check=True, capture_output=True)
+        _load(proxy_port, stream, args.streams, args.concurrency)
+        per_stream = _dump(proxy.pid, out_dir, "stream") / args.streams
+    finally:
+        proxy.terminate()
+        upstream.terminate()
+        proxy.wait(60)
+        upstream.wait(10)
+    print(
+        f"instructions per non-streaming request: {per_request / 1000:,.1f} k ({args.requests} at c={args.concurrency})"
+    )
+    print(f"instructions per 20-event stream: {per_stream / 1000:,.1f} k ({args.streams} at c={args.concurrency})")
+
+
+if __name__ == "__main__":
+    main()

@@ -21,3 +21,12 @@ def test_the_request_path_and_the_command_import_no_tool_subpackage(module: str)
         cwd=ROOT,
     ).stdout
     assert [name for name in json.loads(loaded) if name.startswith(TOOLS)] == []
+
+
+def test_every_subpackage_ships_in_the_wheel() -> None:
+    # The tests run on an editable install, which finds any folder; `pip install .` ships only the listed packages.
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "routeproxy").rglob("__init__.py")}
+    assert on_disk - listed == set()

@@ -273,7 +273,8 @@ class _Simulator:
     async def text_completion(self, request: Request) -> Response:
         return await self._generate(request, text=True)
 
-    async def _generate(self, request: Request, *, text: bool) -> Response:
+    async def _admit_body(self, request: Request) -> tuple[Faults, Json] | Response:
+        """Read and record the body, apply the faults, then parse it as the dialect does (or its error)."""
         raw = await request.body()
         try:
             recorded: object = orjson.loads(raw)
@@ -282,10 +283,14 @@ class _Simulator:
         admitted = await self._admit(request, recorded)
         if isinstance(admitted, Response):
             return admitted
-        faults = admitted
         body = self.wire.parse(request.headers.get("content-type", ""), raw)
-        if isinstance(body, Response):
-            return body
+        return body if isinstance(body, Response) else (admitted, body)
+
+    async def _generate(self, request: Request, *, text: bool) -> Response:
+        admitted = await self._admit_body(request)
+        if isinstance(admitted, Response):
+            return admitted
+        faults, body = admitted
         refusal = self.wire.check_text(body) if text else self.wire.check(body)
         if refusal is not None:
             return refusal
@@ -432,17 +437,10 @@ class _Simulator:
 
     async def pooling(self, request: Request) -> Response:
         """The endpoints that generate nothing (``routeproxy.sim.pooling``), by path."""
-        raw = await request.body()
-        try:
-            recorded: object = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            recorded = None
-        admitted = await self._admit(request, recorded)
+        admitted = await self._admit_body(request)
         if isinstance(admitted, Response):
             return admitted
-        body = self.wire.parse(request.headers.get("content-type", ""), raw)
-        if isinstance(body, Response):
-            return body
+        _, body = admitted
         answer = _POOLING[request.url.path]
         try:
             return json_response(200, answer(body, self.profile.model))

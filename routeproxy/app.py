@@ -30,6 +30,7 @@ from routeproxy.decisions import open_decisions
 from routeproxy.errors import RouteproxyError, error_envelope, error_response, preview
 from routeproxy.escalation import load_check_rules
 from routeproxy.feedback import post_feedback
+from routeproxy.heap import settle_heap
 from routeproxy.logs import configure_logging
 from routeproxy.metrics import Metrics
 from routeproxy.models import explain_route, list_models, show_model
@@ -249,4 +250,6 @@ def app_from_environment() -> ProxyApp:
     """The factory uvicorn's worker processes call (``--workers N``): settings from ROUTEPROXY_CONFIG and env."""
     settings = load_settings()
     configure_logging(settings.logging)
-    return create_app(settings)
+    app = create_app(settings)
+    settle_heap()
+    return app

@@ -22,6 +22,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from routeproxy.app import create_app
+    from routeproxy.heap import settle_heap
     from routeproxy.logs import configure_logging
     from routeproxy.server import uvicorn_options
     from routeproxy.startup import check_startable
@@ -52,7 +53,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # default SIGTERM handler that would end the process with status 143. A drained shutdown is a clean exit.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     if settings.server.workers == 1:
-        uvicorn.run(create_app(settings), **options)
+        app = create_app(settings)
+        settle_heap()
+        uvicorn.run(app, **options)
     else:
         # Child processes build their own app from the environment: hand them the same inputs.
         if args.config:

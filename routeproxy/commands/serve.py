@@ -11,20 +11,17 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from routeproxy.commands import settings_for
 from routeproxy.config import SETTINGS_BY_KEY, Settings, Tier
 
+if TYPE_CHECKING:
+    from routeproxy.sim.threadserver import ThreadedServer
+
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import structlog
-    import uvicorn
-
-    from routeproxy.app import create_app
-    from routeproxy.heap import settle_heap
     from routeproxy.logs import configure_logging
-    from routeproxy.server import uvicorn_options
     from routeproxy.startup import check_startable
 
     if args.speed is not None and not args.simulate:
@@ -36,8 +33,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_for(args, overrides)
     configure_logging(settings.logging)
     check_startable(settings, simulate=args.simulate)  # before the simulators start: nothing to clean up
+    simulators: list[ThreadedServer] = []
+    try:
+        return _serve(args, settings, overrides, simulators)
+    finally:
+        # Stopped once the proxy has drained (they are its upstreams), and before the interpreter exits: a daemon
+        # thread still running its event loop while the interpreter finalises can crash the process (SIGSEGV).
+        for server in simulators:
+            server.stop()
+
+
+def _serve(
+    args: argparse.Namespace, settings: Settings, overrides: dict[str, Any], simulators: list[ThreadedServer]
+) -> int:
+    import structlog
+    import uvicorn
+
+    from routeproxy.app import create_app
+    from routeproxy.heap import settle_heap
+    from routeproxy.server import uvicorn_options
+
     if args.simulate:
-        overrides.update(_start_simulators(settings))
+        overrides.update(_start_simulators(settings, simulators))
         # The local demo keeps its admin endpoints usable from this machine without a token (README, Security).
         if SETTINGS_BY_KEY["server.admin_loopback_without_token"].env not in os.environ:
             overrides["server.admin_loopback_without_token"] = True
@@ -112,8 +129,9 @@ def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def _start_simulators(settings: Settings) -> dict[str, Any]:
-    """One simulated upstream per tier on a free loopback port; the tiers are pointed at them."""
+def _start_simulators(settings: Settings, started: list[ThreadedServer]) -> dict[str, Any]:
+    """One simulated upstream per tier on a free loopback port (each added to ``started``); the tiers are pointed
+    at them."""
     import logging
 
     import structlog
@@ -128,6 +146,7 @@ def _start_simulators(settings: Settings) -> dict[str, Any]:
         profile = seed_profile(tier, settings.tiers[tier].model, speed=settings.simulator.speed)
         app = create_simulator_app(profile)
         server = ThreadedServer(app, host="127.0.0.1", port=0, name=SIMULATOR_THREAD).start()
+        started.append(server)
         overrides[f"tiers.{tier}.base_url"] = f"{server.url}/v1"
         overrides[f"tiers.{tier}.kind"] = "vllm"
         overrides[f"tiers.{tier}.api_key"] = None

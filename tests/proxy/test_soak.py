@@ -16,6 +16,7 @@ import httpx
 import pytest
 from support import http
 from support.upstreams import ProxyFactory
+from support.wait import eventually
 
 from routeproxy.config import Tier
 from routeproxy.sim.threadserver import ThreadedServer
@@ -98,8 +99,13 @@ def test_soak_loses_nothing_and_leaks_nothing(
     assert outcomes["error_event"] == sent["dies_mid_stream"]
     assert outcomes["left"] == sent["client_leaves"]
 
-    # Every request is in the books: sent = succeeded + failed + disconnected.
-    stats = http.get(f"{proxy.url}/v1/model-routing/stats").json()
+    # Every request is in the books: sent = succeeded + failed + disconnected. A request is counted when the proxy
+    # finishes it, which for a client that left is when the relay notices (its next write): poll for the last.
+    def booked() -> dict[str, Any] | None:
+        stats: dict[str, Any] = http.get(f"{proxy.url}/v1/model-routing/stats").json()
+        return stats if stats["total_requests"] >= len(kinds) else None
+
+    stats = eventually(booked, what=f"all {len(kinds)} requests counted")
     large = "8b"  # routing is off in this proxy: everything goes to the large tier
     assert stats["total_requests"] == len(kinds)
     assert stats["disconnects"][large] == sent["client_leaves"]

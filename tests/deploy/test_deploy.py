@@ -6,6 +6,7 @@ kustomizations are rendered with kubectl's built-in kustomize when kubectl is in
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -26,7 +27,7 @@ from support.upstreams import LABELS
 
 from routeproxy.cli import build_parser
 from routeproxy.config import SETTINGS, Tier, UpstreamKind, load_settings
-from routeproxy.metrics import Metrics
+from routeproxy.metrics import VERDICTS, Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -409,9 +410,14 @@ def test_every_copy_source_exists_and_is_not_docker_ignored() -> None:
 # -- the Grafana dashboard ------------------------------------------------------------------------------
 
 
-def dashboard_queries() -> list[str]:
+def dashboard_panels() -> list[dict[str, Any]]:
     dashboard = json.loads((DEPLOY / "grafana" / "routeproxy-dashboard.json").read_text(encoding="utf-8"))
-    return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    panels: list[dict[str, Any]] = dashboard["panels"]
+    return panels
+
+
+def dashboard_queries() -> list[str]:
+    return [target["expr"] for panel in dashboard_panels() for target in panel.get("targets", [])]
 
 
 def exposed_sample_names() -> set[str]:
@@ -441,3 +447,57 @@ def test_dashboard_covers_the_ab_metrics() -> None:
         "routeproxy_inflight_requests",
     ):
         assert needle in queries
+
+
+def test_dashboard_covers_quality_rollout_and_cascade() -> None:
+    queries = "\n".join(dashboard_queries())
+    for needle in (
+        "sum by (tier, kind) (rate(routeproxy_feedback_total",
+        "sum by (reason) (rate(routeproxy_feedback_rejected_total",
+        "max by (tier) (routeproxy_quality_mean_score)",
+        "max by (tier) (routeproxy_quality_feedback_count)",
+        *(f'routeproxy_quality_degradation_ratio{{bound="{bound}"}}' for bound in ("point", "low", "high")),
+        *(f'routeproxy_quality_verdict{{verdict="{verdict}"}}' for verdict in VERDICTS),
+        "routeproxy_rollout_step",
+        "routeproxy_rollout_paused",
+        "routeproxy_cascade_mode",
+        "sum by (complexity) (rate(routeproxy_cascade_escalations_total[$__rate_interval])) / sum by (complexity) "
+        "(rate(routeproxy_cascade_checked_total[$__rate_interval]))",
+        "routeproxy_cascade_escalation_failures_total",
+        "routeproxy_cascade_small_seconds_total",
+        "sum by (type) (rate(routeproxy_cascade_small_tokens_total",
+        *(
+            f"histogram_quantile({quantile}, sum by (le) (rate(routeproxy_cascade_{series}_seconds_bucket"
+            for quantile in (0.5, 0.95)
+            for series in ("added_latency", "hold")
+        ),
+    ):
+        assert needle in queries, needle
+
+
+def test_dashboard_verdict_panel_names_every_verdict() -> None:
+    (panel,) = [
+        panel
+        for panel in dashboard_panels()
+        if any("routeproxy_quality_verdict" in target["expr"] for target in panel.get("targets", []))
+    ]
+    assert panel["type"] == "stat"
+    (mapping,) = panel["fieldConfig"]["defaults"]["mappings"]
+    assert sorted(entry["text"] for entry in mapping["options"].values()) == sorted(VERDICTS)
+
+
+def test_dashboard_panel_ids_are_unique_and_panels_do_not_overlap() -> None:
+    panels = dashboard_panels()
+    ids = [panel["id"] for panel in panels]
+    assert len(ids) == len(set(ids)), f"duplicate panel ids: {sorted(i for i in ids if ids.count(i) > 1)}"
+    in_reading_order = sorted(panels, key=lambda panel: (panel["gridPos"]["y"], panel["gridPos"]["x"]))
+    assert [panel["id"] for panel in in_reading_order] == sorted(ids), "ids increase down and across the page"
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["y"] >= 0 and grid["w"] > 0 and grid["h"] > 0, panel["title"]
+        assert grid["x"] + grid["w"] <= 24, f"{panel['title']!r} is wider than the 24-column grid"
+    for first, second in itertools.combinations(panels, 2):
+        a, b = first["gridPos"], second["gridPos"]
+        overlap_x = a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"]
+        overlap_y = a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"]
+        assert not (overlap_x and overlap_y), f"{first['title']!r} and {second['title']!r} overlap"

@@ -21,7 +21,6 @@ from support.wait import eventually
 from test_counters import SEED_KEYS
 
 from routeproxy.config import Tier
-from routeproxy.redis_store import REDIS_TIMEOUT_S
 from routeproxy.sim.threadserver import ThreadedServer
 
 PROMPTS = [
@@ -179,29 +178,27 @@ def test_a_redis_restarting_empty_keeps_no_phantom_counts(redis_server: RedisSer
 def test_redis_paused_mid_load_fails_or_stalls_no_request_and_totals_stay_exact(
     redis_server: RedisServer, served: list[Served]
 ) -> None:
-    replicas = start_replicas(2, redis_server.url, served)
-    overheads_ms: list[float] = []  # the proxy's own time before the upstream request, as it reports it
+    # Redis timeouts far past the client's (the URL's options win over the proxy's 0.5 s): a request that waited
+    # on the paused Redis would still be waiting when the client gives up, so the 80 requests sent while Redis is
+    # stopped can only all answer if none of them waits on it. No clock is read.
+    patient = f"{redis_server.url}?socket_timeout=60&socket_connect_timeout=60"
+    replicas = start_replicas(2, patient, served)
 
     def one(index: int) -> int:
         with http.client(timeout=10) as client:
-            response = send(replicas[index % 2].url, PROMPTS[index % len(PROMPTS)], client)
-        overheads_ms.append(float(response.headers["x-routeproxy-overhead-ms"]))
-        return response.status_code
+            return send(replicas[index % 2].url, PROMPTS[index % len(PROMPTS)], client).status_code
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         first = list(pool.map(one, range(40)))
         redis_server.pause()
         try:
             during = list(pool.map(one, range(40, 120)))
-            # Stats still answer, from each replica's own numbers, and say so.
-            assert stats(replicas[0].url)["stale"] is True
+            assert redis_server.paused  # all 80 answered while Redis was stopped
         finally:
             redis_server.resume()
         after = list(pool.map(one, range(120, 140)))
     assert set(first + during + after) == {200}
-    # A request that waited on the paused Redis would spend at least the store's socket timeout in the proxy.
-    # (Measured by the proxy itself, so neither the client nor the upstream being slow on a busy machine counts.)
-    assert max(overheads_ms) < REDIS_TIMEOUT_S * 1000
+    # The tallies kept while Redis was stopped reach it once it is back: nothing lost, nothing counted twice.
     assert [report["total_requests"] for report in settled_stats(replicas, 140)] == [140, 140]
 
 

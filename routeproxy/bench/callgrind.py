@@ -25,11 +25,11 @@ import orjson
 from routeproxy.bench.loadgen import LoadResult, build_request, run_async, run_load
 from routeproxy.bench.procs import proxy_env
 
-_FAST = {"x-sim-tokens": "17", "x-sim-ttft-ms": "0", "x-sim-token-ms": "0"}
-_BODY = {"model": "auto", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+FAST_HEADERS = {"x-sim-tokens": "17", "x-sim-ttft-ms": "0", "x-sim-token-ms": "0"}
+CHAT_BODY = {"model": "auto", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
 
 
-def _wait(url: str, process: subprocess.Popen[bytes], seconds: float) -> None:
+def wait_answering(url: str, process: subprocess.Popen[bytes], seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while True:
         if process.poll() is not None:
@@ -43,7 +43,7 @@ def _wait(url: str, process: subprocess.Popen[bytes], seconds: float) -> None:
             time.sleep(0.2)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as sock:
@@ -51,7 +51,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _load(port: int, request: bytes, count: int, concurrency: int) -> LoadResult:
+def load_exactly(port: int, request: bytes, count: int, concurrency: int) -> LoadResult:
     result = run_async(
         run_load("127.0.0.1", port, request, concurrency=concurrency, max_requests=count, max_duration=600)
     )
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args(argv)
-    upstream_port, proxy_port = _free_port(), _free_port()
+    upstream_port, proxy_port = free_port(), free_port()
     out_dir = tempfile.mkdtemp(prefix="callgrind-")
     url = f"http://127.0.0.1:{upstream_port}/v1"
     env = proxy_env({"small": url, "large": url}, None)
@@ -96,19 +96,19 @@ def main(argv: list[str] | None = None) -> None:
         [*valgrind, *serve], env=env, cwd=out_dir, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
     )  # cwd: not a checkout, so `python -m` imports the routeproxy this Python has installed
     try:
-        _wait(f"http://127.0.0.1:{upstream_port}/", upstream, 30)
-        _wait(f"http://127.0.0.1:{proxy_port}/healthz", proxy, 300)
-        plain = build_request("127.0.0.1", proxy_port, "/v1/chat/completions", orjson.dumps(_BODY), _FAST)
+        wait_answering(f"http://127.0.0.1:{upstream_port}/", upstream, 30)
+        wait_answering(f"http://127.0.0.1:{proxy_port}/healthz", proxy, 300)
+        plain = build_request("127.0.0.1", proxy_port, "/v1/chat/completions", orjson.dumps(CHAT_BODY), FAST_HEADERS)
         stream = build_request(
-            "127.0.0.1", proxy_port, "/v1/chat/completions", orjson.dumps({**_BODY, "stream": True}), _FAST
+            "127.0.0.1", proxy_port, "/v1/chat/completions", orjson.dumps({**CHAT_BODY, "stream": True}), FAST_HEADERS
         )
-        _load(proxy_port, plain, args.warmup, args.concurrency)
-        _load(proxy_port, stream, args.warmup, args.concurrency)
+        load_exactly(proxy_port, plain, args.warmup, args.concurrency)
+        load_exactly(proxy_port, stream, args.warmup, args.concurrency)
         subprocess.run(["callgrind_control", "-z", str(proxy.pid)], check=True, capture_output=True)
-        _load(proxy_port, plain, args.requests, args.concurrency)
+        load_exactly(proxy_port, plain, args.requests, args.concurrency)
         per_request = _dump(proxy.pid, out_dir, "plain") / args.requests
         subprocess.run(["callgrind_control", "-z", str(proxy.pid)], check=True, capture_output=True)
-        _load(proxy_port, stream, args.streams, args.concurrency)
+        load_exactly(proxy_port, stream, args.streams, args.concurrency)
         per_stream = _dump(proxy.pid, out_dir, "stream") / args.streams
     finally:
         proxy.terminate()

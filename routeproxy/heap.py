@@ -9,9 +9,9 @@ and 0.9 full passes per 1,000 requests, 17.8 % of the proxy's CPU, while finding
 request's objects are freed by reference counting as it ends).
 
 ``settle_heap`` freezes what exists when the app is built (``gc.freeze``: the objects that live as long as the
-process, which the older passes no longer walk) and raises the young generation's threshold tenfold: 0.5 passes per 1,000 requests, 0.3 % of
-the CPU. Cycles are still collected; the extra memory is at most a
-few thousand small objects.
+process, which the older passes no longer walk) and raises the young generation's threshold tenfold: 0.5 passes
+per 1,000 requests, 0.3 % of the CPU. Cycles are still collected; the extra memory is at most a few thousand
+small objects.
 """
 
 from __future__ import annotations

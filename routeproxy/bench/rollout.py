@@ -25,7 +25,8 @@ import httpx
 from routeproxy.app import create_app
 from routeproxy.config import LogConfig, Tier, load_settings
 from routeproxy.logs import configure_logging
-from routeproxy.sim.simulator import create_simulator_app, seed_profile
+from routeproxy.sim.profile import seed_profile
+from routeproxy.sim.simulator import create_simulator_app
 from routeproxy.sim.threadserver import ThreadedServer
 
 SPEED = 500.0  # the seed's 2.5 s / 4.5 s answers take 5 ms / 9 ms

@@ -137,7 +137,8 @@ def _start_simulators(settings: Settings, started: list[ThreadedServer]) -> dict
     import structlog
 
     from routeproxy.sim.faults import SIMULATOR_THREAD, DeliberateFaults
-    from routeproxy.sim.simulator import create_simulator_app, seed_profile
+    from routeproxy.sim.profile import seed_profile
+    from routeproxy.sim.simulator import create_simulator_app
     from routeproxy.sim.threadserver import ThreadedServer
 
     logging.getLogger("uvicorn.error").addFilter(DeliberateFaults())
@@ -167,7 +168,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     import uvicorn
 
     from routeproxy.sim.faults import DeliberateFaults
-    from routeproxy.sim.simulator import Dialect, create_simulator_app, seed_profile
+    from routeproxy.sim.profile import seed_profile
+    from routeproxy.sim.simulator import create_simulator_app
+    from routeproxy.sim.wire import Dialect
 
     tier = Tier(args.tier)
     model = args.model or settings_for(args).tiers[tier].model

@@ -22,38 +22,34 @@ Fault controls, read from request headers so that they pass through a proxy:
     x-sim-answer: TEXT     answer with this text (a refusal, say) instead of filler words, JSON or a tool call
     x-sim-logprob: X       every token's logprob is X (<= 0), for answers that must look (un)sure
 
-Weak answers (``SimProfile.weak_share``, ``routeproxy simulate --weak-share``): on that share of prompts, chosen by
-a hash of the messages, the answer is a short refusal instead, as a small model gives on prompts beyond it. It lets
-the cascade's answer check (routeproxy.escalation) see weak answers from a simulated small tier.
+Weak answers (``SimProfile.weak_share`` in ``routeproxy.sim.profile``, ``routeproxy simulate --weak-share``): on that
+share of prompts, chosen by a hash of the messages, the answer is a short refusal instead, as a small model gives on
+prompts beyond it. It lets the cascade's answer check (routeproxy.escalation) see weak answers from a simulated small
+tier.
 
 Observability: ``GET /_sim/requests`` (the last 100 requests: method, path, lowercased headers, parsed JSON
-body or null), ``DELETE /_sim/requests``, and ``GET /_sim/stats``. In the stats an answer in progress,
-streamed or not, is an "open stream"; it ends as completed (the whole body was sent, an in-stream error
-event included) or disconnected (the client went away first). A stream dropped by ``x-sim-die-after`` ends
-as neither. The ``/_sim`` routes are not recorded, need no key and ignore fault headers.
+body or null), ``DELETE /_sim/requests``, and ``GET /_sim/stats`` (requests, and open, completed and disconnected
+streams as ``routeproxy.sim.streams`` counts them). The ``/_sim`` routes are not recorded, need no key and ignore
+fault headers.
+
+This module decides each answer and when its events are due; ``routeproxy.sim.streams`` sends them and counts how
+each answer ends.
 """
 
 from __future__ import annotations
 
-import asyncio
-import enum
 import random
 import time
-from collections import deque
-from collections.abc import AsyncGenerator, Iterator
-from dataclasses import dataclass
 
-import anyio
 import orjson
 from starlette.applications import Starlette
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from routeproxy.config import Tier
 from routeproxy.route import stable_draw
 from routeproxy.sim import pooling
 from routeproxy.sim.content import (
@@ -68,115 +64,25 @@ from routeproxy.sim.content import (
     tool_call,
     words_of,
 )
-from routeproxy.sim.dialects import WIRES, Answer, Dialect, Json, Wire, json_response
+from routeproxy.sim.dialects import WIRES, Answer, Json, Wire, json_response
 from routeproxy.sim.faults import BadFault, Faults
+from routeproxy.sim.profile import SimProfile
+from routeproxy.sim.streams import (
+    Outcome,
+    Plan,
+    SimStats,
+    SimStream,
+    Ticket,
+    paced,
+    sleep_unless_disconnect,
+    truncated,
+    until_disconnect,
+)
+from routeproxy.sim.wire import Dialect
 
-__all__ = ["Dialect", "SimProfile", "create_simulator_app", "seed_profile"]
+__all__ = ["create_simulator_app"]
 
 WEAK_ANSWER = "I'm sorry, but I can't help with that."  # what a weak small tier says (weak_share)
-_LOG_SIZE = 100
-_MIN_SLEEP_S = 0.0005  # below this, pacing runs ahead on the schedule instead of arming a timer
-
-
-@dataclass(frozen=True, slots=True)
-class SimProfile:
-    model: str  # the served model name
-    dialect: Dialect = Dialect.VLLM
-    ttft_s: float = 0.3  # time to first token
-    tokens_per_s: float = 50.0
-    answer_tokens: int = 110  # tokens in a typical answer (max_tokens in the request caps it)
-    speed: float = 1.0  # divides every delay; 1000 makes tests fast
-    keepalive_s: float | None = None  # TGI-style ":\n\n" comment after this many idle seconds (TGI: 15)
-    api_key: str | None = None  # when set, require Authorization: Bearer <key> (401 in the dialect's shape)
-    weak_share: float = 0.0  # share of prompts answered with a short refusal (see the module docstring)
-
-    def __post_init__(self) -> None:
-        if self.ttft_s < 0 or self.tokens_per_s <= 0 or self.speed <= 0 or self.answer_tokens < 0:
-            raise ValueError("SimProfile needs ttft_s >= 0, tokens_per_s > 0, speed > 0 and answer_tokens >= 0")
-        if not 0.0 <= self.weak_share <= 1.0:
-            raise ValueError("SimProfile.weak_share must be from 0.0 to 1.0")
-        if self.keepalive_s is not None and self.keepalive_s <= 0:
-            raise ValueError("SimProfile.keepalive_s must be positive (or None for no keep-alive comments)")
-
-
-def seed_profile(tier: Tier, model: str, *, speed: float = 1.0, dialect: Dialect = Dialect.VLLM) -> SimProfile:
-    """The seed report's latencies for a typical 110-token answer: small 0.3 + 110/50 = 2.5 s,
-    large 0.5 + 110/27.5 = 4.5 s. TGI dialects get TGI's 15 s keep-alive comments."""
-    keepalive = 15.0 if dialect in (Dialect.TGI, Dialect.TGI_LEGACY) else None
-    if tier is Tier.SMALL:
-        return SimProfile(model, dialect, ttft_s=0.3, tokens_per_s=50.0, speed=speed, keepalive_s=keepalive)
-    return SimProfile(model, dialect, ttft_s=0.5, tokens_per_s=27.5, speed=speed, keepalive_s=keepalive)
-
-
-class _Outcome(enum.Enum):
-    COMPLETED = "completed"
-    DISCONNECTED = "disconnected"
-    DROPPED = "dropped"
-
-
-class _Drop(Exception):
-    """Raised inside a stream to end it without its final chunk (x-sim-die-after)."""
-
-
-class _Stats:
-    def __init__(self) -> None:
-        self.log: deque[Json] = deque(maxlen=_LOG_SIZE)
-        self.requests = 0
-        self.open = 0
-        self.completed = 0
-        self.disconnected = 0
-        self.running_ids: set[str] = set()
-
-    def as_json(self) -> Json:
-        return {
-            "open_streams": self.open,
-            "completed_streams": self.completed,
-            "disconnected_streams": self.disconnected,
-            "requests": self.requests,
-        }
-
-
-class _Ticket:
-    """One answer in progress. ``close`` is idempotent: whichever of the generator and the response ends first
-    records the outcome."""
-
-    __slots__ = ("answer_id", "closed", "stats")
-
-    def __init__(self, stats: _Stats, answer_id: str) -> None:
-        self.stats, self.answer_id, self.closed = stats, answer_id, False
-        stats.open += 1
-        if answer_id:
-            stats.running_ids.add(answer_id)
-
-    def close(self, outcome: _Outcome) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.stats.open -= 1
-        self.stats.running_ids.discard(self.answer_id)
-        if outcome is _Outcome.COMPLETED:
-            self.stats.completed += 1
-        elif outcome is _Outcome.DISCONNECTED:
-            self.stats.disconnected += 1
-
-
-class _SimStream(StreamingResponse):
-    """Starlette's StreamingResponse (which cancels the body on http.disconnect under ASGI spec < 2.4), plus
-    deterministic close-out: the ticket is always closed, and a _Drop ends the app without completing the
-    response, so uvicorn closes the connection mid-body."""
-
-    def __init__(self, events: AsyncGenerator[bytes, None], ticket: _Ticket, headers: dict[str, str]) -> None:
-        super().__init__(events, headers=headers)
-        self.events, self.ticket = events, ticket
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        except _Drop:
-            return
-        finally:
-            await self.events.aclose()
-            self.ticket.close(_Outcome.DISCONNECTED)
 
 
 class _Label:
@@ -196,21 +102,6 @@ class _Label:
             await send(message)
 
         await self.app(scope, receive, labelled)
-
-
-async def _until_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _sleep_unless_disconnect(receive: Receive, seconds: float) -> bool:
-    """Sleep; False if the client went away first (the request body must already have been read)."""
-    if seconds <= 0:
-        return True
-    with anyio.move_on_after(seconds):
-        await _until_disconnect(receive)
-        return False
-    return True
 
 
 def _prompt_tokens(body: Json) -> int:
@@ -234,7 +125,7 @@ class _Simulator:
     def __init__(self, profile: SimProfile) -> None:
         self.profile = profile
         self.wire: Wire = WIRES[profile.dialect](profile.model, profile.tokens_per_s)
-        self.stats = _Stats()
+        self.stats = SimStats()
 
     def _record(self, request: Request, body: object) -> None:
         self.stats.requests += 1
@@ -261,9 +152,9 @@ class _Simulator:
                 else self.wire.error(faults.status, message)
             )
         if faults.hang:
-            ticket = _Ticket(self.stats, "")
-            await _until_disconnect(request.receive)
-            ticket.close(_Outcome.DISCONNECTED)
+            ticket = Ticket(self.stats, "")
+            await until_disconnect(request.receive)
+            ticket.close(Outcome.DISCONNECTED)
             return Response(status_code=499)  # the client is gone; nobody reads this
         return faults
 
@@ -300,12 +191,12 @@ class _Simulator:
         speed = self.profile.speed
         ttft = faults.ttft_s if faults.ttft_s is not None else self.profile.ttft_s / speed
         gap = faults.token_s if faults.token_s is not None else 1 / (self.profile.tokens_per_s * speed)
-        ticket = _Ticket(self.stats, answer.id)
+        ticket = Ticket(self.stats, answer.id)
         if body.get("stream") is True:
             problem = self.wire.in_stream_error(body)
             plan = self._rejected_plan(problem) if problem else self._plan(answer, ttft, gap, faults)
-            events = self._paced(plan, ticket)
-            return _SimStream(events, ticket, self.wire.stream_headers())
+            events = paced(plan, ticket, self.profile.keepalive_s)
+            return SimStream(events, ticket, self.wire.stream_headers())
         return await self._complete(request, answer, ticket, ttft, gap, faults)
 
     def _answer(self, body: Json, headers: Headers, faults: Faults, *, text: bool) -> Answer:
@@ -358,32 +249,26 @@ class _Simulator:
         return tuple(logprob_entries(tokens, top, rng, fixed=fixed))
 
     async def _complete(
-        self, request: Request, answer: Answer, ticket: _Ticket, ttft: float, gap: float, faults: Faults
+        self, request: Request, answer: Answer, ticket: Ticket, ttft: float, gap: float, faults: Faults
     ) -> Response:
         delay = ttft + max(0, len(answer.tokens) - (answer.finish_reason == "length")) * gap
-        if not await _sleep_unless_disconnect(request.receive, delay):
-            ticket.close(_Outcome.DISCONNECTED)
+        if not await sleep_unless_disconnect(request.receive, delay):
+            ticket.close(Outcome.DISCONNECTED)
             return Response(status_code=499)  # the client is gone; nobody reads this
         payload = orjson.dumps(self.wire.completion(answer))
         headers = {"content-type": "application/json", **self.wire.completion_headers(answer)}
         if faults.die_after is not None:
             headers["content-length"] = str(len(payload))
-            return _SimStream(self._truncated(payload[: len(payload) // 2], ticket), ticket, headers)
-        ticket.close(_Outcome.COMPLETED)
+            return SimStream(truncated(payload[: len(payload) // 2], ticket), ticket, headers)
+        ticket.close(Outcome.COMPLETED)
         return Response(payload, headers=headers)
 
-    @staticmethod
-    async def _truncated(head: bytes, ticket: _Ticket) -> AsyncGenerator[bytes, None]:
-        yield head
-        ticket.close(_Outcome.DROPPED)
-        raise _Drop
-
-    def _rejected_plan(self, problem: str) -> Iterator[tuple[float, bytes | None]]:
+    def _rejected_plan(self, problem: str) -> Plan:
         yield 0.0, self.wire.event(self.wire.stream_error(problem))
         yield 0.0, self.wire.done
 
-    def _plan(self, answer: Answer, ttft: float, gap: float, faults: Faults) -> Iterator[tuple[float, bytes | None]]:
-        """(offset in seconds, event bytes) in order; None means drop the connection there."""
+    def _plan(self, answer: Answer, ttft: float, gap: float, faults: Faults) -> Plan:
+        """The answer's events, each with its offset: a ``Plan``, cut short where a fault says."""
         wire, tokens = self.wire, answer.tokens
         count = len(tokens)
         error_at = None if faults.error_after is None else min(faults.error_after, count)
@@ -410,30 +295,6 @@ class _Simulator:
             if answer.include_usage:
                 yield at, wire.event(wire.usage_chunk(answer))
             yield at, wire.done
-
-    async def _paced(self, plan: Iterator[tuple[float, bytes | None]], ticket: _Ticket) -> AsyncGenerator[bytes, None]:
-        loop = asyncio.get_running_loop()
-        keepalive = self.profile.keepalive_s
-        start = last = loop.time()
-        outcome = _Outcome.DISCONNECTED
-        try:
-            for offset, data in plan:
-                due = start + offset
-                while keepalive is not None and due - last > keepalive:
-                    last += keepalive
-                    await asyncio.sleep(max(0.0, last - loop.time()))
-                    yield b":\n\n"
-                delay = due - loop.time()
-                if delay > _MIN_SLEEP_S:
-                    await asyncio.sleep(delay)
-                if data is None:
-                    outcome = _Outcome.DROPPED
-                    raise _Drop
-                yield data
-                last = loop.time()
-            outcome = _Outcome.COMPLETED
-        finally:
-            ticket.close(outcome)
 
     async def pooling(self, request: Request) -> Response:
         """The endpoints that generate nothing (``routeproxy.sim.pooling``), by path."""

@@ -18,8 +18,9 @@ from langchain_skips import SKIPS
 from support.upstreams import ProxyFactory, fast_profile
 
 from routeproxy.config import Tier
-from routeproxy.sim.simulator import Dialect, create_simulator_app
+from routeproxy.sim.simulator import create_simulator_app
 from routeproxy.sim.threadserver import ThreadedServer
+from routeproxy.sim.wire import Dialect
 
 SUITE = Path(__file__).with_name("langchain_suite.py")
 # The suite's plugins that these tests do not use, left out to start faster.

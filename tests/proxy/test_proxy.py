@@ -16,8 +16,9 @@ from support.upstreams import LARGE_MODEL, SMALL_MODEL, ProxyFactory, fast_profi
 from support.wait import eventually
 
 from routeproxy.config import Tier
-from routeproxy.sim.simulator import Dialect, create_simulator_app
+from routeproxy.sim.simulator import create_simulator_app
 from routeproxy.sim.threadserver import ThreadedServer
+from routeproxy.sim.wire import Dialect
 
 MESSAGES = [{"role": "user", "content": "How do I improve feed conversion in broilers?"}]
 

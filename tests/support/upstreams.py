@@ -11,8 +11,9 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from routeproxy.config import Settings, Tier, load_settings
-from routeproxy.sim.simulator import Dialect, SimProfile
+from routeproxy.sim.profile import SimProfile
 from routeproxy.sim.threadserver import ThreadedServer
+from routeproxy.sim.wire import Dialect
 
 SMALL_MODEL = "meta-llama/Llama-3.2-3B-Instruct"
 LARGE_MODEL = "meta-llama/Llama-3.1-8B-Instruct"

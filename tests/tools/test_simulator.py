@@ -16,8 +16,10 @@ from support import http
 from support.wait import eventually
 
 from routeproxy.config import Tier
-from routeproxy.sim.simulator import Dialect, SimProfile, create_simulator_app, seed_profile
+from routeproxy.sim.profile import SimProfile, seed_profile
+from routeproxy.sim.simulator import create_simulator_app
 from routeproxy.sim.threadserver import ThreadedServer
+from routeproxy.sim.wire import Dialect
 from routeproxy.tasks import spawn
 
 MODEL = "meta-llama/Llama-3.2-3B-Instruct"

@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 from support import http
 
 from routeproxy.sim.content import PromptValues, chosen_tool, schema_value
-from routeproxy.sim.simulator import Dialect, SimProfile, create_simulator_app
+from routeproxy.sim.profile import SimProfile
+from routeproxy.sim.simulator import create_simulator_app
 from routeproxy.sim.threadserver import ThreadedServer
+from routeproxy.sim.wire import Dialect
 
 MODEL = "meta-llama/Llama-3.2-3B-Instruct"
 WEATHER = {

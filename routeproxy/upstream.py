@@ -32,7 +32,8 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from routeproxy.config import Tier, TierConfig
+from routeproxy.config import Tier
+from routeproxy.config_tiers import TierConfig
 from routeproxy.errors import ConfigError, UpstreamBusy, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from routeproxy.upstream_wire import Connector
 
@@ -243,7 +244,7 @@ class _Route:
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),  # one client's cookies must never reach another's request
             auto_decompress=False,
-            trust_env=False,  # the proxy was read from the environment once, at start (config._proxy_for)
+            trust_env=False,  # the proxy was read from the environment once, at start (config_tiers._proxy_for)
             skip_auto_headers=("User-Agent", "Content-Type", "Accept-Encoding", "Accept"),
             timeout=timeout,
         )

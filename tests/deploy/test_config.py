@@ -11,9 +11,9 @@ from routeproxy.config import (
     StickyKey,
     Tier,
     UpstreamKind,
-    is_hugging_face,
     load_settings,
 )
+from routeproxy.config_tiers import is_hugging_face
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -105,6 +105,17 @@ _SERVE_FLAGS = (
 )
 
 
+# simulate's flags and the SimProfile fields they change.
+_SIMULATE_FLAGS = (
+    ("ttft", "ttft_s"),
+    ("tokens_per_second", "tokens_per_s"),
+    ("tokens", "answer_tokens"),
+    ("api_key", "api_key"),
+    ("keepalive", "keepalive_s"),
+    ("weak_share", "weak_share"),
+)
+
+
 def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {key: getattr(args, flag) for flag, key in _SERVE_FLAGS if getattr(args, flag, None) is not None}
 
@@ -175,19 +186,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     tier = Tier(args.tier)
     model = args.model or settings_for(args).tiers[tier].model
     profile = seed_profile(tier, model, speed=args.speed, dialect=Dialect(args.dialect))
-    changes: dict[str, Any] = {}
-    if args.ttft is not None:
-        changes["ttft_s"] = args.ttft
-    if args.tokens_per_second is not None:
-        changes["tokens_per_s"] = args.tokens_per_second
-    if args.tokens is not None:
-        changes["answer_tokens"] = args.tokens
-    if args.api_key is not None:
-        changes["api_key"] = args.api_key
-    if args.keepalive is not None:
-        changes["keepalive_s"] = args.keepalive
-    if args.weak_share is not None:
-        changes["weak_share"] = args.weak_share
+    changes = {field: getattr(args, flag) for flag, field in _SIMULATE_FLAGS if getattr(args, flag) is not None}
     if changes:
         from dataclasses import replace
 

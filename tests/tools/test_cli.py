@@ -167,3 +167,24 @@ def test_simulate_command_serves_the_chosen_dialect(dialect: str, done_line: byt
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=15)
     assert b"simulator" in stderr
+
+
+def test_simulate_flags_shape_the_simulated_upstream() -> None:
+    port = free_port()
+    flags = ["--tokens", "3", "--api-key", "sim-key", "--ttft", "0", "--tokens-per-second", "1000"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "routeproxy", "simulate", "--port", str(port), "--speed", "1000", *flags],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    try:
+        eventually(lambda: answers(f"http://127.0.0.1:{port}/health"), tries=400, interval=0.05, what="simulator up")
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        body = {"model": "meta-llama/Llama-3.2-3B-Instruct", "messages": [{"role": "user", "content": "hi"}]}
+        assert http.post(url, json=body, timeout=10).status_code == 401  # --api-key: the key is required
+        answer = http.post(url, json=body, headers={"authorization": "Bearer sim-key"}, timeout=10).json()
+        assert answer["usage"]["completion_tokens"] == 3  # --tokens
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=15)

@@ -23,6 +23,7 @@ from typing import Any
 
 from routeproxy.arithmetic import without_code_blocks, wrong_sums
 from routeproxy.check_rules import CheckRules, Cue, load_check_rules
+from routeproxy.parse import last_user_text
 
 __all__ = ["AnswerCheck", "AnswerView", "CheckRules", "StreamAnswer", "answer_from_body", "check_answer"]
 __all__ += ["answer_signals", "load_check_rules"]
@@ -294,7 +295,7 @@ def _end_checks(
         yield "truncated", rules.truncated_weight
     elif answer.text.count("```") % 2:
         yield "unclosed_code", rules.unclosed_code_weight
-    prompt = _last_user_text(request)
+    prompt = last_user_text(request.get("messages"))
     lowered = prompt.lower()
     # each pattern needs one of these words: a substring test skips the slower scan of a long prompt
     asked = [int(found) for found in _ASKED_WORDS.findall(prompt)] if "word" in lowered else []
@@ -339,21 +340,6 @@ def _is_json_object(text: str) -> bool:
         return isinstance(json.loads(text), dict)
     except ValueError:
         return False
-
-
-def _last_user_text(request: Mapping[str, Any]) -> str:
-    messages = request.get("messages")
-    message: Any
-    for message in reversed(messages if isinstance(messages, list) else ()):
-        if isinstance(message, Mapping) and message.get("role") == "user":
-            content: Any = message.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return " ".join(
-                    part["text"] for part in content if isinstance(part, Mapping) and isinstance(part.get("text"), str)
-                )
-    return ""
 
 
 def _count_of(found: str) -> int:

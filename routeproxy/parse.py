@@ -154,6 +154,21 @@ def _check_messages(messages: Any) -> None:
                 raise InvalidRequest(f"'{part_where}.text' must be a string", param=part_where)
 
 
+def last_user_text(messages: Any) -> str:
+    """The last user message's text: its string content, or its text parts joined by spaces ("" when none)."""
+    message: Any
+    for message in reversed(messages if isinstance(messages, list) else ()):
+        if isinstance(message, Mapping) and message.get("role") == "user":
+            content: Any = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(
+                    part["text"] for part in content if isinstance(part, Mapping) and isinstance(part.get("text"), str)
+                )
+    return ""
+
+
 def pop_hints(body: dict[str, Any], headers: Mapping[str, str]) -> Hints:
     """Take the seed's routing hints out of the body (they are for us, not the upstream)."""
     query_type = body.pop("query_type", None)

@@ -26,6 +26,8 @@ from typing import Any
 
 import orjson
 
+from routeproxy.parse import last_user_text
+
 WORDS = (
     "the", "model", "routes", "each", "request", "to", "a", "small", "or", "large", "tier", "and", "answers",
     "with", "tokens", "that", "arrive", "one", "by", "at", "steady", "pace", "while", "proxy", "streams", "them",
@@ -94,19 +96,6 @@ def _function(tool: object) -> Mapping[str, Any] | None:
     return None
 
 
-def _last_user_text(messages: Sequence[Any]) -> str:
-    for message in reversed(messages):
-        if isinstance(message, Mapping) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return " ".join(
-                    part["text"] for part in content if isinstance(part, Mapping) and isinstance(part.get("text"), str)
-                )
-    return ""
-
-
 def chosen_tool(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The function the answer calls under ``tool_choice``, or None for a text answer."""
     functions = [function for tool in body.get("tools") or () if (function := _function(tool)) is not None]
@@ -123,12 +112,12 @@ def chosen_tool(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
     last = messages[-1] if messages else None
     if choice != "required" and isinstance(last, Mapping) and last.get("role") == "tool":
         return None  # auto, after a tool result: the answer
-    text = _last_user_text(messages).lower()
+    text = last_user_text(messages).lower()
     return next((function for function in functions if function["name"].lower() in text), functions[0])
 
 
 def prompt_values(body: Mapping[str, Any]) -> PromptValues:
-    return PromptValues(_last_user_text(body.get("messages") or []))
+    return PromptValues(last_user_text(body.get("messages") or []))
 
 
 def tool_call(function: Mapping[str, Any], rng: random.Random, call_id: str, values: PromptValues) -> ToolCall:

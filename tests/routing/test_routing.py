@@ -15,7 +15,7 @@ from support.upstreams import ProxyFactory, settings_for
 
 from routeproxy.classify import Classification, Classifier, Complexity, load_rules
 from routeproxy.config import Tier
-from routeproxy.parse import Hints
+from routeproxy.parse import Hints, last_user_text
 from routeproxy.route import Reason, Router, decide, stable_draw
 from routeproxy.sim.threadserver import ThreadedServer
 
@@ -259,3 +259,36 @@ def test_sticky_key_is_configurable(
     assert decision.complexity is Complexity.MEDIUM
     key = text if expected_key == "the query" else expected_key
     assert decision.ab_draw == stable_draw(key)
+
+
+@pytest.mark.parametrize(
+    ("messages", "text"),
+    [
+        (
+            [
+                {"role": "user", "content": "first"},
+                {"role": "assistant", "content": "a"},
+                {"role": "user", "content": "last"},
+            ],
+            "last",
+        ),
+        (
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "two"},
+                        {"type": "image_url"},
+                        {"type": "text", "text": "parts"},
+                    ],
+                }
+            ],
+            "two parts",
+        ),
+        ([{"role": "system", "content": "only a system prompt"}], ""),
+        ("not a list", ""),
+        ([{"role": "user", "content": None}, "junk"], ""),
+    ],
+)
+def test_last_user_text_is_what_the_answer_check_and_the_simulator_read(messages: object, text: str) -> None:
+    assert last_user_text(messages) == text

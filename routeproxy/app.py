@@ -37,6 +37,7 @@ from routeproxy.models import explain_route, list_models, show_model
 from routeproxy.relay import Exchange
 from routeproxy.resources import Resources
 from routeproxy.route import Router
+from routeproxy.stored import stored_response_routes
 from routeproxy.upstream import UpstreamPool
 
 log = structlog.get_logger("routeproxy")
@@ -148,6 +149,7 @@ def create_app(settings: Settings) -> ProxyApp:
         Route("/v1/completions", text_completions, methods=["POST"]),
         Route("/completions", text_completions, methods=["POST"]),
         *(Route(path, passthrough, methods=["POST"]) for path in PASSTHROUGH),
+        *stored_response_routes(),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/models", list_models, methods=["GET"]),
         # :path, as HF model ids hold a slash (meta-llama/Llama-3.2-3B-Instruct).
@@ -212,7 +214,7 @@ class ProxyApp:
             self.handler = CORSMiddleware(
                 self._dispatch,
                 allow_origins=settings.server.cors_origins,
-                allow_methods=["GET", "POST", "PUT", "OPTIONS"],
+                allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],  # DELETE: a stored response
                 allow_headers=["*"],  # the SDKs send authorization, content-type and x-stainless-*
                 expose_headers=EXPOSED_HEADERS,
                 max_age=600,

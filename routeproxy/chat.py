@@ -8,6 +8,7 @@ they name, under the same header, timeout, error and counting rules.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ from routeproxy.parse import (
     pop_hints,
     prompt_messages,
 )
-from routeproxy.relay import Exchange, RelayResult
+from routeproxy.relay import Exchange, Prepare, RelayResult
 from routeproxy.resources import Resources, resources_of
 from routeproxy.route import Reason, RouteDecision, response_headers
 from routeproxy.stats import PINNED, Outcome
@@ -86,12 +87,9 @@ async def proxied(request: Request, endpoint: Endpoint) -> Response | Exchange:
     resources = resources_of(request)
     request_id = request_id_of(request)
     try:
-        check_client_key(request, resources.client_key_digests)
-        # The slot is taken once the whole body is in: a client sending its body slowly holds no slot.
-        raw = await read_request_body(request, resources.settings)
-        resources.admit()
+        raw = await admitted(request, resources)
     except RouteproxyError as exc:
-        return _rejected(resources, exc, request_id)
+        return rejected(resources, exc, request_id)
     try:
         body, hints = parse_request(raw, request, endpoint)
         enabled, ratio = resources.routing_now()
@@ -110,11 +108,49 @@ async def proxied(request: Request, endpoint: Endpoint) -> Response | Exchange:
         classify_s = time.perf_counter() - routing_started if decision.classification is not None else None
     except RouteproxyError as exc:
         resources.release()
-        return _rejected(resources, exc, request_id)
+        return rejected(resources, exc, request_id)
     except BaseException:
         resources.release()  # the client left mid-body (ClientDisconnect), or a bug: the slot is given back
         raise
-    return _relay(resources, request, endpoint, body, decision, request_id, started, classify_s, cascade)
+    settings = resources.settings
+    # The one body rewrite: the cascade's check may ask the small tier for logprobs the client did not ask for.
+    add_logprobs = decision.cascade and settings.cascade.request_logprobs and not body.get("logprobs")
+    prepare, finish = exchange_hooks(
+        resources, endpoint, body, decision, request_id, started, classify_s, cascade, add_logprobs=add_logprobs
+    )
+    # A pinned request named its model: it is not switched to the other one behind the client's back; nor is a
+    # passthrough request, whose endpoint the other tier may not serve.
+    unswitched = decision.reason in (Reason.PINNED, Reason.PASSTHROUGH)
+    fallback = None if unswitched else settings.routing.fallback_for(decision.tier)
+    if decision.cascade:
+        plan = CascadePlan(
+            request=body,
+            rules=resources.check_rules,
+            hold_tokens=settings.cascade.hold_tokens,
+            hold_s=settings.cascade.hold_ms / 1000,
+            strip_logprobs=add_logprobs,
+        )
+        return CascadeExchange(resources.pool, fallback, prepare, request.headers.raw, started, finish, plan)
+    return Exchange(
+        resources.pool,
+        decision.tier,
+        fallback,
+        prepare,
+        request.headers.raw,
+        started,
+        finish,
+        path=endpoint.upstream_path,
+        from_root=endpoint.from_root,
+    )
+
+
+async def admitted(request: Request, resources: Resources, *, with_body: bool = True) -> bytes:
+    """The body (``with_body``), once the client key is checked; then a slot is taken."""
+    check_client_key(request, resources.client_key_digests)
+    # The slot is taken once the whole body is in: a client sending its body slowly holds no slot.
+    raw = await read_request_body(request, resources.settings) if with_body else b""
+    resources.admit()
+    return raw
 
 
 async def read_request_body(request: Request, settings: Settings) -> bytes:
@@ -134,37 +170,42 @@ def parse_request(raw: bytes, request: Request, endpoint: Endpoint = CHAT) -> tu
     return body, pop_hints(body, request.headers)
 
 
-def _rejected(resources: Resources, exc: RouteproxyError, request_id: str) -> Response:
+def rejected(resources: Resources, exc: RouteproxyError, request_id: str) -> Response:
     resources.metrics.rejected(exc.status_code)
     log.info("request_rejected", request_id=request_id, status=exc.status_code, error=exc.message)
     return error_response(exc, request_id)
 
 
-def _relay(
+def exchange_hooks(
     resources: Resources,
-    request: Request,
     endpoint: Endpoint,
     body: dict[str, Any],
     decision: RouteDecision,
     request_id: str,
     started: float,
     classify_s: float | None,
-    cascade: bool,
-) -> Exchange:
+    cascade: bool = False,
+    *,
+    add_logprobs: bool = False,
+    raw: bytes | None = None,
+) -> tuple[Prepare, Callable[[RelayResult], None]]:
+    """What an exchange calls before each upstream attempt (the body and the client's extra headers) and once at
+    the end (release the slot, count, log). ``raw``: a body sent as it came, never rewritten (empty: none)."""
     settings = resources.settings
     overhead_header: list[tuple[bytes, bytes]] = []
     overhead_s: list[float] = []
     # A passthrough request naming a model of its own (an embedding model, say) keeps it.
     keep_model = decision.reason is Reason.PASSTHROUGH and body.get("model") not in (None, settings.routing.auto_model)
-    # The one body rewrite: the cascade's check may ask the small tier for logprobs the client did not ask for.
-    add_logprobs = decision.cascade and settings.cascade.request_logprobs and not body.get("logprobs")
 
     def prepare(tier: Tier, fallback_reason: str | None) -> tuple[bytes, RawHeaders]:
         """The request body and the client's extra response headers, for the tier about to be tried."""
         config = settings.tiers[tier]
-        if not keep_model:
-            body["model"] = config.upstream_model
-        payload = orjson.dumps({**body, "logprobs": True} if add_logprobs and tier is Tier.SMALL else body)
+        if raw is not None:
+            payload = raw
+        else:
+            if not keep_model:
+                body["model"] = config.upstream_model
+            payload = orjson.dumps({**body, "logprobs": True} if add_logprobs and tier is Tier.SMALL else body)
         headers = [
             (name.encode(), value.encode("utf-8", "replace"))
             for name, value in response_headers(decision, config.label, config.model).items()
@@ -198,30 +239,7 @@ def _relay(
                 endpoint=None if endpoint is CHAT else endpoint.name,
             )
 
-    # A pinned request named its model: it is not switched to the other one behind the client's back; nor is a
-    # passthrough request, whose endpoint the other tier may not serve.
-    unswitched = decision.reason in (Reason.PINNED, Reason.PASSTHROUGH)
-    fallback = None if unswitched else settings.routing.fallback_for(decision.tier)
-    if decision.cascade:
-        plan = CascadePlan(
-            request=body,
-            rules=resources.check_rules,
-            hold_tokens=settings.cascade.hold_tokens,
-            hold_s=settings.cascade.hold_ms / 1000,
-            strip_logprobs=add_logprobs,
-        )
-        return CascadeExchange(resources.pool, fallback, prepare, request.headers.raw, started, finish, plan)
-    return Exchange(
-        resources.pool,
-        decision.tier,
-        fallback,
-        prepare,
-        request.headers.raw,
-        started,
-        finish,
-        path=endpoint.upstream_path,
-        from_root=endpoint.from_root,
-    )
+    return prepare, finish
 
 
 def _decision(decision: RouteDecision, outcome: Outcome, request_id: str, label: str, period: int) -> Decision:

@@ -13,10 +13,11 @@ Header policy (what crosses the proxy):
 - upstream -> client: everything except hop-by-hop headers, ``content-length`` and ``content-encoding``
   of a body we re-frame, and any upstream ``x-request-id`` (the client gets its own id back).
 
-A request is sent once. aiohttp retries a request on a fresh connection only for idempotent methods, never for
-our POST; it takes a pooled connection only when the connection is still open and younger than the keep-alive
-expiry. So a request is re-sent only when it provably never left: the connection could not be made (and then only
-to the fallback tier, by the relay) or the pooled connection was known closed before anything was written.
+A POST is sent once. aiohttp retries a request on a fresh connection only for idempotent methods (the GET and
+DELETE of a stored response, which are safe to ask twice), never for a POST; it takes a pooled connection only
+when the connection is still open and younger than the keep-alive expiry. So a POST is re-sent only when it
+provably never left: the connection could not be made (and then only to the fallback tier, by the relay) or the
+pooled connection was known closed before anything was written.
 """
 
 from __future__ import annotations
@@ -70,9 +71,16 @@ RawHeaders = list[tuple[bytes, bytes]]
 
 
 def request_headers(
-    client_headers: RawHeaders, tier: TierConfig, request_id: str, *, forward_client_auth: bool = True
+    client_headers: RawHeaders,
+    tier: TierConfig,
+    request_id: str,
+    *,
+    forward_client_auth: bool = True,
+    json_body: bool = True,
 ) -> CIMultiDict[str]:
-    """The upstream request's headers, in the type aiohttp keeps them in (ASGI's bytes read as latin-1)."""
+    """The upstream request's headers, in the type aiohttp keeps them in (ASGI's bytes read as latin-1).
+
+    ``json_body`` false: the request has no body (a GET, a DELETE), so it has no content type either."""
     drop_auth = bool(tier.api_key) or not forward_client_auth
     # Headers the client's Connection header names are hop-by-hop for this one hop (RFC 9110 section 7.6.1).
     named = {
@@ -91,7 +99,8 @@ def request_headers(
     if tier.api_key:
         headers.add("authorization", "Bearer " + tier.api_key)
     headers.add("accept-encoding", "identity")
-    headers.add("content-type", "application/json")  # the body is the JSON we serialised
+    if json_body:
+        headers.add("content-type", "application/json")  # the body is the JSON we serialised (or checked)
     headers.add("x-request-id", request_id)
     return headers
 
@@ -214,13 +223,18 @@ class _Route:
         """The base URL + ``path`` (its origin + ``path`` when ``from_root``), built once per path."""
         url = self._urls.get((path, from_root))
         if url is None:
-            base = self._base
-            prefix = base.path.rstrip("/").encode()
-            full = (root_prefix(prefix) if from_root else prefix).decode() + path
-            # encoded=True: the base URL's query (`?api-version=...`) goes upstream exactly as configured.
-            url = URL(urlunsplit((base.scheme, base.netloc, full, base.query, "")), encoded=True)
-            self._urls[path, from_root] = url
+            url = self._urls[path, from_root] = self.build_url(path, from_root)
         return url
+
+    def build_url(self, path: str, from_root: bool, query: str = "") -> URL:
+        """The URL for ``path``, with the client's ``query`` (already percent-encoded) after the base URL's own."""
+        base = self._base
+        prefix = base.path.rstrip("/").encode()
+        full = (root_prefix(prefix) if from_root else prefix).decode() + path
+        # encoded=True: the base URL's query (`?api-version=...`) and the client's go upstream exactly as they came.
+        return URL(
+            urlunsplit((base.scheme, base.netloc, full, "&".join(filter(None, (base.query, query))), "")), encoded=True
+        )
 
     def open_session(self) -> aiohttp.ClientSession:
         # Created on first use, inside the running event loop that will serve it (and so are the slots).
@@ -281,14 +295,22 @@ class UpstreamPool:
         *,
         path: str = "/chat/completions",
         from_root: bool = False,
+        method: str = "POST",
+        query: str | None = None,
     ) -> UpstreamResponse:
-        """POST the request to the tier's base URL + ``path`` (its origin + ``path`` when ``from_root``) and wait
-        for the response headers."""
+        """Send the request to the tier's base URL + ``path`` (its origin + ``path`` when ``from_root``) and wait
+        for the response headers. An empty ``body`` is not sent. A path holding a client's value (a stored
+        response's id) comes with the client's ``query`` (``""`` for none): its URL is built afresh, not kept."""
         route = self._routes[tier]
         config = route.config
         headers = request_headers(
-            client_headers, config, os.urandom(16).hex(), forward_client_auth=self.forward_client_auth
+            client_headers,
+            config,
+            os.urandom(16).hex(),
+            forward_client_auth=self.forward_client_auth,
+            json_body=bool(body),
         )
+        url = route.url(path, from_root) if query is None else route.build_url(path, from_root, query)
         session = route.session or route.open_session()
         slots = route.slots
         if slots.locked():
@@ -305,8 +327,8 @@ class UpstreamPool:
         else:
             await slots.acquire()
         try:
-            response = await session.post(
-                route.url(path, from_root), data=body, headers=headers, allow_redirects=False, proxy=route.proxy
+            response = await session.request(
+                method, url, data=body or None, headers=headers, allow_redirects=False, proxy=route.proxy
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             slots.release()

@@ -1,5 +1,5 @@
 """The `routeproxy` command: a thin mapping of flags onto settings; the subcommands' bodies live in
-``routeproxy.commands``. With config.py, the only reader of the environment (``commands.serve`` also writes the
+``routeproxy.commands``. With settings/load.py, the only reader of the environment (``commands.serve`` also writes the
 effective overrides there for ``--workers N`` child processes)."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from routeproxy.commands.bench import cmd_bench
 from routeproxy.commands.routing import cmd_classify, cmd_eval, cmd_explain
 from routeproxy.commands.serve import cmd_check_config, cmd_serve, cmd_simulate
 from routeproxy.commands.stats import cmd_stats
-from routeproxy.config import SETTINGS_BY_KEY, Tier
 from routeproxy.errors import ConfigError
+from routeproxy.settings import SETTINGS_BY_KEY, Tier
 
 
 def _setting_flag(sub: argparse.ArgumentParser, flag: str, key: str, **options: Any) -> None:

@@ -11,9 +11,9 @@ from support.processes import served  # noqa: F401  (routeproxy processes, stopp
 from support.redis_server import cluster_redis_server, persistent_redis_server, redis_server  # noqa: F401
 from support.upstreams import ProxyFactory, ScriptedUpstream, fast_profile, settings_for
 
-from routeproxy.app import create_app
-from routeproxy.config import Tier
-from routeproxy.server import GuardedHttpToolsProtocol
+from routeproxy.api.app import create_app
+from routeproxy.api.server import GuardedHttpToolsProtocol
+from routeproxy.settings import Tier
 from routeproxy.sim.simulator import create_simulator_app
 from routeproxy.sim.threadserver import ThreadedServer
 

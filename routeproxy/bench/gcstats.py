@@ -45,8 +45,8 @@ gc.callbacks.append(timed)
 signal.signal(signal.SIGUSR1, zero)
 signal.signal(signal.SIGUSR2, report)
 if os.environ.get("GCSTATS_DEFAULT_GC"):
-    import routeproxy.heap
-    routeproxy.heap.settle_heap = lambda: None
+    import routeproxy.api.heap
+    routeproxy.api.heap.settle_heap = lambda: None
 from routeproxy.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -22,9 +22,9 @@ from typing import Any
 
 import httpx
 
-from routeproxy.app import create_app
-from routeproxy.config import LogConfig, Tier, load_settings
-from routeproxy.logs import configure_logging
+from routeproxy.api.app import create_app
+from routeproxy.api.logs import configure_logging
+from routeproxy.settings import LogConfig, Tier, load_settings
 from routeproxy.sim.profile import seed_profile
 from routeproxy.sim.simulator import create_simulator_app
 from routeproxy.sim.threadserver import ThreadedServer

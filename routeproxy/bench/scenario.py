@@ -15,7 +15,7 @@ from routeproxy.bench.procs import Proc, proxy_env, spawn
 from routeproxy.bench.run import Target
 from routeproxy.bench.session import Session
 from routeproxy.bench.table import Table
-from routeproxy.config import SETTINGS_BY_KEY
+from routeproxy.settings import SETTINGS_BY_KEY
 
 # The seed report's "Performance Projections": ratio -> (share to 3B in %, stated average latency in ms).
 SEED_PROJECTIONS = {0.3: (45, 3550), 0.5: (60, 3075), 0.8: (72, 2835)}

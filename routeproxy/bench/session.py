@@ -1,18 +1,34 @@
-"""The bench session: the processes shared by the workloads, started on first use and stopped at the end."""
+"""The bench session: its options, and the processes shared by the workloads, started on first use and stopped at
+the end."""
 
 from __future__ import annotations
 
 import os
 from contextlib import ExitStack
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from routeproxy.bench.loadgen import check_loopback
 from routeproxy.bench.procs import Cores, Proc, proxy_env, spawn
 from routeproxy.bench.run import Target
 
-if TYPE_CHECKING:
-    from routeproxy.bench.workloads import BenchOptions
+WORKLOADS = ("latency", "throughput", "stream", "paced", "memory", "classifier", "scenario", "cascade")
+DEFAULT_WORKLOADS = ("latency", "throughput", "stream", "paced", "memory", "classifier")
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    workloads: tuple[str, ...] = DEFAULT_WORKLOADS
+    requests: int | None = None  # overrides each workload's own cap
+    duration: float | None = None  # seconds per run; overrides each workload's own cap
+    concurrency: tuple[int, ...] = ()
+    workers: int = 1
+    redis_url: str | None = None
+    upstream: str | None = None
+    speed: float = 10.0  # scenario: the seed's latencies divided by this
+    rules: str = "general"  # classifier workload's rule set
+    small_model: str = "meta-llama/Llama-3.2-3B-Instruct"
+    large_model: str = "meta-llama/Llama-3.1-8B-Instruct"
 
 
 def parse_upstream(url: str) -> tuple[str, int, str]:

@@ -21,7 +21,6 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -30,30 +29,12 @@ from routeproxy.bench.cascade import workload_cascade
 from routeproxy.bench.loadgen import LoadResult, run_async, run_load
 from routeproxy.bench.run import _FAST, Target, measure, measure_wrk
 from routeproxy.bench.scenario import workload_scenario
-from routeproxy.bench.session import Session, parse_upstream
+from routeproxy.bench.session import WORKLOADS, BenchOptions, Session, parse_upstream
 from routeproxy.bench.table import Table
-
-WORKLOADS = ("latency", "throughput", "stream", "paced", "memory", "classifier", "scenario", "cascade")
-DEFAULT_WORKLOADS = ("latency", "throughput", "stream", "paced", "memory", "classifier")
 
 # A short factual question: SIMPLE under the default rules, so with routing on it goes to the small tier,
 # whose model id the single upstream serves.
 _PROMPT = "What is the capital of France?"
-
-
-@dataclass(frozen=True, slots=True)
-class BenchOptions:
-    workloads: tuple[str, ...] = DEFAULT_WORKLOADS
-    requests: int | None = None  # overrides each workload's own cap
-    duration: float | None = None  # seconds per run; overrides each workload's own cap
-    concurrency: tuple[int, ...] = ()
-    workers: int = 1
-    redis_url: str | None = None
-    upstream: str | None = None
-    speed: float = 10.0  # scenario: the seed's latencies divided by this
-    rules: str = "general"  # classifier workload's rule set
-    small_model: str = "meta-llama/Llama-3.2-3B-Instruct"
-    large_model: str = "meta-llama/Llama-3.1-8B-Instruct"
 
 
 def chat_body(*, stream: bool) -> dict[str, Any]:
@@ -297,8 +278,8 @@ def max_overlap(result: LoadResult) -> int:
 
 
 def workload_classifier(session: Session) -> Table:
-    from routeproxy.classify import Classifier, load_rules
     from routeproxy.evaluate.routing import bench_classifier
+    from routeproxy.routing.classify import Classifier, load_rules
 
     text = bench_classifier(Classifier(load_rules(session.options.rules)))
     header, *lines = text.splitlines()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from routeproxy.config import Settings, load_settings
+from routeproxy.settings import Settings, load_settings
 
 
 def settings_for(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Settings:

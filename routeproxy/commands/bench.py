@@ -7,11 +7,12 @@ import argparse
 import sys
 
 from routeproxy.commands import routing_overrides, settings_for
-from routeproxy.config import Tier
+from routeproxy.settings import Tier
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from routeproxy.bench.workloads import DEFAULT_WORKLOADS, BenchOptions, render_json, render_text, run_bench
+    from routeproxy.bench.session import DEFAULT_WORKLOADS, BenchOptions
+    from routeproxy.bench.workloads import render_json, render_text, run_bench
 
     if args.scenario == "rollout":
         return _bench_rollout(args)

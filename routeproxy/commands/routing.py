@@ -14,8 +14,8 @@ from typing import Any, TextIO
 import orjson
 
 from routeproxy.commands import routing_overrides, settings_for
-from routeproxy.config import Settings
 from routeproxy.errors import ConfigError
+from routeproxy.settings import Settings
 
 
 def _explain_body(prompt: str, query_type: str | None, entities: str | None) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def _explain_body(prompt: str, query_type: str | None, entities: str | None) -> 
 
 
 def _decide(router: Any, settings: Settings, body: dict[str, Any], headers: dict[str, str]) -> Any:
-    from routeproxy.parse import parse_chat_body, pop_hints
+    from routeproxy.wire.parse import parse_chat_body, pop_hints
 
     body = parse_chat_body(orjson.dumps(body))
     hints = pop_hints(body, headers)
@@ -48,14 +48,14 @@ def _decide(router: Any, settings: Settings, body: dict[str, Any], headers: dict
 
 
 def _router(settings: Settings) -> Any:
-    from routeproxy.classify import Classifier, load_rules
-    from routeproxy.route import Router
+    from routeproxy.routing.classify import Classifier, load_rules
+    from routeproxy.routing.route import Router
 
     return Router(settings, Classifier(load_rules(settings.routing.rules)))
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from routeproxy.route import explain
+    from routeproxy.routing.route import explain
 
     settings = settings_for(args, routing_overrides(args))
     decision = _decide(_router(settings), settings, _explain_body(args.prompt, args.query_type, args.entities), {})
@@ -127,7 +127,7 @@ def _classify_lines(lines: TextIO, router: Any, settings: Settings) -> int:
 
 def _classify_answers(source: str, rules_name: str) -> int:
     """The cascade's answer check on JSON lines {id, messages, small_answer, ...}: what the proxy would decide."""
-    from routeproxy.escalation import load_check_rules
+    from routeproxy.cascade.check import load_check_rules
     from routeproxy.evaluate.cascade import AnswerFileError, classify_answers, read_rows
 
     rules = load_check_rules(rules_name)
@@ -142,7 +142,7 @@ def _classify_answers(source: str, rules_name: str) -> int:
 
 
 def _eval_cascade(args: argparse.Namespace) -> int:
-    from routeproxy.escalation import load_check_rules
+    from routeproxy.cascade.check import load_check_rules
     from routeproxy.evaluate.cascade import (
         DEFAULT_HOLD_TOKENS,
         AnswerFileError,
@@ -200,8 +200,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.file:
         print("routeproxy eval: give a labelled prompts file, or --cascade FILE of labelled answers", file=sys.stderr)
         return 2
-    from routeproxy.classify import Classifier, load_rules
     from routeproxy.evaluate.routing import ExampleFileError, evaluate, format_report, load_examples, report_as_dict
+    from routeproxy.routing.classify import Classifier, load_rules
 
     settings = settings_for(args, routing_overrides(args))
     classifier = Classifier(load_rules(settings.routing.rules))

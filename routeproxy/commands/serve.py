@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from routeproxy.commands import settings_for
-from routeproxy.config import SETTINGS_BY_KEY, Settings, Tier
+from routeproxy.settings import SETTINGS_BY_KEY, Settings, Tier
 
 if TYPE_CHECKING:
     from routeproxy.sim.threadserver import ThreadedServer
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from routeproxy.logs import configure_logging
-    from routeproxy.startup import check_startable
+    from routeproxy.api.logs import configure_logging
+    from routeproxy.api.startup import check_startable
 
     if args.speed is not None and not args.simulate:
         print(
@@ -49,9 +49,9 @@ def _serve(
     import structlog
     import uvicorn
 
-    from routeproxy.app import create_app
-    from routeproxy.heap import settle_heap
-    from routeproxy.server import uvicorn_options
+    from routeproxy.api.app import create_app
+    from routeproxy.api.heap import settle_heap
+    from routeproxy.api.server import uvicorn_options
 
     if args.simulate:
         overrides.update(_start_simulators(settings, simulators))
@@ -86,7 +86,9 @@ def _serve(
         metrics_dir = tempfile.mkdtemp(prefix="routeproxy-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         try:
-            uvicorn.run("routeproxy.app:app_from_environment", factory=True, workers=settings.server.workers, **options)
+            uvicorn.run(
+                "routeproxy.api.app:app_from_environment", factory=True, workers=settings.server.workers, **options
+            )
         finally:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
@@ -124,8 +126,8 @@ def _announce(settings: Settings, *, simulate: bool) -> None:
     """The start-up summary: readable lines on a console, one ``startup`` event in JSON logs."""
     import structlog
 
-    from routeproxy.logs import console_format
-    from routeproxy.startup import summary, summary_lines
+    from routeproxy.api.logs import console_format
+    from routeproxy.api.startup import summary, summary_lines
 
     fields = summary(settings, simulate=simulate)
     if settings.logging.level not in ("debug", "info"):
@@ -211,7 +213,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Fails exactly when ``serve`` (with the same flags) would fail at start, and prints its start-up summary."""
-    from routeproxy.startup import check_startable, summary, summary_lines
+    from routeproxy.api.startup import check_startable, summary, summary_lines
 
     settings = settings_for(args, _serve_overrides(args))
     check_startable(settings, simulate=args.simulate)

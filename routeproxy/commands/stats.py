@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from routeproxy.commands import settings_for
-from routeproxy.config import RoutingMode, Settings
+from routeproxy.settings import RoutingMode, Settings
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -18,10 +18,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
     import httpx
 
-    from routeproxy.analysis import format_ab_lines, format_rollout_lines
+    from routeproxy.api.logs import configure_logging
+    from routeproxy.counters.stats import format_stats_table
     from routeproxy.errors import CounterStoreUnavailable
-    from routeproxy.logs import configure_logging
-    from routeproxy.stats import format_stats_table
+    from routeproxy.quality.analysis import format_ab_lines, format_rollout_lines
 
     overrides = {"counters.redis_url": args.redis_url} if args.redis_url else {}
     settings = settings_for(args, overrides)
@@ -78,9 +78,9 @@ def _in_force(name: str, shared: Any, replicas: dict[str, dict[str, Any]], own: 
 
 
 async def _stats_from_redis(settings: Settings) -> dict[str, Any]:
-    from routeproxy.admin import stats_json
-    from routeproxy.controller import open_rollout
-    from routeproxy.redis_store import RedisCounterStore
+    from routeproxy.api.admin import stats_json
+    from routeproxy.counters.redis_store import RedisCounterStore
+    from routeproxy.quality.open import open_rollout
 
     config = settings.counters
     assert config.redis_url is not None

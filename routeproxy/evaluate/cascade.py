@@ -24,9 +24,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from routeproxy.config import SETTINGS_BY_KEY
-from routeproxy.escalation import AnswerView, CheckRules, StreamAnswer, check_answer
+from routeproxy.cascade.check import AnswerView, CheckRules, StreamAnswer, check_answer
 from routeproxy.evaluate.metrics import apgr, cpt, pgr_curve, quantile, random_apgr_band
+from routeproxy.settings import SETTINGS_BY_KEY
 
 # The proxy's default hold (setting cascade.hold_tokens), chosen with `routeproxy eval --cascade ... --hold-tokens N`:
 # at 64 tokens the prefix keeps little of the whole answer's APGR, at 128 it keeps it (short answers have ended by

@@ -22,7 +22,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from routeproxy.escalation import AnswerView, CheckRules, answer_signals
+from routeproxy.cascade.check import AnswerView, CheckRules, answer_signals
 from routeproxy.evaluate.cascade import AnswerRow, prefix_view, rows_by_pair, whole_view
 from routeproxy.evaluate.metrics import apgr, pgr_curve
 

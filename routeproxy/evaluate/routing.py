@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from routeproxy.classify import Classifier, Complexity
 from routeproxy.evaluate.metrics import apgr, cpt, oracle_quality, pgr_curve, quantile, random_apgr_band
+from routeproxy.routing.classify import Classifier, Complexity
 
 MEDIUM_LARGE_SHARE = 0.5  # 1 - ab_test_ratio at its default
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from routeproxy.parse import last_user_text
+from routeproxy.wire.parse import last_user_text
 
 WORDS = (
     "the", "model", "routes", "each", "request", "to", "a", "small", "or", "large", "tier", "and", "answers",

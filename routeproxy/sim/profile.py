@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from routeproxy.config import Tier
+from routeproxy.settings import Tier
 from routeproxy.sim.wire import Dialect
 
 

@@ -24,7 +24,7 @@ Fault controls, read from request headers so that they pass through a proxy:
 
 Weak answers (``SimProfile.weak_share`` in ``routeproxy.sim.profile``, ``routeproxy simulate --weak-share``): on that
 share of prompts, chosen by a hash of the messages, the answer is a short refusal instead, as a small model gives on
-prompts beyond it. It lets the cascade's answer check (routeproxy.escalation) see weak answers from a simulated small
+prompts beyond it. It lets the cascade's answer check (routeproxy.cascade.check) see weak answers from a simulated small
 tier.
 
 Observability: ``GET /_sim/requests`` (the last 100 requests: method, path, lowercased headers, parsed JSON
@@ -50,7 +50,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from routeproxy.route import stable_draw
+from routeproxy.routing.route import stable_draw
 from routeproxy.sim import pooling
 from routeproxy.sim.content import (
     ToolCall,

@@ -11,13 +11,15 @@ from support.redis_server import RedisServer, persistent_redis_server, redis_ser
 from support.upstreams import LABELS
 from support.wait import eventually_async
 
-from routeproxy.classify import Complexity
-from routeproxy.config import CounterConfig, Tier
-from routeproxy.counters import CounterStore, MemoryCounterStore, open_store
-from routeproxy.redis_layout import KEY_LAYOUT_MARKDOWN, RedisKeys
-from routeproxy.redis_store import RedisCounterStore
-from routeproxy.runtime import RuntimeConfig
-from routeproxy.stats import BUCKETS_MS, Outcome, Snapshot, format_stats_table, outcome_fields, render_stats
+from routeproxy.counters.keys import KEY_LAYOUT_MARKDOWN, RedisKeys
+from routeproxy.counters.memory import MemoryCounterStore
+from routeproxy.counters.open import open_store
+from routeproxy.counters.redis_store import RedisCounterStore
+from routeproxy.counters.stats import BUCKETS_MS, Outcome, Snapshot, format_stats_table, outcome_fields, render_stats
+from routeproxy.counters.store import CounterStore
+from routeproxy.routing.classify import Complexity
+from routeproxy.settings import CounterConfig, Tier
+from routeproxy.settings.runtime import RuntimeConfig
 
 COSTS = {Tier.SMALL: 0.375, Tier.LARGE: 1.0}
 SEED_KEYS = [

@@ -4,10 +4,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.upstreams import LABELS
 
-from routeproxy.classify import Complexity
-from routeproxy.config import Tier
-from routeproxy.metrics import LATENCY_BUCKETS_S, SERIES, Metrics
-from routeproxy.stats import Outcome, status_class
+from routeproxy.counters.metrics import LATENCY_BUCKETS_S, SERIES, Metrics
+from routeproxy.counters.stats import Outcome, status_class
+from routeproxy.routing.classify import Complexity
+from routeproxy.settings import Tier
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

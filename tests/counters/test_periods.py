@@ -11,7 +11,7 @@ from support.redis_server import RedisServer, redis_server  # noqa: F401
 from support.wait import eventually_async
 from test_counters import MIXED, StoreFactory, open_redis_store, totals  # noqa: F401
 
-from routeproxy.redis_layout import RedisKeys
+from routeproxy.counters.keys import RedisKeys
 
 
 async def test_a_reset_reaches_every_replica_before_it_counts_again(

@@ -20,7 +20,7 @@ from support.upstreams import ProxyFactory
 from support.wait import eventually
 from test_counters import SEED_KEYS
 
-from routeproxy.config import Tier
+from routeproxy.settings import Tier
 from routeproxy.sim.threadserver import ThreadedServer
 
 PROMPTS = [
@@ -207,7 +207,7 @@ def test_redis_paused_mid_load_fails_or_stalls_no_request_and_totals_stay_exact(
     [("127.0.0.1", True), ("127.8.9.1", True), ("::1", True), ("10.1.2.3", False), ("192.168.0.7", False), ("", False)],
 )
 def test_admin_endpoints_without_a_token_answer_loopback_clients_only(client_host: str, allowed: bool) -> None:
-    from routeproxy.auth import is_loopback
+    from routeproxy.wire.auth import is_loopback
 
     assert is_loopback(client_host) is allowed
 

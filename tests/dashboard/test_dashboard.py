@@ -20,7 +20,7 @@ from support.redis_server import RedisServer
 from support.upstreams import ProxyFactory
 from support.wait import eventually
 
-from routeproxy.config import Tier
+from routeproxy.settings import Tier
 from routeproxy.sim.threadserver import ThreadedServer
 
 ADMIN_TOKEN = "admin-token-for-the-dashboard-test"

@@ -5,15 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from routeproxy.config import (
+from routeproxy.errors import ConfigError
+from routeproxy.settings import (
     SETTINGS,
-    ConfigError,
     StickyKey,
     Tier,
     UpstreamKind,
     load_settings,
 )
-from routeproxy.config_tiers import is_hugging_face
+from routeproxy.settings.tier_config import is_hugging_face
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -26,8 +26,8 @@ import yaml
 from support.upstreams import LABELS
 
 from routeproxy.cli import build_parser
-from routeproxy.config import SETTINGS, Tier, UpstreamKind, load_settings
-from routeproxy.metrics import VERDICTS, Metrics
+from routeproxy.counters.metrics import VERDICTS, Metrics
+from routeproxy.settings import SETTINGS, Tier, UpstreamKind, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -432,7 +432,7 @@ def test_dashboard_queries_only_series_that_metrics_exposes() -> None:
     assert queries
     exposed = exposed_sample_names()
     queried = {name for query in queries for name in re.findall(r"\brouteproxy_[a-z0-9_]+", query)}
-    assert queried <= exposed, f"not exposed by routeproxy.metrics: {sorted(queried - exposed)}"
+    assert queried <= exposed, f"not exposed by routeproxy.counters.metrics: {sorted(queried - exposed)}"
 
 
 def test_dashboard_covers_the_ab_metrics() -> None:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import ast
 import json
+import re
 import subprocess
 import sys
 
@@ -10,7 +12,7 @@ from support.processes import ROOT
 TOOLS = ("routeproxy.sim", "routeproxy.bench", "routeproxy.evaluate")
 
 
-@pytest.mark.parametrize("module", ["routeproxy.app", "routeproxy.cli"])
+@pytest.mark.parametrize("module", ["routeproxy.api.app", "routeproxy.cli"])
 def test_the_request_path_and_the_command_import_no_tool_subpackage(module: str) -> None:
     # A fresh interpreter: this test process has imported the tools already.
     loaded = subprocess.run(
@@ -30,3 +32,86 @@ def test_every_subpackage_ships_in_the_wheel() -> None:
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     on_disk = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "routeproxy").rglob("__init__.py")}
     assert on_disk - listed == set()
+
+
+# -- the layout table (README) against the tree and the import graph --
+
+LAYOUT_DOC = ROOT / "README.md"
+TOOL_PACKAGES = ("sim", "bench", "evaluate")
+
+
+def _layout_rows() -> list[tuple[str, str]]:
+    """(package, module) for every module the layout tables name, in table order ("" = the top level)."""
+    text = LAYOUT_DOC.read_text()
+    start = text.index("<!-- layout-table")
+    rows: list[tuple[str, str]] = []
+    package = ""
+    for line in text[start:].splitlines()[1:]:
+        if not line.startswith("|"):
+            if rows and line.strip() and not line.startswith("The tools"):
+                break
+            continue
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if cells[0] in ("package", "---"):
+            continue
+        if cells[0]:
+            package = cells[0].strip("`").removeprefix("routeproxy/").rstrip("/")
+        rows += [(package, name) for name in re.findall(r"`([\w.]+\.py)`", cells[1])]
+    return rows
+
+
+def _modules_on_disk() -> set[tuple[str, str]]:
+    found = set()
+    for path in (ROOT / "routeproxy").rglob("*.py"):
+        package = path.parent.relative_to(ROOT / "routeproxy").as_posix()
+        package = "" if package == "." else package
+        if path.name != "__init__.py" or package == "dashboard" or package == "":
+            found.add((package, path.name))
+    return found - {("", "__init__.py")}
+
+
+def test_the_layout_table_names_every_module_and_only_those() -> None:
+    rows = _layout_rows()
+    assert len(rows) == len(set(rows)), "a module is named twice"
+    assert set(rows) == _modules_on_disk()
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """package -> the routeproxy packages its modules import ("" = a top-level module such as errors.py)."""
+    imports: dict[str, set[str]] = {}
+    for path in (ROOT / "routeproxy").rglob("*.py"):
+        relative = path.relative_to(ROOT / "routeproxy").parts
+        package = relative[0] if len(relative) > 1 else path.stem
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("routeproxy."):
+                target = node.module.split(".")[1]
+                if target != package:
+                    imports.setdefault(package, set()).add(target)
+    return imports
+
+
+def test_imports_run_down_the_layout_table() -> None:
+    # The request path's packages, top to bottom as the table lists them; each imports only those below it.
+    order: list[str] = []
+    for package, module in _layout_rows():
+        name = package or module.removesuffix(".py")
+        if package == "" and module in ("cli.py", "__main__.py"):
+            name = module.removesuffix(".py")
+        if name not in order and name not in TOOL_PACKAGES:
+            order.append(name)
+    imports = _package_imports()
+    upward = {
+        (package, target)
+        for package, targets in imports.items()
+        if package in order
+        for target in targets
+        if target in order and order.index(target) <= order.index(package)
+    }
+    assert upward == set()
+    assert {
+        (package, tool)
+        for package, targets in imports.items()
+        if package in order and package not in ("cli", "commands")
+        for tool in targets
+        if tool in TOOL_PACKAGES
+    } == set()

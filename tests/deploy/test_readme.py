@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from routeproxy.config import settings_table
-from routeproxy.redis_layout import KEY_LAYOUT_MARKDOWN, PERIOD_RULES_MARKDOWN
+from routeproxy.counters.keys import KEY_LAYOUT_MARKDOWN, PERIOD_RULES_MARKDOWN
+from routeproxy.settings import settings_table
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
 def test_settings_table_is_current() -> None:
-    assert settings_table() in README, "paste routeproxy.config.settings_table() into the README"
+    assert settings_table() in README, "paste routeproxy.settings.settings_table() into the README"
 
 
 def test_redis_key_layout_is_current() -> None:
-    assert KEY_LAYOUT_MARKDOWN.strip() in README, "paste routeproxy.redis_layout.KEY_LAYOUT_MARKDOWN into the README"
+    assert KEY_LAYOUT_MARKDOWN.strip() in README, "paste routeproxy.counters.keys.KEY_LAYOUT_MARKDOWN into the README"
     assert PERIOD_RULES_MARKDOWN.strip() in README, (
-        "paste routeproxy.redis_layout.PERIOD_RULES_MARKDOWN into the README"
+        "paste routeproxy.counters.keys.PERIOD_RULES_MARKDOWN into the README"
     )
 
 

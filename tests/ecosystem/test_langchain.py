@@ -17,7 +17,7 @@ import pytest
 from langchain_skips import SKIPS
 from support.upstreams import ProxyFactory, fast_profile
 
-from routeproxy.config import Tier
+from routeproxy.settings import Tier
 from routeproxy.sim.simulator import create_simulator_app
 from routeproxy.sim.threadserver import ThreadedServer
 from routeproxy.sim.wire import Dialect

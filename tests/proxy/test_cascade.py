@@ -22,9 +22,9 @@ from support.processes import Served, serve
 from support.upstreams import ProxyFactory, settings_for
 from support.wait import eventually, eventually_async
 
-from routeproxy.app import create_app
-from routeproxy.config import Tier
+from routeproxy.api.app import create_app
 from routeproxy.errors import ConfigError
+from routeproxy.settings import Tier
 from routeproxy.sim.threadserver import ThreadedServer
 from routeproxy.tasks import spawn
 

@@ -15,10 +15,10 @@ from support.ports import free_port
 from support.upstreams import LARGE_MODEL, SMALL_MODEL, ProxyFactory, ScriptedUpstream
 from support.wait import eventually
 
-from routeproxy.config import Tier
-from routeproxy.parse import prompt_messages
+from routeproxy.settings import Tier
 from routeproxy.sim.threadserver import ThreadedServer
-from routeproxy.upstream import root_prefix
+from routeproxy.wire.parse import prompt_messages
+from routeproxy.wire.upstream import root_prefix
 
 Scripted = Callable[..., tuple[ScriptedUpstream, ThreadedServer]]
 EMBEDDING = {

@@ -1,4 +1,4 @@
-"""The serving process settles its heap once the app is built (routeproxy/heap.py): both ways a proxy starts
+"""The serving process settles its heap once the app is built (routeproxy/api/heap.py): both ways a proxy starts
 (``serve`` in one process, and the factory ``--workers N`` processes call) leave the collector frozen past the
 start-up objects and with the raised young-generation threshold. Run in child processes: the collector's state is
 process-wide."""
@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 
-from routeproxy.heap import THRESHOLDS
+from routeproxy.api.heap import THRESHOLDS
 
 _ENV = {
     **os.environ,
@@ -29,7 +29,7 @@ sys.exit(main(["serve", "--port", "9"]))
 """
 _FACTORY = """
 import gc, json
-from routeproxy.app import app_from_environment
+from routeproxy.api.app import app_from_environment
 app_from_environment()
 print(json.dumps([gc.get_threshold(), gc.get_freeze_count()]))
 """

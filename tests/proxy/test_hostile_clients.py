@@ -13,9 +13,9 @@ import pytest
 from support import http
 from support.upstreams import ProxyFactory, fast_profile, settings_for
 
-from routeproxy.app import create_app
-from routeproxy.config import Tier
-from routeproxy.server import GuardedHttpToolsProtocol
+from routeproxy.api.app import create_app
+from routeproxy.api.server import GuardedHttpToolsProtocol
+from routeproxy.settings import Tier
 from routeproxy.sim.simulator import create_simulator_app
 from routeproxy.sim.threadserver import ThreadedServer
 

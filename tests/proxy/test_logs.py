@@ -12,11 +12,11 @@ import orjson
 
 SCRIPT = """
 import sys
-from routeproxy.classify import Complexity
-from routeproxy.config import Tier, load_settings
-from routeproxy.logs import configure_logging, log, log_request
-from routeproxy.relay import RelayResult
-from routeproxy.route import Reason, RouteDecision
+from routeproxy.routing.classify import Complexity
+from routeproxy.settings import Tier, load_settings
+from routeproxy.api.logs import configure_logging, log, log_request
+from routeproxy.wire.relay import RelayResult
+from routeproxy.routing.route import Reason, RouteDecision
 
 settings = load_settings(environ={}, overrides={"logging.format": "json", "logging.level": sys.argv[1]})
 configure_logging(settings.logging)

@@ -13,7 +13,7 @@ from support import http
 from support.processes import ROOT, Served, serve
 from support.upstreams import ProxyFactory
 
-from routeproxy.config import Tier
+from routeproxy.settings import Tier
 from routeproxy.sim.threadserver import ThreadedServer
 
 

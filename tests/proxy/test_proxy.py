@@ -15,7 +15,7 @@ from support.ports import free_port
 from support.upstreams import LARGE_MODEL, SMALL_MODEL, ProxyFactory, fast_profile
 from support.wait import eventually
 
-from routeproxy.config import Tier
+from routeproxy.settings import Tier
 from routeproxy.sim.simulator import create_simulator_app
 from routeproxy.sim.threadserver import ThreadedServer
 from routeproxy.sim.wire import Dialect

@@ -26,12 +26,12 @@ from support.redis_server import RedisServer
 from support.upstreams import ProxyFactory
 from support.wait import eventually, eventually_async
 
-from routeproxy.classify import Classifier, load_rules
-from routeproxy.config import Tier
 from routeproxy.errors import InvalidRequest
-from routeproxy.parse import parse_chat_body, pop_hints
+from routeproxy.routing.classify import Classifier, load_rules
+from routeproxy.settings import Tier
 from routeproxy.sim.threadserver import ThreadedServer
 from routeproxy.tasks import Repeating, spawn
+from routeproxy.wire.parse import parse_chat_body, pop_hints
 
 SIMPLE = [{"role": "user", "content": "Write a haiku about rain"}]  # SIMPLE: routed to the small tier
 

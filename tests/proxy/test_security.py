@@ -12,7 +12,7 @@ from support import http
 from support.processes import Served, serve
 from support.upstreams import ProxyFactory, fast_profile
 
-from routeproxy.config import Tier
+from routeproxy.settings import Tier
 from routeproxy.sim.simulator import create_simulator_app
 from routeproxy.sim.threadserver import ThreadedServer
 

@@ -18,7 +18,7 @@ from support import http
 from support.upstreams import ProxyFactory
 from support.wait import eventually
 
-from routeproxy.config import Tier
+from routeproxy.settings import Tier
 from routeproxy.sim.threadserver import ThreadedServer
 
 MESSAGES = [{"role": "user", "content": "How should a farm plan its feeding schedule?"}]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from routeproxy.sse import EVENT_ENDS, last_event_end
+from routeproxy.wire.sse import EVENT_ENDS, last_event_end
 
 
 @pytest.mark.parametrize(

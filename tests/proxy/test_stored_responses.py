@@ -13,10 +13,10 @@ from support import http
 from support.stored_upstream import StoredResponsesUpstream
 from support.upstreams import ProxyFactory
 
-from routeproxy.config import Tier
+from routeproxy.api.responses import upstream_id
 from routeproxy.errors import InvalidRequest
+from routeproxy.settings import Tier
 from routeproxy.sim.threadserver import ThreadedServer
-from routeproxy.stored import upstream_id
 
 Upstreams = dict[Tier, StoredResponsesUpstream]
 

@@ -18,8 +18,9 @@ from support import http
 from support.raw_upstream import RawUpstream, raw_upstream
 from support.upstreams import fast_profile, settings_for
 
-from routeproxy.app import create_app
-from routeproxy.config import ConfigError, Tier, load_settings
+from routeproxy.api.app import create_app
+from routeproxy.errors import ConfigError
+from routeproxy.settings import Tier, load_settings
 from routeproxy.sim.simulator import create_simulator_app
 from routeproxy.sim.threadserver import ThreadedServer
 

@@ -13,7 +13,7 @@ from support import http
 from support.raw_upstream import RawUpstream, raw_upstream, reset, response, wait_for
 from support.upstreams import ProxyFactory
 
-from routeproxy.config import Tier
+from routeproxy.settings import Tier
 
 CHAT = {"model": "auto", "messages": [{"role": "user", "content": "Write a haiku about rain"}]}
 ANSWER = orjson.dumps({"id": "chatcmpl-1", "object": "chat.completion", "choices": []})

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from routeproxy.analysis import analyse, format_ab_lines, render_ab
-from routeproxy.config import Tier
-from routeproxy.decisions import feedback_fields, regeneration_fields, score_units
-from routeproxy.quality import Thresholds, Verdict, newcombe
-from routeproxy.stats import Snapshot
+from routeproxy.counters.stats import Snapshot
+from routeproxy.quality.analysis import analyse, format_ab_lines, render_ab
+from routeproxy.quality.decisions import feedback_fields, regeneration_fields, score_units
+from routeproxy.quality.intervals import Thresholds, Verdict, newcombe
+from routeproxy.settings import Tier
 
 THRESHOLDS = Thresholds()
 LABELS = {Tier.SMALL: "3b", Tier.LARGE: "8b"}

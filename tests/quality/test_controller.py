@@ -8,15 +8,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from support.redis_server import RedisServer
 
-from routeproxy.analysis import analyse
-from routeproxy.config import CounterConfig, Tier
-from routeproxy.controller import Action, RolloutController
-from routeproxy.counters import open_store
-from routeproxy.decisions import feedback_fields
-from routeproxy.quality import Thresholds
-from routeproxy.redis_quality import RedisRolloutStore
-from routeproxy.redis_store import RedisCounterStore
-from routeproxy.rollout import OFF, RolloutPolicy
+from routeproxy.counters.open import open_store
+from routeproxy.counters.redis_store import RedisCounterStore
+from routeproxy.quality.analysis import analyse
+from routeproxy.quality.controller import Action, RolloutController
+from routeproxy.quality.decisions import feedback_fields
+from routeproxy.quality.intervals import Thresholds
+from routeproxy.quality.redis_rollout import RedisRolloutStore
+from routeproxy.quality.rollout import OFF, RolloutPolicy
+from routeproxy.settings import CounterConfig, Tier
 
 NAMESPACE = "rp-rollout"
 POLICY = RolloutPolicy(min_hold_s=600.0, min_feedback=100)

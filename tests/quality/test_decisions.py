@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from routeproxy.config import Tier
-from routeproxy.counters import MemoryCounterStore
-from routeproxy.decisions import Decision, MemoryDecisionStore, RequestNotFound, regeneration_key
+from routeproxy.counters.memory import MemoryCounterStore
+from routeproxy.quality.decisions import Decision, MemoryDecisionStore, RequestNotFound, regeneration_key
+from routeproxy.settings import Tier
 
 LABELS = {Tier.SMALL: "3b", Tier.LARGE: "8b"}
 

@@ -9,11 +9,11 @@ import pytest
 from support.redis_server import RedisServer
 from support.wait import eventually
 
-from routeproxy.config import CounterConfig, Tier
-from routeproxy.counters import open_store
-from routeproxy.decisions import Decision, RequestNotFound, regeneration_key
-from routeproxy.redis_quality import RedisDecisionStore
-from routeproxy.redis_store import RedisCounterStore
+from routeproxy.counters.open import open_store
+from routeproxy.counters.redis_store import RedisCounterStore
+from routeproxy.quality.decisions import Decision, RequestNotFound, regeneration_key
+from routeproxy.quality.redis_decisions import RedisDecisionStore
+from routeproxy.settings import CounterConfig, Tier
 
 Replica = tuple[RedisCounterStore, RedisDecisionStore]
 ReplicaFactory = Callable[..., Awaitable[Replica]]

@@ -11,7 +11,7 @@ from support.redis_server import RedisServer
 from support.upstreams import ProxyFactory
 from support.wait import eventually
 
-from routeproxy.config import Tier
+from routeproxy.settings import Tier
 from routeproxy.sim.threadserver import ThreadedServer
 
 MEDIUM = "How should a farm plan its feeding schedule?"

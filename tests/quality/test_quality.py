@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from routeproxy.quality import (
+from routeproxy.quality.intervals import (
     ImplicitTally,
     Interval,
     Tally,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from routeproxy.quality import Verdict
-from routeproxy.rollout import (
+from routeproxy.quality.intervals import Verdict
+from routeproxy.quality.rollout import (
     OFF,
     Evidence,
     RollbackTo,

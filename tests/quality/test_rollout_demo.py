@@ -7,7 +7,7 @@ from support import http
 from support.upstreams import ProxyFactory
 
 from routeproxy.bench.rollout import Case, run_case
-from routeproxy.config import Tier
+from routeproxy.settings import Tier
 from routeproxy.sim.threadserver import ThreadedServer
 
 

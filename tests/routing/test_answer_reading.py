@@ -1,4 +1,4 @@
-"""How the answer check reads text: written sums (routeproxy.arithmetic), cues at word starts, words."""
+"""How the answer check reads text: written sums (routeproxy.cascade.arithmetic), cues at word starts, words."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from routeproxy.arithmetic import without_code_blocks, wrong_sums
-from routeproxy.escalation import _count_at_word_start, _words
+from routeproxy.cascade.arithmetic import without_code_blocks, wrong_sums
+from routeproxy.cascade.check import _count_at_word_start, _words
 
 TOLERANCE = 0.001
 

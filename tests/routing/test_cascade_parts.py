@@ -7,14 +7,9 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from routeproxy.cascade import decorate
-from routeproxy.classify import Complexity
-from routeproxy.config import RoutingMode, Tier
-from routeproxy.escalation import AnswerCheck
-from routeproxy.runtime import RuntimeConfig, merge_runtime, parse_runtime
-from routeproxy.sse import event_payloads, parse_event, strip_logprobs_body, strip_logprobs_events
-from routeproxy.stats import (
-    CascadeOutcome,
+from routeproxy.cascade.check import AnswerCheck
+from routeproxy.cascade.exchange import decorate
+from routeproxy.counters.stats import (
     Outcome,
     Snapshot,
     format_stats_table,
@@ -23,6 +18,11 @@ from routeproxy.stats import (
     render_cascade,
     render_stats,
 )
+from routeproxy.routing.classify import Complexity
+from routeproxy.settings import RoutingMode, Tier
+from routeproxy.settings.runtime import RuntimeConfig, merge_runtime, parse_runtime
+from routeproxy.wire.relay import CascadeOutcome
+from routeproxy.wire.sse import event_payloads, parse_event, strip_logprobs_body, strip_logprobs_events
 
 LABELS = {Tier.SMALL: "3b", Tier.LARGE: "8b"}
 LOGPROBS = {"content": [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": []}]}

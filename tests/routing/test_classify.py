@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from routeproxy.classify import Classifier, Complexity, load_rules
 from routeproxy.errors import ConfigError
+from routeproxy.routing.classify import Classifier, Complexity, load_rules
 
 GENERAL = Classifier(load_rules("general"))
 POULTRY = Classifier(load_rules("poultry"))

@@ -1,4 +1,4 @@
-"""The cascade's answer check (routeproxy.escalation) and its offline measurement (routeproxy.evaluate.cascade)."""
+"""The cascade's answer check (routeproxy.cascade.check) and its offline measurement (routeproxy.evaluate.cascade)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from support.devdata import dev_data
 
+from routeproxy.cascade.check import AnswerView, StreamAnswer, answer_from_body, check_answer, load_check_rules
 from routeproxy.cli import main
 from routeproxy.errors import ConfigError
-from routeproxy.escalation import AnswerView, StreamAnswer, answer_from_body, check_answer, load_check_rules
 from routeproxy.evaluate.cascade import evaluate_cascade, read_rows, whole_view
 
 RULES = load_check_rules("general")

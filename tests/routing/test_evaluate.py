@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from support.devdata import dev_data
 
-from routeproxy.classify import Classifier, load_rules
 from routeproxy.evaluate.metrics import apgr, cpt, oracle_quality, pgr_curve, random_apgr_band
 from routeproxy.evaluate.routing import (
     Example,
@@ -18,6 +17,7 @@ from routeproxy.evaluate.routing import (
     load_examples,
     report_as_dict,
 )
+from routeproxy.routing.classify import Classifier, load_rules
 
 # Four prompts: the large model helps on a and d (gain 1), not on b and c. W = 0.25, S = 0.75.
 WEAK = [0.0, 0.0, 1.0, 0.0]

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from support.devdata import dev_data
 
+from routeproxy.cascade.check import load_check_rules
 from routeproxy.cli import main
-from routeproxy.escalation import load_check_rules
 from routeproxy.evaluate.cascade import read_rows
 from routeproxy.evaluate.refit import leave_one_pair_out
 

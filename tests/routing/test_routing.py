@@ -13,11 +13,11 @@ import pytest
 from support import http
 from support.upstreams import ProxyFactory, settings_for
 
-from routeproxy.classify import Classification, Classifier, Complexity, load_rules
-from routeproxy.config import Tier
-from routeproxy.parse import Hints, last_user_text
-from routeproxy.route import Reason, Router, decide, stable_draw
+from routeproxy.routing.classify import Classification, Classifier, Complexity, load_rules
+from routeproxy.routing.route import Reason, Router, decide, stable_draw
+from routeproxy.settings import Tier
 from routeproxy.sim.threadserver import ThreadedServer
+from routeproxy.wire.parse import Hints, last_user_text
 
 SEED_SIMPLE = {
     "model": "auto",

@@ -10,7 +10,7 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from routeproxy.config import Settings, Tier, load_settings
+from routeproxy.settings import Settings, Tier, load_settings
 from routeproxy.sim.profile import SimProfile
 from routeproxy.sim.threadserver import ThreadedServer
 from routeproxy.sim.wire import Dialect

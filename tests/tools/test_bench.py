@@ -22,7 +22,7 @@ from routeproxy.bench.loadgen import (
 from routeproxy.bench.scenario import scenario_mix
 from routeproxy.bench.session import parse_upstream
 from routeproxy.cli import main
-from routeproxy.config import Tier
+from routeproxy.settings import Tier
 from routeproxy.sim.simulator import create_simulator_app
 from routeproxy.sim.threadserver import ThreadedServer
 

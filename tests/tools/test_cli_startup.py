@@ -18,9 +18,9 @@ from support.ports import free_port
 from support.processes import Served, serve
 from support.upstreams import SMALL_MODEL, ScriptedUpstream
 
-from routeproxy.config import Tier, load_settings
+from routeproxy.api.startup import redacted
+from routeproxy.settings import Tier, load_settings
 from routeproxy.sim.threadserver import ThreadedServer
-from routeproxy.startup import redacted
 
 ROOT = Path(__file__).resolve().parents[2]
 Scripted = Callable[..., tuple[ScriptedUpstream, ThreadedServer]]

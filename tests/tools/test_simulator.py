@@ -15,7 +15,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from support import http
 from support.wait import eventually
 
-from routeproxy.config import Tier
+from routeproxy.settings import Tier
 from routeproxy.sim.profile import SimProfile, seed_profile
 from routeproxy.sim.simulator import create_simulator_app
 from routeproxy.sim.threadserver import ThreadedServer

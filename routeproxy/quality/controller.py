@@ -1,0 +1,254 @@
+"""Runs the rollout state machine (rollout.py) against the shared totals, once for all replicas.
+
+Every replica runs the same loop: read the period's totals, analyse them, evaluate the stored state. A change is
+written with compare-and-set on the state's version, in one Lua step that also sets the shared ``ab_test_ratio``:
+when several replicas reach the same change, exactly one write succeeds (that replica logs it); the others find
+the version moved, reload, and see the new step. The other replicas' request paths pick the ratio up at their next
+counter flush (every 0.5 s), through the shared runtime config. The state lives in Redis, so it survives restarts.
+Without Redis it lives in this process.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from routeproxy.counters.stats import Snapshot
+from routeproxy.counters.store import CounterStore
+from routeproxy.errors import CounterStoreUnavailable
+from routeproxy.quality.analysis import Analysis
+from routeproxy.quality.rollout import (
+    AuditEntry,
+    Evidence,
+    Outcome,
+    RollbackTo,
+    RolloutPolicy,
+    RolloutState,
+    Waiting,
+    evaluate,
+    feedback_since_step,
+    initial_state,
+    override,
+    pause,
+    resume,
+)
+from routeproxy.settings import Settings
+from routeproxy.settings.runtime import RuntimeConfig
+from routeproxy.tasks import Repeating
+
+log = structlog.get_logger("routeproxy")
+
+
+class RolloutStore(abc.ABC):
+    """Where the rollout state lives. A store that cannot answer raises CounterStoreUnavailable."""
+
+    @abc.abstractmethod
+    async def load(self) -> RolloutState | None: ...
+
+    @abc.abstractmethod
+    async def save(self, state: RolloutState, expected: int | None, ratio: float) -> bool:
+        """Store ``state`` and the shared ratio if the stored version is still ``expected`` (None: nothing
+        stored); False when another replica changed it first."""
+
+    async def close(self) -> None:
+        """Release connections."""
+        return None
+
+
+class MemoryRolloutStore(RolloutStore):
+    def __init__(self, counters: CounterStore) -> None:
+        self.counters = counters
+        self._state: RolloutState | None = None
+
+    async def load(self) -> RolloutState | None:
+        return self._state
+
+    async def save(self, state: RolloutState, expected: int | None, ratio: float) -> bool:
+        if (None if self._state is None else self._state.version) != expected:
+            return False
+        self._state = state
+        await self.counters.set_runtime(RuntimeConfig(ab_test_ratio=ratio))
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """An operator's change: pause, resume, or a step (OFF = -1 allowed)."""
+
+    paused: bool | None = None
+    step: int | None = None
+    why: str | None = None
+
+
+class RolloutController:
+    def __init__(
+        self,
+        policy: RolloutPolicy,
+        store: RolloutStore,
+        counters: CounterStore,
+        analyse: Callable[[Snapshot], Analysis],
+        *,
+        enabled: bool,
+        interval_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.policy = policy
+        self.store = store
+        self.counters = counters
+        self.analyse = analyse
+        self.enabled = enabled
+        self.interval_s = interval_s
+        self.clock = clock
+        self.state: RolloutState | None = None
+        self.last: Outcome | None = None
+        self.last_evidence: Evidence | None = None
+        self.acted = 0  # changes this replica wrote (the others lost the compare-and-set or had nothing to do)
+        self._loop = Repeating(self._look, interval_s, "rollout-controller")
+
+    async def start(self) -> None:
+        with contextlib.suppress(CounterStoreUnavailable):
+            self.state = await self.store.load()
+        if self.enabled:
+            self._loop.start(at_once=True)
+
+    async def _look(self) -> None:
+        try:
+            await self.tick()
+        except CounterStoreUnavailable as exc:
+            log.info("rollout.store_unavailable", error=repr(exc))
+
+    async def close(self) -> None:
+        await self._loop.stop()
+        await self.store.close()
+
+    async def evidence(self) -> Evidence | None:
+        snapshot = await self.counters.snapshot()
+        if snapshot.stale:  # the shared totals could not be read: never act on one replica's numbers
+            return None
+        return evidence_of(self.analyse(snapshot), snapshot.period)
+
+    async def tick(self) -> AuditEntry | None:
+        """One look: start the rollout if nothing is stored, else evaluate; returns the change this replica made."""
+        evidence = await self.evidence()
+        if evidence is None:
+            return None
+        self.last_evidence = evidence
+        now = self.clock()
+        state = await self.store.load()
+        if state is None:
+            started = initial_state(now, feedback=evidence.feedback, period=evidence.period)
+            entry = AuditEntry(
+                now, -1, 0, 0.0, self.policy.ratio(0), "rollout enabled: starting at the first step", "controller",
+                {"feedback": evidence.feedback},
+            )  # fmt: skip
+            outcome = Outcome(replace(started, history=(entry,), version=1), entry, None, entry.why)
+        else:
+            outcome = evaluate(self.policy, state, evidence, now)
+        return await self._commit(state, outcome)
+
+    async def _commit(self, before: RolloutState | None, outcome: Outcome) -> AuditEntry | None:
+        if outcome.entry is None:
+            self.state, self.last = outcome.state, outcome
+            return None
+        expected = None if before is None else before.version
+        if await self.store.save(outcome.state, expected, self.policy.ratio(outcome.state.step)):
+            self.state, self.last = outcome.state, outcome
+            self.acted += 1
+            entry = outcome.entry
+            log.info(
+                "rollout_step", from_ratio=entry.from_ratio, to_ratio=entry.to_ratio, from_step=entry.from_step,
+                to_step=entry.to_step, by=entry.by, why=entry.why, figures=dict(entry.figures),
+            )  # fmt: skip
+            return entry
+        self.state = await self.store.load()  # another replica moved first
+        return None
+
+    async def operate(self, action: Action) -> RolloutState:
+        """Apply an operator's change (compare-and-set, retried when a replica moves at the same moment)."""
+        for _ in range(5):
+            evidence = self.last_evidence or await self.evidence()
+            if evidence is None:
+                raise CounterStoreUnavailable("the shared store does not answer: the rollout cannot change now")
+            now = self.clock()
+            state = await self.store.load() or initial_state(now, feedback=evidence.feedback, period=evidence.period)
+            outcome: Outcome | None = None
+            if action.step is not None:
+                outcome = override(self.policy, state, action.step, now, evidence, action.why or "set by the operator")
+                state_after = outcome.state
+            else:
+                state_after = state
+            if action.paused is True:
+                outcome = pause(self.policy, state_after, now, action.why or "paused by the operator")
+            elif action.paused is False:
+                outcome = resume(self.policy, state_after, now, evidence, action.why or "resumed by the operator")
+            if outcome is None or outcome.entry is None:
+                return state_after
+            stored = await self.store.load()
+            if await self.store.save(
+                outcome.state, None if stored is None else stored.version, self.policy.ratio(outcome.state.step)
+            ):
+                self.state = outcome.state
+                entry = outcome.entry
+                log.info(
+                    "rollout_step", from_ratio=entry.from_ratio, to_ratio=entry.to_ratio, by="operator", why=entry.why
+                )
+                return outcome.state
+        raise CounterStoreUnavailable("the rollout state kept changing under this request; try again")
+
+    @property
+    def driving(self) -> bool:
+        """True while the controller sets the ratio (enabled and not paused)."""
+        return self.enabled and not (self.state is not None and self.state.paused)
+
+    async def refresh(self) -> None:
+        with contextlib.suppress(CounterStoreUnavailable):
+            self.state = await self.store.load()
+
+    def describe(self, evidence: Evidence | None = None) -> dict[str, Any]:
+        """The ``rollout`` block of the stats JSON (see SPEC); ``evidence`` defaults to the last look's."""
+        state, policy = self.state, self.policy
+        active = self.enabled and state is not None
+        evidence = evidence or self.last_evidence
+        waiting: Waiting | None = None
+        status: str | None = None
+        if active and state is not None and evidence is not None:
+            outcome = evaluate(policy, state, evidence, self.clock())
+            waiting, status = outcome.waiting, outcome.detail
+        return {
+            "enabled": self.enabled,
+            "paused": bool(state and state.paused),
+            "step_index": state.step if active and state else None,
+            "ratio": policy.ratio(state.step) if active and state else None,
+            "schedule": list(policy.schedule),
+            "step_since": datetime.fromtimestamp(state.step_since, UTC).isoformat() if active and state else None,
+            "held_s": round(self.clock() - state.step_since, 1) if active and state else None,
+            "min_hold_s": policy.min_hold_s,
+            "feedback_since_step": feedback_since_step(state, evidence) if active and state and evidence else None,
+            "min_feedback_per_step": policy.min_feedback,
+            "rollback_to": policy.rollback_to.value,
+            "waiting_for": None if waiting is None else waiting.value,
+            "status": status,
+            "version": state.version if state else 0,
+            "history": [entry.to_json() for entry in state.history] if state else [],
+        }
+
+
+def evidence_of(analysis: Analysis, period: int) -> Evidence:
+    return Evidence(analysis.verdict, analysis.feedback_events, period, analysis.figures())
+
+
+def policy_of(settings: Settings) -> RolloutPolicy:
+    rollout = settings.routing.rollout
+    return RolloutPolicy(
+        schedule=rollout.schedule,
+        min_hold_s=rollout.min_hold_s,
+        min_feedback=rollout.min_feedback,
+        rollback_to=RollbackTo(rollout.rollback_to),
+    )

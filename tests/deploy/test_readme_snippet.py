@@ -44,7 +44,7 @@ def test_python_snippet_runs_as_pasted(served: list[Served]) -> None:
 def test_curl_examples_send_json_and_get_answers(served: list[Served]) -> None:
     proxy = serve("--simulate", "--speed", "500")
     served.append(proxy)
-    commands = block("### curl", "bash").replace("\\\n", " ").replace(DOCUMENTED_URL, proxy.url).splitlines()
+    commands = block("### With curl", "bash").replace("\\\n", " ").replace(DOCUMENTED_URL, proxy.url).splitlines()
     assert len(commands) == 4
     outputs = [
         subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60) for command in commands

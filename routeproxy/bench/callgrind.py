@@ -23,7 +23,7 @@ import httpx
 import orjson
 
 from routeproxy.bench.loadgen import LoadResult, build_request, run_async, run_load
-from routeproxy.bench.procs import proxy_env
+from routeproxy.bench.procs import free_port, proxy_env
 
 FAST_HEADERS = {"x-sim-tokens": "17", "x-sim-ttft-ms": "0", "x-sim-token-ms": "0"}
 CHAT_BODY = {"model": "auto", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
@@ -41,14 +41,6 @@ def wait_answering(url: str, process: subprocess.Popen[bytes], seconds: float) -
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{url} did not answer within {seconds:g} s") from None
             time.sleep(0.2)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def load_exactly(port: int, request: bytes, count: int, concurrency: int) -> LoadResult:

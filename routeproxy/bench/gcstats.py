@@ -21,9 +21,9 @@ from pathlib import Path
 
 import orjson
 
-from routeproxy.bench.callgrind import CHAT_BODY, FAST_HEADERS, free_port, load_exactly, wait_answering
+from routeproxy.bench.callgrind import CHAT_BODY, FAST_HEADERS, load_exactly, wait_answering
 from routeproxy.bench.loadgen import build_request
-from routeproxy.bench.procs import proxy_env
+from routeproxy.bench.procs import free_port, proxy_env
 
 # Run as `python -c PROBE serve --port P`: the timer, the two signals, then routeproxy's own command line.
 _PROBE = """

@@ -1,13 +1,5 @@
-"""Free loopback ports for the servers the tests start."""
+"""Free loopback ports for the servers the tests start: the benchmark's own helper."""
 
-from __future__ import annotations
+from routeproxy.bench.procs import free_port
 
-import socket
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+__all__ = ["free_port"]

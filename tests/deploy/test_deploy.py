@@ -455,7 +455,7 @@ def test_dashboard_covers_quality_rollout_and_cascade() -> None:
         "sum by (tier, kind) (rate(routeproxy_feedback_total",
         "sum by (reason) (rate(routeproxy_feedback_rejected_total",
         "max by (tier) (routeproxy_quality_mean_score)",
-        "max by (tier) (routeproxy_quality_feedback_count)",
+        "max by (tier) (routeproxy_quality_feedback_events)",
         *(f'routeproxy_quality_degradation_ratio{{bound="{bound}"}}' for bound in ("point", "low", "high")),
         *(f'routeproxy_quality_verdict{{verdict="{verdict}"}}' for verdict in VERDICTS),
         "routeproxy_rollout_step",

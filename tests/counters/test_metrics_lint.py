@@ -37,7 +37,7 @@ def lint(text: str) -> list[str]:
         if family.type not in ("histogram", "summary") and exposed.endswith(RESERVED_SUFFIXES):
             problems.append(f"{exposed}: non-histogram and non-summary metrics should not have a reserved suffix")
         if family.type != "counter" and exposed.endswith("_total"):
-            problems.append(f"{exposed}: non-counter metrics should not have \"_total\" suffix")
+            problems.append(f'{exposed}: non-counter metrics should not have "_total" suffix')
         if ":" in exposed or CAMEL.search(exposed):
             problems.append(f"{exposed}: reserved characters or camelCase in the name")
         if any(f"{unit}_" in exposed + "_" for unit in UNIT_ABBREVIATIONS):
@@ -56,7 +56,8 @@ def lint(text: str) -> list[str]:
 def test_the_lint_rules_catch_what_promtool_reports() -> None:
     # The two names promtool warned about before, and a _created series: the rules above must see each.
     bad = (
-        "# HELP x_counter_flush_lag_seconds h\n# TYPE x_counter_flush_lag_seconds gauge\nx_counter_flush_lag_seconds 0\n"
+        "# HELP x_counter_flush_lag_seconds h\n# TYPE x_counter_flush_lag_seconds gauge\n"
+        "x_counter_flush_lag_seconds 0\n"
         "# HELP x_feedback_count h\n# TYPE x_feedback_count gauge\nx_feedback_count 0\n"
         "# HELP x_requests_total h\n# TYPE x_requests_total counter\nx_requests_total 0\n"
         "# HELP x_requests_created h\n# TYPE x_requests_created gauge\nx_requests_created 1.7e9\n"

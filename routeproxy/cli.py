@@ -91,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         with_config(commands.add_parser("explain", help="show the routing decision for a prompt"))
     )
     explain_cmd.add_argument("prompt")
-    explain_cmd.add_argument("--query-type", help="the seed's query_type hint, e.g. genetics_performance")
-    explain_cmd.add_argument("--entities", help='the seed\'s entities hint as JSON, e.g. \'{"breed": "Ross 308"}\'')
+    explain_cmd.add_argument("--query-type", help="a query_type routing hint, e.g. genetics_performance")
+    explain_cmd.add_argument("--entities", help='an entities routing hint as JSON, e.g. \'{"breed": "Ross 308"}\'')
     explain_cmd.add_argument("--json", action="store_true")
     explain_cmd.set_defaults(handler=cmd_explain)
 
@@ -114,11 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     classify_cmd.set_defaults(handler=cmd_classify)
 
     eval_cmd = with_routing(with_config(commands.add_parser("eval", help="router metrics on a labelled JSONL file")))
-    eval_cmd.add_argument("file", nargs="?")
+    eval_cmd.add_argument(
+        "file", nargs="?", help="labelled prompts, JSON lines: id, subset, prompt, weak_norm, strong_norm"
+    )
     eval_cmd.add_argument(
         "--cascade",
         metavar="FILE",
-        help="instead: the cascade's answer check on labelled answers (cascade-dev.jsonl); "
+        help="instead: the cascade's answer check on labelled answers (JSON lines: id, messages, small_answer, pair, "
+        "small_norm, large_norm); "
         "--rules then names the check rule set (default general)",
     )
     eval_cmd.add_argument(
@@ -162,9 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--scenario",
-        choices=["seed", "rollout"],
-        help="seed: also run the seed's query-mix scenario and its cascade variant; "
-        "rollout: only the rollout controller's demonstration",
+        choices=["mix", "rollout"],
+        type=lambda name: "mix" if name == "seed" else name,  # "seed": the scenario's former name
+        help="mix: also run a mixed query load through the proxy at ratios 0.3, 0.5 and 0.8, and its cascade "
+        "variant; rollout: only the rollout controller's demonstration",
     )
     bench.add_argument(
         "--quality",
@@ -184,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="--scenario rollout: drive this running proxy (e.g. serve --simulate with the rollout on) instead of one "
         "started in this process",
     )
-    bench.add_argument("--speed", type=float, default=10.0, help="scenario: divide the seed's latencies by this")
+    bench.add_argument(
+        "--speed", type=float, default=10.0, help="scenario: divide the simulated tiers' latencies by this"
+    )
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=cmd_bench)
 

@@ -114,13 +114,13 @@ def workload_cascade(session: Session) -> Table:
                     }
                 )
     table.notes += [
-        f"the seed's query mix ({len(mix)} queries), {CLASSIFY_RATIO:g} = the seed's balanced ratio; the simulated"
+        f"the mixed query load ({len(mix)} queries) at ratio {CLASSIFY_RATIO:g} in classify mode; the simulated"
         f" 3B answers {SMALL_WEAK_SHARE:.0%} of prompts (by hash) with a short refusal, which the check escalates",
         "weak sent % = answers the client got that are the simulated 3B's refusal;"
         " escalated % = escalated / all requests; cost vs all-8B % = 100 - estimated_cost_savings_pct, where an"
         " escalated request costs a 3B and an 8B request (relative costs 0.375 and 1)",
-        f"times in the seed's scale (measured at speed x{speed:g}, multiplied back); TTFB = the client's first body"
-        " byte; added = request start to the 8B request sent, for escalated requests",
+        f"times at the simulated tiers' real pace (measured at speed x{speed:g}, multiplied back); TTFB = the"
+        " client's first body byte; added = request start to the 8B request sent, for escalated requests",
         "the simulated answers are 110 tokens, under the default hold of 128: a streamed cascade answer is held"
         f" to its end, so its TTFB is the 3B answer's whole time; with a hold of {SHORT_HOLD_TOKENS} tokens it is"
         " released after them",

@@ -129,19 +129,19 @@ def workload_scenario(session: Session) -> Table:
     shares = {kind: sum(k == kind for k, _ in mix) / len(mix) for kind in ("lookup", "medium", "comparison")}
     columns = (
         "ratio",
-        "seed 3B %",
+        "projected 3B %",
         "expected 3B %",
         "3B %",
         "8B %",
-        "seed avg ms",
-        "seed recomputed",
+        "projected avg ms",
+        "projection recomputed",
         "avg ms",
         "3B avg",
         "8B avg",
         "client avg",
         "vs 4,500 ms",
     )
-    table = Table(f"scenario: the seed's query mix through the proxy, simulators at speed x{speed:g}", columns)
+    table = Table(f"scenario: a mixed query load through the proxy, simulators at speed x{speed:g}", columns)
     runs: list[dict[str, Any]] = []
     with httpx.Client(trust_env=False, timeout=10) as client:
         for ratio, (seed_small, seed_avg) in SEED_PROJECTIONS.items():
@@ -194,9 +194,9 @@ def workload_scenario(session: Session) -> Table:
         f"latencies are measured at speed x{speed:g} and multiplied back by {speed:g} (proxy overhead included);"
         " avg/3B/8B from GET /v1/model-routing/stats, client avg from the load generator",
         "expected 3B % = lookups + medium x ratio (the A/B draw hashes each query, so it is near, not exact)",
-        "seed recomputed = the seed's own shares at 2,500 / 4,500 ms: its balanced and aggressive averages leave"
-        " out the 5 % complex share (60 % x 2,500 + 40 % x 4,500 = 3,300 ms, not 3,075); its conservative one is"
-        " 50 ms under its own shares",
+        "projection recomputed = the projected shares at 2,500 / 4,500 ms: the projected balanced and aggressive"
+        " averages leave out the 5 % complex share (60 % x 2,500 + 40 % x 4,500 = 3,300 ms, not 3,075); its"
+        " conservative one is 50 ms under the projected shares",
         f"the x{speed:g} scaling also multiplies the proxy's own time per request by {speed:g}",
     ]
     failures = sum(run["failures"] + run["answered"] - run["ok"] for run in runs)

@@ -18,7 +18,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _bench_rollout(args)
     settings = settings_for(args, routing_overrides(args))
     workloads = list(args.workload or DEFAULT_WORKLOADS)
-    if args.scenario:  # the seed scenario, and its cascade variant next to it
+    if args.scenario:  # the mixed-load scenario, and its cascade variant next to it
         workloads += [name for name in ("scenario", "cascade") if name not in workloads]
     options = BenchOptions(
         workloads=tuple(workloads),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 from routeproxy.counters.stats import BUCKETS_MS, PINNED, STATUS_CLASSES, Outcome, status_class
@@ -54,14 +55,14 @@ SERIES: tuple[str, ...] = tuple(
         "classify_failures_total",
         "tokens_total",
         "redis_errors_total",
-        "counter_flush_lag_seconds",
+        "redis_flush_lag_seconds",
         "inflight_requests",
         "ab_test_ratio",
         "routing_enabled",
         "feedback_total",
         "feedback_rejected_total",
         "quality_mean_score",
-        "quality_feedback_count",
+        "quality_feedback_events",
         "quality_degradation_ratio",
         "quality_verdict",
         "rollout_step",
@@ -92,6 +93,9 @@ class Metrics:
         """``labels`` names the tiers in every series (``Settings.tier_labels``); ``multiprocess_workers``: the
         series are shared by several worker processes (see the module docstring)."""
         self.multiprocess_workers = multiprocess_workers
+        # No `_created` series (one per counter and histogram child: 151 of them): Prometheus does not read them
+        # from the text format. The switch is prometheus_client's, process-wide, and read at every scrape.
+        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
 
@@ -168,7 +172,7 @@ class Metrics:
             f"{PREFIX}_redis_errors", "Failed calls to the shared counter store.", registry=registry
         )
         self._flush_lag = Gauge(
-            f"{PREFIX}_counter_flush_lag_seconds",
+            f"{PREFIX}_redis_flush_lag_seconds",
             "Seconds since this process's counters last reached the shared store (0 when in memory).",
             registry=registry,
             multiprocess_mode="max",
@@ -217,7 +221,7 @@ class Metrics:
             multiprocess_mode="mostrecent",
         )
         count = Gauge(
-            f"{PREFIX}_quality_feedback_count",
+            f"{PREFIX}_quality_feedback_events",
             "Feedback events on MEDIUM queries in the current A/B period, by tier (shared totals).",
             ["tier"],
             registry=registry,

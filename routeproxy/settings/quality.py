@@ -33,7 +33,7 @@ COUNTER_SETTINGS: tuple[Setting, ...] = (
         "ROUTEPROXY_BASELINE_LATENCY_MS",
         4500.0,
         _optional_seconds,
-        "Baseline for latency_improvement_pct (the seed's 4500); 0 = measure it from the large tier.",
+        "Baseline for latency_improvement_pct, in ms; 0 = measure it from the large tier.",
     ),
 )
 

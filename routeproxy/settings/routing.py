@@ -101,7 +101,7 @@ ROUTING_SETTINGS: tuple[Setting, ...] = (
         "ROUTEPROXY_ROLLOUT_SCHEDULE",
         "0.1,0.3,0.5,0.8",
         _schedule,
-        "The rollout's steps of ab_test_ratio (the seed's weekly plan), rising.",
+        "The rollout's steps of ab_test_ratio, rising (by default one a week: routing.rollout.min_hold_s).",
     ),
     Setting(
         "routing.rollout.min_hold_s",

@@ -27,7 +27,7 @@ def _tier_settings(tier: Tier, env_prefix: str, label: str, model: str, cost: fl
             f"{env_prefix}_LABEL",
             label,
             _label,
-            f"Name of the {size} tier in the stats JSON, metrics, logs and Redis fields (the seed's: {label}).",
+            f"Name of the {size} tier in the x-routeproxy-tier header, the stats JSON, metrics, logs and Redis fields.",
         ),
         Setting(
             f"tiers.{tier}.model",

@@ -131,7 +131,7 @@ def test_runtime_redis_and_flush_gauges() -> None:
     assert value(metrics, "routeproxy_ab_test_ratio") == 0.3
     assert value(metrics, "routeproxy_routing_enabled") == 1
     assert value(metrics, "routeproxy_redis_errors_total") == 2
-    assert value(metrics, "routeproxy_counter_flush_lag_seconds") == 1.5
+    assert value(metrics, "routeproxy_redis_flush_lag_seconds") == 1.5
     metrics.set_runtime(ab_test_ratio=0.5, routing_enabled=False)
     assert value(metrics, "routeproxy_routing_enabled") == 0
 

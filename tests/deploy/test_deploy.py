@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -34,15 +35,41 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 KUBERNETES_VERSION = "1.30"
 CONFIG_FILE = K8S / "base" / "routeproxy.yaml"  # routeproxy's config, turned into a ConfigMap by kustomize
+VLLM_CONFIG_FILE = K8S / "vllm" / "routeproxy.yaml"  # the vllm layout's replacement for it
+CONFIG_FILES = (CONFIG_FILE, VLLM_CONFIG_FILE)
 SECRET_EXAMPLE = K8S / "base" / "secret.example.yaml"
-LAYOUTS = sorted(path.parent.name for path in K8S.glob("*/kustomization.yaml"))
+VLLM_EXAMPLE = K8S / "vllm" / "vllm-example.yaml"
+SERVICE_MONITOR = K8S / "monitoring" / "servicemonitor.yaml"
+# Kinds of the Prometheus Operator's CRDs: kubernetes-validate has no schema for them (checked field by field below).
+OPERATOR_KINDS = {"ServiceMonitor"}
 REDIS_URL = "redis://routeproxy-redis:6379/0"
 SECRET_NAME = "routeproxy-secrets"
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 
 
 def manifest_files() -> list[Path]:
-    return sorted(path for path in K8S.rglob("*.yaml") if path.name != "kustomization.yaml" and path != CONFIG_FILE)
+    return sorted(
+        path for path in K8S.rglob("*.yaml") if path.name != "kustomization.yaml" and path not in CONFIG_FILES
+    )
+
+
+@cache
+def kustomization(directory: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((directory / "kustomization.yaml").read_text(encoding="utf-8"))
+    return loaded
+
+
+# The layouts `kubectl apply -k` takes (a Component, such as monitoring/, only goes into one of them).
+LAYOUTS = sorted(
+    path.parent.name
+    for path in K8S.glob("*/kustomization.yaml")
+    if kustomization(path.parent)["kind"] == "Kustomization"
+)
+
+
+def validate(obj: dict[str, Any]) -> None:
+    if obj["kind"] not in OPERATOR_KINDS:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
 
 @cache
@@ -61,7 +88,7 @@ def objects_of(kind: str, layout: str | None = None) -> list[dict[str, Any]]:
     return [
         obj
         for path in paths
-        if path.name != "kustomization.yaml" and path != CONFIG_FILE
+        if path.name != "kustomization.yaml" and path not in CONFIG_FILES
         for obj in documents(path)
         if obj["kind"] == kind
     ]
@@ -106,23 +133,27 @@ def port_number(container: dict[str, Any], port: int | str) -> int:
     return next(int(entry["containerPort"]) for entry in container["ports"] if entry.get("name") == port)
 
 
-@cache
-def rendered(layout: str) -> tuple[dict[str, Any], ...]:
+def render(directory: Path) -> tuple[dict[str, Any], ...]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed: cannot render the kustomizations (kubectl kustomize)")
     result = subprocess.run(
-        [kubectl, "kustomize", str(K8S / layout)], capture_output=True, text=True, timeout=120, check=False
+        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=120, check=False
     )
-    assert result.returncode == 0, f"kubectl kustomize {layout} failed:\n{result.stderr}"
+    assert result.returncode == 0, f"kubectl kustomize {directory} failed:\n{result.stderr}"
     return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc is not None)
+
+
+@cache
+def rendered(layout: str) -> tuple[dict[str, Any], ...]:
+    return render(K8S / layout)
 
 
 # -- the manifests ------------------------------------------------------------------------------------
 
 
-def test_the_three_layouts_exist() -> None:
-    assert {"base", "sidecar", "shared-tier"} <= set(LAYOUTS)
+def test_the_layouts_exist() -> None:
+    assert {"base", "sidecar", "shared-tier", "vllm"} <= set(LAYOUTS)
 
 
 @pytest.mark.parametrize("path", manifest_files(), ids=lambda path: str(path.relative_to(K8S)))
@@ -130,7 +161,7 @@ def test_manifest_is_a_valid_kubernetes_object(path: Path) -> None:
     objects = documents(path)
     assert objects, f"{path} holds no object"
     for obj in objects:
-        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        validate(obj)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -138,16 +169,18 @@ def test_kustomization_renders_valid_objects(layout: str) -> None:
     objects = rendered(layout)
     assert objects
     for obj in objects:
-        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        validate(obj)
 
 
-@pytest.mark.parametrize("layout", ["sidecar", "shared-tier"])
-def test_kustomization_includes_redis_and_the_config(layout: str) -> None:
+@pytest.mark.parametrize(
+    ("layout", "config_file"), [("sidecar", CONFIG_FILE), ("shared-tier", CONFIG_FILE), ("vllm", VLLM_CONFIG_FILE)]
+)
+def test_kustomization_includes_redis_and_the_config(layout: str, config_file: Path) -> None:
     kinds = {(obj["kind"], obj["metadata"]["name"]) for obj in rendered(layout)}
     assert ("StatefulSet", "routeproxy-redis") in kinds
     assert ("Service", "routeproxy-redis") in kinds
     config_maps = [obj for obj in rendered(layout) if obj["kind"] == "ConfigMap"]
-    assert [obj["data"]["routeproxy.yaml"] for obj in config_maps] == [CONFIG_FILE.read_text(encoding="utf-8")]
+    assert [obj["data"]["routeproxy.yaml"] for obj in config_maps] == [config_file.read_text(encoding="utf-8")]
     # The secret is created once, by hand, so `kubectl apply -k` never overwrites real keys with placeholders.
     assert "Secret" not in {kind for kind, _ in kinds}
 
@@ -206,6 +239,9 @@ def test_routeproxy_gets_redis_and_its_secrets() -> None:
             reference = env[name]["secretKeyRef"]
             assert reference["name"] == SECRET_NAME, (workload["metadata"]["name"], name)
             assert reference["key"] in secret_keys
+            # A Secret without HF_TOKEN (vLLM or TGI upstreams need none) must still start the pod: no
+            # CreateContainerConfigError. The keys routeproxy's own security rests on stay required.
+            assert reference.get("optional", False) is (name == "HF_TOKEN"), (workload["metadata"]["name"], name)
         labels = workload["spec"]["template"]["metadata"]["labels"]
         redis_policy = one("NetworkPolicy")["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
         assert redis_policy.items() <= labels.items(), "the routeproxy pods must pass Redis' NetworkPolicy"
@@ -276,13 +312,13 @@ def test_configmap_is_generated_from_the_config_file() -> None:
     assert generator["files"] == [CONFIG_FILE.name]
 
 
-def test_configmap_config_passes_check_config(tmp_path: Path) -> None:
+def check_config(config_file: Path, tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    """`routeproxy check-config` on a copy of the file, with none of routeproxy's variables but these."""
     config = tmp_path / "routeproxy.yaml"
-    config.write_text(CONFIG_FILE.read_text(encoding="utf-8"), encoding="utf-8")
+    config.write_text(config_file.read_text(encoding="utf-8"), encoding="utf-8")
     ours = {setting.env for setting in SETTINGS} | {"ROUTEPROXY_CONFIG", "HF_TOKEN"}
-    environ = {name: value for name, value in os.environ.items() if name not in ours}
-    environ["HF_TOKEN"] = "hf_from_the_secret"  # the pod gets it from routeproxy-secrets; serve needs it, so does this
-    result = subprocess.run(
+    environ = {name: value for name, value in os.environ.items() if name not in ours} | variables
+    return subprocess.run(
         [sys.executable, "-m", "routeproxy", "check-config", "--config", str(config)],
         capture_output=True,
         text=True,
@@ -291,6 +327,11 @@ def test_configmap_config_passes_check_config(tmp_path: Path) -> None:
         timeout=60,
         check=False,
     )
+
+
+def test_configmap_config_passes_check_config(tmp_path: Path) -> None:
+    # The pod gets HF_TOKEN from routeproxy-secrets; the default config's tiers are on the HF router and need it.
+    result = check_config(CONFIG_FILE, tmp_path, HF_TOKEN="hf_from_the_secret")
     assert result.returncode == 0, result.stderr
     assert "config OK" in result.stdout
 
@@ -307,6 +348,112 @@ def test_configmap_config_routes_with_the_first_week_ratio_on_the_hf_router() ->
         assert config.kind is UpstreamKind.HF
         assert config.base_url == "https://router.huggingface.co/v1"
         assert (config.api_key_env, config.api_key) == ("HF_TOKEN", "hf_test")
+
+
+# -- the vllm layout: routeproxy in front of vLLM servers in the cluster -----------------------------------
+
+
+def test_vllm_layout_replaces_only_the_config_of_the_shared_tier() -> None:
+    overlay = kustomization(K8S / "vllm")
+    assert overlay["resources"] == ["../shared-tier"]
+    (generator,) = overlay["configMapGenerator"]
+    assert generator == {"name": "routeproxy-config", "behavior": "replace", "files": [VLLM_CONFIG_FILE.name]}
+
+    def names(layout: str) -> set[tuple[str, str]]:
+        # The ConfigMap's name ends in a hash of its content, which is what differs.
+        return {
+            (
+                obj["kind"],
+                obj["metadata"]["name"].rpartition("-")[0] if obj["kind"] == "ConfigMap" else obj["metadata"]["name"],
+            )
+            for obj in rendered(layout)
+        }
+
+    assert names("vllm") == names("shared-tier")
+
+
+def test_vllm_layout_config_passes_check_config_without_a_hugging_face_token(tmp_path: Path) -> None:
+    result = check_config(VLLM_CONFIG_FILE, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "config OK" in result.stdout
+
+
+def served_model_names() -> dict[tuple[str, int], str]:
+    """(Service name, port) -> the --served-model-name of the vLLM server behind it, from vllm-example.yaml."""
+    objects = documents(VLLM_EXAMPLE)
+    names = {}
+    for service in (obj for obj in objects if obj["kind"] == "Service"):
+        (deployment,) = [
+            obj
+            for obj in objects
+            if obj["kind"] == "Deployment"
+            and service["spec"]["selector"].items() <= obj["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        (container,) = pod_spec(deployment)["containers"]
+        args = container["args"]
+        served = args[args.index("--served-model-name") + 1]
+        assert port_number(container, service["spec"]["ports"][0]["targetPort"]) == int(args[args.index("--port") + 1])
+        names[service["metadata"]["name"], service["spec"]["ports"][0]["port"]] = served
+    return names
+
+
+def test_vllm_layout_sends_each_tier_the_model_name_its_server_serves() -> None:
+    settings = load_settings(VLLM_CONFIG_FILE, environ={})
+    served = served_model_names()
+    assert len(served) == 2
+    for tier in Tier:
+        config = settings.tiers[tier]
+        url = urlsplit(config.base_url)
+        assert (config.kind, url.scheme, url.path) == (UpstreamKind.VLLM, "http", "/v1")
+        assert served[url.hostname, url.port] == config.model, tier  # else vLLM answers every request 404
+        assert config.api_key is None  # no token goes to an in-cluster server
+
+
+def test_vllm_example_servers_need_no_hugging_face_token_to_start() -> None:
+    for deployment in (obj for obj in documents(VLLM_EXAMPLE) if obj["kind"] == "Deployment"):
+        (container,) = pod_spec(deployment)["containers"]
+        assert env_of(container)["HF_TOKEN"]["secretKeyRef"]["optional"] is True
+
+
+# -- the ServiceMonitor (Prometheus Operator) ----------------------------------------------------------------
+
+
+def test_monitoring_is_a_component_holding_the_service_monitor() -> None:
+    component = kustomization(K8S / "monitoring")
+    assert (component["apiVersion"], component["kind"]) == ("kustomize.config.k8s.io/v1alpha1", "Component")
+    assert component["resources"] == [SERVICE_MONITOR.name]
+
+
+def test_service_monitor_scrapes_metrics_from_the_shared_tier_service(tmp_path: Path) -> None:
+    # The component added to the shared tier, as the docs tell users to: the rendered ServiceMonitor must select the
+    # rendered Service and name one of its ports.
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(K8S / "shared-tier", overlay)],
+                "components": [os.path.relpath(K8S / "monitoring", overlay)],
+            }
+        ),
+        encoding="utf-8",
+    )
+    objects = render(overlay)
+    (monitor,) = [obj for obj in objects if obj["kind"] == "ServiceMonitor"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    (service,) = [obj for obj in objects if obj["kind"] == "Service" and obj["metadata"]["name"] == "routeproxy"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    others = [obj for obj in objects if obj["kind"] == "Service" and obj is not service]
+    assert all(
+        not monitor["spec"]["selector"]["matchLabels"].items() <= obj["metadata"]["labels"].items() for obj in others
+    )
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout"}
+    assert set(monitor["spec"]) == {"selector", "endpoints"}
 
 
 # -- the Dockerfile -------------------------------------------------------------------------------------
@@ -455,7 +602,7 @@ def test_dashboard_covers_quality_rollout_and_cascade() -> None:
         "sum by (tier, kind) (rate(routeproxy_feedback_total",
         "sum by (reason) (rate(routeproxy_feedback_rejected_total",
         "max by (tier) (routeproxy_quality_mean_score)",
-        "max by (tier) (routeproxy_quality_feedback_count)",
+        "max by (tier) (routeproxy_quality_feedback_events)",
         *(f'routeproxy_quality_degradation_ratio{{bound="{bound}"}}' for bound in ("point", "low", "high")),
         *(f'routeproxy_quality_verdict{{verdict="{verdict}"}}' for verdict in VERDICTS),
         "routeproxy_rollout_step",

@@ -9,7 +9,7 @@ import sys
 import pytest
 from support.processes import ROOT
 
-TOOLS = ("routeproxy.sim", "routeproxy.bench", "routeproxy.evaluate")
+TOOLS = ("routeproxy.sim", "routeproxy.bench", "routeproxy.evaluate", "routeproxy.reference")
 
 
 @pytest.mark.parametrize("module", ["routeproxy.api.app", "routeproxy.cli"])
@@ -37,7 +37,7 @@ def test_every_subpackage_ships_in_the_wheel() -> None:
 # -- the layout table (docs/internals/architecture.md) against the tree and the import graph --
 
 LAYOUT_DOC = ROOT / "docs" / "internals" / "architecture.md"
-TOOL_PACKAGES = ("sim", "bench", "evaluate")
+TOOL_PACKAGES = ("sim", "bench", "evaluate", "reference")
 
 
 def _layout_rows() -> list[tuple[str, str]]:

@@ -82,7 +82,7 @@ def test_metrics_after_traffic_match_the_stats_endpoint(
     assert total(samples, "routeproxy_inflight_requests") == 0
     assert total(samples, "routeproxy_ab_test_ratio") == 0.5
     assert total(samples, "routeproxy_routing_enabled") == 1
-    assert total(samples, "routeproxy_counter_flush_lag_seconds") == 0  # in-memory: nothing to lag
+    assert total(samples, "routeproxy_redis_flush_lag_seconds") == 0  # in-memory: nothing to lag
 
 
 APP = textwrap.dedent(

@@ -65,7 +65,7 @@ def test_feedback_is_counted_for_the_tier_that_answered_and_replaced_not_doubled
     assert sum(entry["feedback_count"] for entry in block["tiers"].values()) == 1  # SIMPLE stays out of the A/B
     metrics = httpx.get(f"{proxy.url}/metrics", timeout=10).text
     assert f'routeproxy_feedback_total{{complexity="medium",kind="score",tier="{tier}"}} 1.0' in metrics
-    assert f'routeproxy_quality_feedback_count{{tier="{tier}"}} 1.0' in metrics
+    assert f'routeproxy_quality_feedback_events{{tier="{tier}"}} 1.0' in metrics
     assert 'routeproxy_quality_verdict{verdict="insufficient_data"} 1.0' in metrics
 
 

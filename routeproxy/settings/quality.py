@@ -16,10 +16,11 @@ from routeproxy.settings.declaration import (
 COUNTER_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "counters.redis_url",
-        "REDIS_URL",
+        "ROUTEPROXY_REDIS_URL",
         None,
         _redis_url,
         "Redis for counters shared by all replicas (redis://, rediss://, unix://); unset = in-memory.",
+        aliases=("REDIS_URL",),
     ),
     Setting(
         "counters.namespace",

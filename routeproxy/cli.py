@@ -202,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
             )
         )
     )
+    check.add_argument(
+        "--probe",
+        action="store_true",
+        help="also ask each tier's upstream for its /v1/models and say whether it serves the configured model id",
+    )
     check.set_defaults(handler=cmd_check_config)
     return parser
 

@@ -29,9 +29,9 @@ OTHER_VARIABLES = frozenset({"ROUTEPROXY_CONFIG", "ROUTEPROXY_CHROMIUM", "HF_TOK
 _OWN_PREFIXES = ("ROUTEPROXY_", "MODEL_3B_", "MODEL_8B_")
 _OWN_NAMES = frozenset({"MODEL_3B", "MODEL_8B"})
 _TYPO_CUTOFF = 0.85  # for other variables: close enough to a known name to be a typo of it (REDIS_URI, not REDIS_HOST)
-_SUGGEST_CUTOFF = 0.75
+_SUGGEST_CUTOFF = 0.8
 _SERVICE_LINK = re.compile(
-    r"^(?P<service>[A-Z][A-Z0-9_]*?)_(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?|PORT(?:_\d+_(?:TCP|UDP|SCTP)"
+    r"^(?P<service>[A-Z][A-Z0-9_]*?)_(?P<kind>SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?|PORT(?:_\d+_(?:TCP|UDP|SCTP)"
     r"(?:_PROTO|_PORT|_ADDR)?)?)$"
 )
 _LINK_VALUE = re.compile(r"^(?:tcp|udp|sctp)://[^\s/]+:\d+$")
@@ -50,7 +50,8 @@ def service_link(name: str, value: str, environ: Mapping[str, str]) -> bool:
     match = _SERVICE_LINK.match(name)
     if match is None or f"{match['service']}_SERVICE_HOST" not in environ:
         return False
-    return not name.endswith("_PORT") or "_SERVICE_" in name or bool(_LINK_VALUE.match(value))
+    # <SERVICE>_PORT is also a setting's name (ROUTEPROXY_PORT): a link only when it holds a link's value.
+    return match["kind"] != "PORT" or bool(_LINK_VALUE.match(value))
 
 
 def from_environment(setting: Setting, environ: Mapping[str, str]) -> tuple[str, str] | None:
@@ -114,6 +115,11 @@ def _suggestion(name: str, known: set[str], alias_of: Mapping[str, Setting]) -> 
     for alias in (name.removeprefix("ROUTEPROXY_"), f"{name}_NAME"):
         if alias in alias_of and alias_of[alias].env:
             return f" (did you mean {alias_of[alias].env}?)"
-    near = difflib.get_close_matches(name, known, n=1, cutoff=_SUGGEST_CUTOFF)
+    # Compared without the prefix they share, which would make any two ROUTEPROXY_ names look alike.
+    prefix = "ROUTEPROXY_" if name.startswith("ROUTEPROXY_") else ""
+    bare = {other.removeprefix(prefix): other for other in known if other.startswith(prefix)}
+    near = [
+        bare[match] for match in difflib.get_close_matches(name.removeprefix(prefix), bare, n=1, cutoff=_SUGGEST_CUTOFF)
+    ]
     near += sorted(other for other in known if other.startswith(name + "_") and other not in near)[:1]
     return f" (did you mean {' or '.join(near)}?)" if near else ""

@@ -51,6 +51,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode())
     else:
         print(format_stats_table(stats))
+        for caveat in stats.get("provenance", {}).get("caveats", []):
+            print(f"note: {caveat}")
         if "ab_analysis" in stats:
             print("\n".join(["", *format_ab_lines(stats["ab_analysis"]), *format_rollout_lines(stats["rollout"])]))
     return 0

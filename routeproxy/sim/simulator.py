@@ -3,7 +3,8 @@
 It is NOT a model. It answers ``POST /v1/chat/completions`` with deterministic filler words (chosen by a
 blake2b hash of the messages) at a configurable pace, in the wire dialect of vLLM, TGI (current or < 2.1.0)
 or the Hugging Face router (see ``routeproxy.sim.dialects`` and /work/shared/PROTOCOLS.md). Every response is
-labelled with the header ``x-simulator: routeproxy`` so it can never pass for a real model.
+labelled with the header ``x-simulator: routeproxy`` (and ``x-simulator-speed``) so it can never pass for a real
+model.
 
 Pacing: the first token is sent ``ttft_s`` after the request, then one token every ``1/tokens_per_s``; an
 answer that ends naturally gets a final "stop" chunk one token later. ``speed`` divides every delay
@@ -86,10 +87,12 @@ WEAK_ANSWER = "I'm sorry, but I can't help with that."  # what a weak small tier
 
 
 class _Label:
-    """Pure ASGI middleware: every response says it comes from the simulator."""
+    """Pure ASGI middleware: every response says it comes from the simulator, and how much faster than the design's
+    latencies it runs (a proxy in front counts both, so its stats can say their figures are simulated)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, speed: float = 1.0) -> None:
         self.app = app
+        self.speed = f"{speed:g}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -98,7 +101,9 @@ class _Label:
 
         async def labelled(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message).append("x-simulator", "routeproxy")
+                headers = MutableHeaders(scope=message)
+                headers.append("x-simulator", "routeproxy")
+                headers.append("x-simulator-speed", self.speed)
             await send(message)
 
         await self.app(scope, receive, labelled)
@@ -343,4 +348,4 @@ def create_simulator_app(profile: SimProfile) -> Starlette:
         Route("/_sim/requests", sim.recorded, methods=["GET", "DELETE"]),
         Route("/_sim/stats", sim.stats_view, methods=["GET"]),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(_Label)])
+    return Starlette(routes=routes, middleware=[Middleware(_Label, speed=profile.speed)])

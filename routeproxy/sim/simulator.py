@@ -68,6 +68,7 @@ from routeproxy.sim.content import (
 from routeproxy.sim.dialects import WIRES, Answer, Json, Wire, json_response
 from routeproxy.sim.faults import BadFault, Faults
 from routeproxy.sim.profile import SimProfile
+from routeproxy.sim.responses import ResponsesApi
 from routeproxy.sim.streams import (
     Outcome,
     Plan,
@@ -216,7 +217,11 @@ class _Simulator:
         if function is not None:
             calls = (tool_call(function, rng, self.wire.tool_call_id(0), prompt_values(body)),)
             tokens = split_tokens(calls[0].arguments)
-        elif not text and (structured := json_text(body.get("response_format"), rng, prompt_values(body))) is not None:
+        elif not text and (
+            structured := json_text(
+                body.get("response_format"), rng, prompt_values(body), asked if isinstance(asked, list) else ()
+            )
+        ):
             tokens = split_tokens(structured)
         if faults.answer is not None:
             calls, tokens = (), words_of(faults.answer)
@@ -334,6 +339,15 @@ class _Simulator:
 _POOLING = {"/v1/embeddings": pooling.embeddings, "/tokenize": pooling.tokenize, "/detokenize": pooling.detokenize}
 
 
+def _responses_routes(api: ResponsesApi) -> list[Route]:
+    return [
+        Route("/v1/responses", api.create, methods=["POST"]),
+        Route("/v1/responses/{response_id}", api.retrieve, methods=["GET"]),
+        Route("/v1/responses/{response_id}", api.delete, methods=["DELETE"]),
+        Route("/v1/responses/{response_id}/input_items", api.input_items, methods=["GET"]),
+    ]
+
+
 def create_simulator_app(profile: SimProfile) -> Starlette:
     """A Starlette app that plays one upstream; serve it with uvicorn or ``ThreadedServer``."""
     sim = _Simulator(profile)
@@ -343,6 +357,8 @@ def create_simulator_app(profile: SimProfile) -> Starlette:
         *([] if profile.dialect is Dialect.HF else [Route("/v1/completions", sim.text_completion, methods=["POST"])]),
         # vLLM also embeds and tokenizes (TGI leaves embeddings to TEI; the HF router serves chat only).
         *(Route(path, sim.pooling, methods=["POST"]) for path in _POOLING if profile.dialect is Dialect.VLLM),
+        # vLLM and the HF router serve the Responses API too; TGI has none.
+        *(_responses_routes(ResponsesApi(sim)) if profile.dialect in (Dialect.VLLM, Dialect.HF) else []),
         Route("/v1/models", sim.models, methods=["GET"]),
         Route("/health", sim.health, methods=["GET"]),
         Route("/_sim/requests", sim.recorded, methods=["GET", "DELETE"]),

@@ -185,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="--scenario rollout: drive this running proxy (e.g. serve --simulate with the rollout on) instead of one "
         "started in this process",
     )
+    bench.add_argument(
+        "--fresh",
+        action="store_true",
+        help="--scenario rollout --proxy: start each case afresh (reset the proxy's counters, put its rollout back on "
+        "the first step and resume it; admin requests: ROUTEPROXY_ADMIN_TOKEN is sent when set)",
+    )
     bench.add_argument("--speed", type=float, default=10.0, help="scenario: divide the seed's latencies by this")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=cmd_bench)

@@ -1,6 +1,7 @@
 """An upstream's base URL, checked where the common mistakes are: white space, a scheme other than http(s), no
-host, a port out of range, a query, an endpoint's path instead of the base (``/v1/chat/completions``), or no path
-at all where vLLM, TGI and the Hugging Face router serve under ``/v1``. A path that ends elsewhere is accepted (a
+host, a port out of range, a #fragment, an endpoint's path instead of the base (``/v1/chat/completions``), or no
+path at all where vLLM, TGI and the Hugging Face router serve under ``/v1``. A query is kept: it goes with every
+request (Azure's ``?api-version=``). A path that ends elsewhere is accepted (a
 provider's own base path) and explained by ``base_url_note``."""
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ def upstream_url(value: Any) -> str:
         port = host_port.partition(":")[2]
         if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
             raise ValueError(f"has the port {port!r}: expected a number from 1 to 65535")
-    if parts.query or parts.fragment:
-        raise ValueError("has a ?query or #fragment: a base URL has none")
+    if parts.fragment:
+        raise ValueError("has a #fragment, which is never sent: remove it")
     path = parts.path.rstrip("/")
     for endpoint in _ENDPOINTS:
         if path.endswith(endpoint):

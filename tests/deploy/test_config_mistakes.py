@@ -179,7 +179,7 @@ def test_problems_of_the_file_and_the_environment_come_together(tmp_path: Path) 
         ("vllm:8000/v1", "has no scheme: expected http:// or https://, such as 'http://vllm:8000/v1'"),
         ("http:/vllm/v1", "needs two slashes after http: ('http://vllm/v1')"),
         ("http:///v1", "has no host"),
-        ("http://vllm:8000/v1?key=x", "has a ?query or #fragment"),
+        ("http://vllm:8000/v1#models", "has a #fragment, which is never sent"),
     ],
 )
 def test_an_upstream_url_that_cannot_work_is_refused_with_what_to_write(url: str, fragment: str) -> None:
@@ -197,6 +197,10 @@ def test_an_upstream_url_that_cannot_work_is_refused_with_what_to_write(url: str
         ("HTTPS://Router.HuggingFace.co/v1", "https://Router.HuggingFace.co/v1"),
         ("http://[::1]:8000/v1", "http://[::1]:8000/v1"),
         (" http://vllm-3b.llm.svc.cluster.local:8000/v1 ", "http://vllm-3b.llm.svc.cluster.local:8000/v1"),
+        (
+            "https://x.example.com/openai/v1?api-version=2024-10-21",
+            "https://x.example.com/openai/v1?api-version=2024-10-21",
+        ),
     ],
 )
 def test_a_good_upstream_url_is_kept_normalised(url: str, kept: str) -> None:

@@ -25,6 +25,7 @@ from routeproxy.settings.checks import ConfigNote, environment_notes, from_envir
 from routeproxy.settings.declaration import RoutingMode, Setting, StickyKey, Tier, _key_list
 from routeproxy.settings.files import default_config_path, read_yaml_entries
 from routeproxy.settings.quality import COUNTER_SETTINGS, QUALITY_SETTINGS
+from routeproxy.settings.redaction import redacted_url
 from routeproxy.settings.routing import CASCADE_SETTINGS, ROUTING_SETTINGS
 from routeproxy.settings.server import LOG_SETTINGS, SERVER_SETTINGS, SIMULATOR_SETTINGS
 from routeproxy.settings.tier_config import TierConfig, tier_config
@@ -240,7 +241,8 @@ def load_settings(
         try:
             values[setting.key] = setting.convert(raw)
         except ValueError as exc:
-            problems.append(f"{setting.key} = {raw!r} (from {where}): {exc}")
+            shown = redacted_url(raw) if isinstance(raw, str) and "://" in raw else raw  # a URL's password stays out
+            problems.append(f"{setting.key} = {shown!r} (from {where}): {exc}")
     if problems:  # the checks below need every value
         raise _refuse(problems + [note.message for note in notes if note.strict])
 

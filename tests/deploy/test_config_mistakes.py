@@ -213,3 +213,11 @@ def test_a_base_path_other_than_v1_is_accepted_and_explained() -> None:
     (note,) = settings.notes
     assert not note.strict
     assert "does not end in /v1" in note.message and "/v1beta/openai/chat/completions" in note.message
+
+
+def test_a_refused_url_is_shown_without_its_password() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={"REDIS_URL": "http://app:hunter2@redis:6379/0?password=hunter3"})
+    message = str(caught.value)
+    assert "counters.redis_url = 'http://app:***@redis:6379/0?password=***'" in message
+    assert "hunter" not in message

@@ -95,10 +95,12 @@ def configure_logging(config: LogConfig) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        # In case something configured uvicorn's loggers before us: their records come to the root's handler.
+        # If uvicorn's own configuration ran before us, its handlers go and its records come to the root's handler.
+        # A logger without handlers is left as it is: uvicorn silences its access log (access_log=False) that way.
         logger = logging.getLogger(name)
-        logger.handlers.clear()
-        logger.propagate = True
+        if logger.handlers:
+            logger.handlers.clear()
+            logger.propagate = True
     # httpx and httpcore log every request at info: the commands that use them (stats, bench) print their own.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(max(level, logging.WARNING))

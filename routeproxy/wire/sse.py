@@ -43,16 +43,20 @@ def body_answer(body: bytes) -> tuple[Usage | None, str | None]:
     return _usage(document.get("usage")), _answer_id(document)
 
 
+# The first "id" of an event: a chat chunk's own (it comes first in vLLM's and OpenAI's chunks), or the response's in
+# a Responses API event. A quote inside a JSON string is escaped, so text that merely mentions "id" cannot match.
+_FIRST_ID = re.compile(rb'"id":\s*"([^"\\\x00-\x1f]{1,200})"')
+
+
 def stream_answer_id(chunk: bytes) -> str | None:
     """The answer's id from the first ``data:`` event of a stream's first events (a chat chunk's ``id``, or the
-    ``response.id`` of a Responses API event)."""
-    for line in chunk.splitlines():
-        if line.startswith(b"data:"):
-            try:
-                return _answer_id(orjson.loads(line[5:]))
-            except orjson.JSONDecodeError:
-                return None
-    return None
+    ``response.id`` of a Responses API event); found without parsing the event, once per stream."""
+    start = chunk.find(b"data:")
+    if start == -1:
+        return None
+    end = chunk.find(b"\n", start)
+    match = _FIRST_ID.search(chunk, start, len(chunk) if end == -1 else end)
+    return None if match is None else match.group(1).decode("utf-8", "replace")
 
 
 def _answer_id(document: object) -> str | None:

@@ -26,7 +26,7 @@ def provenance(
     routing_off = sum(snapshot.get("routing_off", labels[tier]) for tier in Tier)
     caveats: list[str] = []
     if simulated:
-        pace = f", {speed:g} times faster than the design's 2.5 s / 4.5 s answers" if speed and speed != 1 else ""
+        pace = f", {speed:g} times faster than its default pace (2.5 s / 4.5 s answers)" if speed and speed != 1 else ""
         caveats.append(
             f"{simulated} of {total} requests were answered by routeproxy's simulator, not a model{pace}: the "
             "latencies and the improvement are the simulator's pacing"

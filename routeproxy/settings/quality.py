@@ -35,7 +35,7 @@ COUNTER_SETTINGS: tuple[Setting, ...] = (
         None,
         _optional_seconds,
         "Baseline of latency_improvement_pct in ms; unset (or 0) = measured: the large tier's average latency in "
-        "the same period. A fixed number (the design's 4500, say) is reported as configured, not measured.",
+        "the same period. A fixed number (4500, say) is reported as configured, not measured.",
     ),
 )
 

@@ -88,8 +88,8 @@ WEAK_ANSWER = "I'm sorry, but I can't help with that."  # what a weak small tier
 
 
 class _Label:
-    """Pure ASGI middleware: every response says it comes from the simulator, and how much faster than the design's
-    latencies it runs (a proxy in front counts both, so its stats can say their figures are simulated)."""
+    """Pure ASGI middleware: every response says it comes from the simulator, and how much faster than its default
+    pace it runs (a proxy in front counts both, so its stats can say their figures are simulated)."""
 
     def __init__(self, app: ASGIApp, speed: float = 1.0) -> None:
         self.app = app

@@ -41,7 +41,7 @@ def answered(tier: Tier, latency_ms: float, **extra: Any) -> Outcome:
 
 async def test_with_routing_off_the_improvement_is_zero_and_said_to_measure_nothing() -> None:
     stats = await stats_for([answered(Tier.LARGE, latency, routing_off=True) for latency in (900.0, 1100.0)])
-    assert stats["baseline_latency_ms"] == 1000  # the large tier's own average, not the design's 4500
+    assert stats["baseline_latency_ms"] == 1000  # the large tier's own average, not a fixed 4500
     assert stats["latency_improvement_pct"] == 0.0
     assert stats["provenance"]["routing_off_requests"] == 2
     assert stats["provenance"]["caveats"] == [
@@ -61,8 +61,8 @@ async def test_simulated_and_sped_up_answers_are_said_with_their_speed() -> None
     assert (provenance["simulated_requests"], provenance["simulator_speed"]) == (3, 10.0)
     assert provenance["baseline"] == "large_tier"
     assert provenance["caveats"] == [
-        "3 of 3 requests were answered by routeproxy's simulator, not a model, 10 times faster than the design's "
-        "2.5 s / 4.5 s answers: the latencies and the improvement are the simulator's pacing",
+        "3 of 3 requests were answered by routeproxy's simulator, not a model, 10 times faster than its default "
+        "pace (2.5 s / 4.5 s answers): the latencies and the improvement are the simulator's pacing",
         "routing was off for 1 of 3 requests of this period: the averages mix unrouted and routed traffic (reset the "
         "counters when switching routing on)",
     ]

@@ -130,3 +130,20 @@ def test_the_summary_names_the_mode_and_what_the_rollout_controller_sets() -> No
         load_settings(environ={"ROUTEPROXY_ROLLOUT": "true", "REDIS_URL": "redis://r:6379"}), simulate=False
     )
     assert with_redis["rollout"]["resumes_stored_step"] is True
+
+
+def test_stats_names_an_unreachable_redis_without_its_passwords() -> None:
+    url = f"redis://app:hunter2@127.0.0.1:{free_port()}/0?password=hunter3"
+    environ = {key: value for key, value in os.environ.items() if "REDIS_URL" not in key}
+    result = subprocess.run(
+        [sys.executable, "-m", "routeproxy", "stats", "--redis-url", url],
+        env={**environ, "ROUTEPROXY_LOG_FORMAT": "json"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 1
+    shown = url.replace("hunter2", "***").replace("hunter3", "***")
+    assert f"routeproxy stats: cannot read {shown}: " in result.stderr
+    assert "hunter" not in result.stderr + result.stdout

@@ -23,7 +23,8 @@ def _setting_flag(sub: argparse.ArgumentParser, flag: str, key: str, **options: 
     setting = SETTINGS_BY_KEY[key]
     default = getattr(setting.default, "value", setting.default)
     shown = "unset" if default is None else default
-    help_text = f"{setting.help} Default: {shown}; env {setting.env}.".replace("%", "%%")
+    env = f"{setting.env}" + "".join(f" (or {alias})" for alias in setting.aliases)
+    help_text = f"{setting.help} Default: {shown}; env {env}.".replace("%", "%%")
     sub.add_argument(flag, help=help_text, default=None, **options)
 
 
@@ -58,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def with_routing(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sub.add_argument("--rules", help="rule set: general, poultry, or a YAML path (overrides routing.rules)")
-        sub.add_argument("--ratio", type=float, help="ab_test_ratio to use (overrides AB_TEST_RATIO)")
-        sub.add_argument("--enable-routing", action="store_true", help="act as if ENABLE_MODEL_ROUTING=true")
+        sub.add_argument("--ratio", type=float, help="ab_test_ratio to use (overrides ROUTEPROXY_AB_TEST_RATIO)")
+        sub.add_argument("--enable-routing", action="store_true", help="act as if ROUTEPROXY_ENABLE_MODEL_ROUTING=true")
         return sub
 
     serve = with_serve_flags(with_config(commands.add_parser("serve", help="run the proxy")))
@@ -189,13 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
         "started in this process",
     )
     bench.add_argument(
+        "--fresh",
+        action="store_true",
+        help="--scenario rollout --proxy: start each case afresh (reset the proxy's counters, put its rollout back on "
+        "the first step and resume it; admin requests: ROUTEPROXY_ADMIN_TOKEN is sent when set)",
+    )
+    bench.add_argument(
         "--speed", type=float, default=10.0, help="scenario: divide the simulated tiers' latencies by this"
     )
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=cmd_bench)
 
     stats = with_config(commands.add_parser("stats", help="print the shared routing statistics"))
-    stats.add_argument("--redis-url", help="read this Redis (default: REDIS_URL / counters.redis_url)")
+    stats.add_argument("--redis-url", help="read this Redis (default: ROUTEPROXY_REDIS_URL / counters.redis_url)")
     stats.add_argument("--proxy", default="http://127.0.0.1:8001", help="without Redis: the proxy to ask")
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(handler=cmd_stats)
@@ -207,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
                 help="validate the configuration as `serve` would (same flags), print its start-up summary",
             )
         )
+    )
+    check.add_argument(
+        "--probe",
+        action="store_true",
+        help="also ask each tier's upstream for its /v1/models and say whether it serves the configured model id",
     )
     check.set_defaults(handler=cmd_check_config)
     return parser

@@ -275,4 +275,6 @@ def _outcome(decision: RouteDecision, result: RelayResult) -> Outcome:
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
         cascade=result.cascade,
+        simulator_speed=result.simulator_speed,
+        routing_off=decision.reason is Reason.ROUTING_DISABLED,
     )

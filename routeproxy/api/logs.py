@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import structlog
+from structlog.typing import EventDict
 
 from routeproxy.errors import preview as clip
 from routeproxy.routing.route import RouteDecision
@@ -54,6 +55,11 @@ def console_format(config: LogConfig) -> bool:
 
 
 def configure_logging(config: LogConfig) -> None:
+    """One format for every line: structlog's own events, and the standard library's records (uvicorn's start-up,
+    shutdown, errors and access lines, any library's warnings) through the same renderer, with the logger's name.
+
+    uvicorn must be started with ``log_config=None`` (``server.uvicorn_options`` does) so that it keeps its
+    loggers' records coming here instead of installing handlers that print plain ``INFO:`` lines."""
     level = _LEVELS[config.level]
     renderer: Any
     _RequestLines.fd = None
@@ -63,19 +69,64 @@ def configure_logging(config: LogConfig) -> None:
             _RequestLines.fd = _stderr_fd()
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    shared: list[Any] = [structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True)]
     structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
-    # uvicorn's own messages (start-up, errors) keep the standard library's logging, at the same level.
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[_logger_name, _access_fields, *shared],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+            pass_foreign_args=True,
+        )
+    )
+    root = logging.getLogger()
+    for old in [old for old in root.handlers if getattr(old, _OURS, False)]:
+        root.removeHandler(old)
+    setattr(handler, _OURS, True)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        # If uvicorn's own configuration ran before us, its handlers go and its records come to the root's handler.
+        # A logger without handlers is left as it is: uvicorn silences its access log (access_log=False) that way.
+        logger = logging.getLogger(name)
+        if logger.handlers:
+            logger.handlers.clear()
+            logger.propagate = True
+    # httpx and httpcore log every request at info: the commands that use them (stats, bench) print their own.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
+_OURS = "_routeproxy_handler"
+
+
+def _logger_name(logger: Any, method: str, event: EventDict) -> EventDict:
+    record = event.get("_record")
+    if record is not None:
+        event["logger"] = record.name
+        if isinstance(event.get("event"), str):
+            event["event"] = event["event"].rstrip()  # uvicorn ends "Exception in ASGI application" with a newline
+    return event
+
+
+def _access_fields(logger: Any, method: str, event: EventDict) -> EventDict:
+    """uvicorn's access record (client, method, path, HTTP version, status as arguments) as fields of an
+    ``access`` event."""
+    arguments = event.pop("positional_args", None)
+    record = event.get("_record")
+    if record is not None and record.name == "uvicorn.access" and isinstance(arguments, tuple) and len(arguments) == 5:
+        client, method_name, path, version, status = arguments
+        event.update(event="access", client=client, method=method_name, path=path, http_version=version, status=status)
+    return event
 
 
 def preview(text: str, limit: int) -> str | None:
@@ -104,6 +155,8 @@ def log_request(
         "latency_ms": round(result.end_s * 1000, 2),
         "stream": body_stream,
     }
+    if result.upstream_id:  # the id the client got in the answer (chatcmpl-..., resp_...)
+        fields["upstream_id"] = result.upstream_id
     if endpoint is not None:  # not chat completions
         fields["endpoint"] = endpoint
     if decision.ab_draw is not None:

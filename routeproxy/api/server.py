@@ -163,6 +163,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "loop": "uvloop",
         "http": GuardedHttpToolsProtocol,
         "access_log": False,  # one structured line per request comes from the app itself
+        "log_config": None,  # uvicorn's records go through our handler and renderer (logs.configure_logging)
         "server_header": False,
         # The client address must be the real peer, never a header's.
         "proxy_headers": False,

@@ -143,18 +143,18 @@ def spawn(name: str, args: Sequence[str], env: dict[str, str], cpus: set[int], r
 
 def proxy_env(upstreams: dict[str, str], redis_url: str | None, **extra: str) -> dict[str, str]:
     """The proxy's environment: both tiers at local upstreams (base URLs with /v1), routing on, counters on."""
-    env = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
+    env = {key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "ROUTEPROXY_REDIS_URL")}
     env.update(
-        MODEL_3B_BASE_URL=upstreams["small"],
-        MODEL_8B_BASE_URL=upstreams["large"],
-        MODEL_3B_KIND="vllm",
-        MODEL_8B_KIND="vllm",
-        MODEL_3B_API_KEY="",
-        MODEL_8B_API_KEY="",
-        ENABLE_MODEL_ROUTING="true",
+        ROUTEPROXY_SMALL_BASE_URL=upstreams["small"],
+        ROUTEPROXY_LARGE_BASE_URL=upstreams["large"],
+        ROUTEPROXY_SMALL_KIND="vllm",
+        ROUTEPROXY_LARGE_KIND="vllm",
+        ROUTEPROXY_SMALL_API_KEY="",
+        ROUTEPROXY_LARGE_API_KEY="",
+        ROUTEPROXY_ENABLE_MODEL_ROUTING="true",
         ROUTEPROXY_LOG_LEVEL="info",  # the default, as users run it: the per-request line is part of the cost
         **extra,
     )
     if redis_url:
-        env["REDIS_URL"] = redis_url
+        env["ROUTEPROXY_REDIS_URL"] = redis_url
     return env

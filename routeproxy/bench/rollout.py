@@ -8,6 +8,9 @@ at ratio 0, or after ``max_requests``: bounded in count and time.
 
 With ``proxy_url`` (``--proxy``) the same client drives a proxy that is already running instead, for example
 ``routeproxy serve --simulate`` with the rollout on, so its dashboard can be watched while the controller moves.
+Such a proxy keeps its counters and its rollout state between runs: ``fresh`` (``--fresh``) starts each case from
+scratch (a counters reset, then the rollout put back on its first step and resumed, both admin requests); without
+it, a rollout that is already over is reported and left alone, and only the steps taken during the run are printed.
 """
 
 from __future__ import annotations
@@ -80,6 +83,43 @@ def _settings(upstreams: dict[Tier, str], *, hold_s: float, min_feedback: int) -
     return load_settings(environ={}, overrides=values)
 
 
+class DemoRefused(Exception):
+    """The running proxy refused what the demonstration needs (``--fresh``'s admin requests)."""
+
+
+def start_fresh(url: str, admin_token: str | None) -> None:
+    """A new A/B period and the rollout back on its first step, running: what a new demonstration needs."""
+    headers = {"authorization": f"Bearer {admin_token}"} if admin_token else {}
+    with httpx.Client(base_url=url, timeout=30, headers=headers, trust_env=False) as client:
+        reset = client.post("/v1/model-routing/reset")
+        _check(reset, "reset the counters")
+        step = {"rollout": {"step": 0, "paused": False, "why": "a fresh demonstration run"}}
+        _check(client.put("/v1/model-routing/config", json=step), "put the rollout back on its first step")
+
+
+def _check(response: httpx.Response, what: str) -> None:
+    if response.status_code == 200:
+        return
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text[:200]
+    hint = (
+        " (an admin request: set ROUTEPROXY_ADMIN_TOKEN to the proxy's admin token)"
+        if response.status_code in (401, 403)
+        else ""
+    )
+    raise DemoRefused(f"the proxy would not {what}: HTTP {response.status_code}: {message}{hint}")
+
+
+def _entry_key(entry: dict[str, Any]) -> tuple[Any, ...]:
+    return entry["at"], entry["from_step"], entry["to_step"], entry["why"]
+
+
+def _over(rollout: dict[str, Any]) -> bool:
+    return bool(rollout["waiting_for"] == "complete" or (rollout["paused"] and rollout["step_index"] == -1))
+
+
 async def _drive(
     url: str, case: Case, *, max_requests: int, seed: int, report: Callable[[int, float, dict[str, Any]], bool]
 ) -> int:
@@ -141,15 +181,33 @@ def run_case(
     seed: int = 12,
     out: Callable[[str], None] = print,
     proxy_url: str | None = None,
+    fresh: bool = False,
+    admin_token: str | None = None,
 ) -> CaseResult:
-    shown = 0
+    earlier: set[tuple[Any, ...]] = set()  # history entries from before this case are not this case's steps
+    shown: set[tuple[Any, ...]] = set()
     last: dict[str, Any] = {}
+    if proxy_url is not None:
+        before = httpx.get(f"{proxy_url}/v1/model-routing/stats", timeout=30, trust_env=False).json()
+        earlier = {_entry_key(entry) for entry in before["rollout"]["history"]}
+        if fresh:
+            start_fresh(proxy_url, admin_token)
+        elif _over(before["rollout"]):
+            out(
+                f"{case.name}: the rollout of the proxy at {proxy_url} is over already (ratio "
+                f"{before['rollout']['ratio']}, {before['rollout']['status']}): run with --fresh to reset its counters "
+                "and start the rollout again"
+            )
+            return CaseResult(case, 0, 0.0, [], before["rollout"], before["ab_analysis"])
 
     def report(sent: int, elapsed: float, stats: dict[str, Any]) -> bool:
-        nonlocal shown, last
+        nonlocal last
         last = stats
         rollout = stats["rollout"]
-        for entry in rollout["history"][shown:]:
+        for entry in rollout["history"]:
+            if _entry_key(entry) in earlier or _entry_key(entry) in shown:
+                continue
+            shown.add(_entry_key(entry))
             figures = entry["figures"]
             counts = figures.get("feedback", {})
             means = figures.get("mean_score", {})
@@ -162,8 +220,7 @@ def run_case(
                 f"  {elapsed:6.1f} s  {sent:5d} requests  ratio {entry['from_ratio']} -> {entry['to_ratio']}  "
                 f"{entry['why']}{detail}"
             )
-        shown = len(rollout["history"])
-        return bool(rollout["waiting_for"] == "complete" or (rollout["paused"] and rollout["step_index"] == -1))
+        return _over(rollout)
 
     rules = f"hold {hold_s:g} s, {min_feedback} feedback events per step" if proxy_url is None else f"at {proxy_url}"
     out(
@@ -175,6 +232,7 @@ def run_case(
         url = proxy_url or stack.enter_context(_demo_proxy(hold_s=hold_s, min_feedback=min_feedback))
         sent = asyncio.run(_drive(url, case, max_requests=max_requests, seed=seed, report=report))
     rollout, analysis = last["rollout"], last["ab_analysis"]
+    history = [entry for entry in rollout["history"] if _entry_key(entry) not in earlier]
     interval = analysis["difference"]["degradation_interval_pct"]
     out(
         f"  end after {sent} requests, {time.monotonic() - started:.1f} s: ratio {rollout['ratio']}"
@@ -182,7 +240,7 @@ def run_case(
         f"degradation {analysis['difference']['degradation_pct']}% (95% interval {interval}) "
         f"on {analysis['tiers']['3b']['feedback_count']} + {analysis['tiers']['8b']['feedback_count']} feedback events"
     )
-    return CaseResult(case, sent, time.monotonic() - started, rollout["history"], rollout, analysis)
+    return CaseResult(case, sent, time.monotonic() - started, history, rollout, analysis)
 
 
 def run_demo(
@@ -191,10 +249,16 @@ def run_demo(
     max_requests: int = 3000,
     out: Callable[[str], None] = print,
     proxy_url: str | None = None,
+    fresh: bool = False,
+    admin_token: str | None = None,
 ) -> list[CaseResult]:
     configure_logging(LogConfig(format="json", level="warning"))  # the proxy runs in this process: keep it quiet
     results = []
     for case in cases:
-        results.append(run_case(case, max_requests=max_requests, out=out, proxy_url=proxy_url))
+        results.append(
+            run_case(
+                case, max_requests=max_requests, out=out, proxy_url=proxy_url, fresh=fresh, admin_token=admin_token
+            )
+        )
         out("")
     return results

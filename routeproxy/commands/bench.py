@@ -52,7 +52,20 @@ def _bench_rollout(args: argparse.Namespace) -> int:
             print("routeproxy bench: --quality takes two satisfaction rates from 0 to 1", file=sys.stderr)
             return 2
         cases = (Case(f"3B {small:.2f} vs 8B {large:.2f}", small, large),)
-    elif args.proxy:
+    elif args.proxy and not args.fresh:
         cases = cases[:1]  # a running proxy keeps its rollout state: one case, the one that ramps all the way
-    run_demo(cases, max_requests=args.requests or 3000, proxy_url=args.proxy.rstrip("/") if args.proxy else None)
+    from routeproxy.bench.rollout import DemoRefused
+
+    admin_token = settings_for(args).server.admin_token if args.proxy else None
+    try:
+        run_demo(
+            cases,
+            max_requests=args.requests or 3000,
+            proxy_url=args.proxy.rstrip("/") if args.proxy else None,
+            fresh=args.fresh,
+            admin_token=admin_token,
+        )
+    except DemoRefused as exc:
+        print(f"routeproxy bench: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -130,12 +130,17 @@ def _announce(settings: Settings, *, simulate: bool) -> None:
     from routeproxy.api.startup import summary, summary_lines
 
     fields = summary(settings, simulate=simulate)
-    if settings.logging.level not in ("debug", "info"):
-        return  # an info event, like the JSON one, which the level filters out
-    if console_format(settings.logging):
-        print("\n".join(summary_lines(fields)), file=sys.stderr, flush=True)
-    else:
-        structlog.get_logger("routeproxy").info("startup", **fields)
+    log = structlog.get_logger("routeproxy")
+    if settings.logging.level in ("debug", "info"):  # an info event, like the JSON one, which the level filters out
+        if console_format(settings.logging):
+            print("\n".join(summary_lines(fields)), file=sys.stderr, flush=True)
+        else:
+            log.info("startup", **fields)
+    for note in settings.notes:  # what check-config refuses (strict) or mentions, said once at start
+        if note.strict:
+            log.warning("config_warning", problem=note.message)
+        else:
+            log.info("config_note", note=note.message)
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
@@ -159,7 +164,7 @@ def _start_simulators(settings: Settings, started: list[ThreadedServer]) -> dict
     for tier in Tier:
         profile = seed_profile(tier, settings.tiers[tier].model, speed=settings.simulator.speed)
         app = create_simulator_app(profile)
-        server = ThreadedServer(app, host="127.0.0.1", port=0, name=SIMULATOR_THREAD).start()
+        server = ThreadedServer(app, host="127.0.0.1", port=0, name=SIMULATOR_THREAD, log_config=None).start()
         started.append(server)
         overrides[f"tiers.{tier}.base_url"] = f"{server.url}/v1"
         overrides[f"tiers.{tier}.kind"] = "vllm"
@@ -180,13 +185,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from routeproxy.api.logs import configure_logging
     from routeproxy.sim.faults import DeliberateFaults
     from routeproxy.sim.profile import seed_profile
     from routeproxy.sim.simulator import create_simulator_app
     from routeproxy.sim.wire import Dialect
 
     tier = Tier(args.tier)
-    model = args.model or settings_for(args).tiers[tier].model
+    settings = settings_for(args)
+    configure_logging(settings.logging)
+    model = args.model or settings.tiers[tier].model
     profile = seed_profile(tier, model, speed=args.speed, dialect=Dialect(args.dialect))
     changes = {field: getattr(args, flag) for flag, field in _SIMULATE_FLAGS if getattr(args, flag) is not None}
     if changes:
@@ -207,16 +215,29 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         http="httptools",
         access_log=False,
         log_level="warning",
+        log_config=None,  # its warnings and errors in the same format as the proxy's (logs.configure_logging)
     )
     return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Fails exactly when ``serve`` (with the same flags) would fail at start, and prints its start-up summary."""
-    from routeproxy.api.startup import check_startable, summary, summary_lines
+    """Fails when ``serve`` (with the same flags) would fail at start, and also on what ``serve`` only warns about
+    (an unknown or misspelt variable); prints the start-up summary. ``--probe`` then asks each tier's upstream
+    whether it serves the configured model."""
+    from routeproxy.api.startup import check_startable, refuse_warnings, summary, summary_lines
 
+    if args.probe and args.simulate:
+        print("routeproxy check-config: --probe asks the configured upstreams; --simulate has none", file=sys.stderr)
+        return 2
     settings = settings_for(args, _serve_overrides(args))
     check_startable(settings, simulate=args.simulate)
+    refuse_warnings(settings)
     print(f"config OK: {settings.source}")
     print("\n".join(summary_lines(summary(settings, simulate=args.simulate))))
+    for note in settings.notes:
+        print(f"note: {note.message}")
+    if args.probe:
+        from routeproxy.api.probe import probe_tiers
+
+        return probe_tiers(settings, out=print)
     return 0

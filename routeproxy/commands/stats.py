@@ -10,6 +10,7 @@ import orjson
 
 from routeproxy.commands import settings_for
 from routeproxy.settings import RoutingMode, Settings
+from routeproxy.settings.redaction import redacted_url
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -30,14 +31,17 @@ def cmd_stats(args: argparse.Namespace) -> int:
         try:
             stats = asyncio.run(_stats_from_redis(settings))
         except CounterStoreUnavailable as exc:
-            print(f"routeproxy stats: cannot read {_redacted(settings.counters.redis_url)}: {exc}", file=sys.stderr)
+            print(f"routeproxy stats: cannot read {redacted_url(settings.counters.redis_url)}: {exc}", file=sys.stderr)
             return 1
     else:
         url = args.proxy.rstrip("/") + "/v1/model-routing/stats"
         try:
             response = httpx.get(url, timeout=10, trust_env=False)
         except httpx.HTTPError as exc:
-            print(f"routeproxy stats: no REDIS_URL, and the proxy at {url} did not answer: {exc}", file=sys.stderr)
+            print(
+                f"routeproxy stats: no ROUTEPROXY_REDIS_URL, and the proxy at {url} did not answer: {exc}",
+                file=sys.stderr,
+            )
             return 1
         if response.status_code != 200:
             print(f"routeproxy stats: {url} answered {response.status_code}", file=sys.stderr)
@@ -47,18 +51,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode())
     else:
         print(format_stats_table(stats))
+        for caveat in stats.get("provenance", {}).get("caveats", []):
+            print(f"note: {caveat}")
         if "ab_analysis" in stats:
             print("\n".join(["", *format_ab_lines(stats["ab_analysis"]), *format_rollout_lines(stats["rollout"])]))
     return 0
-
-
-def _redacted(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
 
 
 def _in_force(name: str, shared: Any, replicas: dict[str, dict[str, Any]], own: Any) -> Any:

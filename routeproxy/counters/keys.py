@@ -66,6 +66,9 @@ means the field exists per tier and also per tier and complexity.
 | `classify_failures:<tier>` | requests whose classification failed |
 | `usage_reports:<tier>` | requests whose upstream reported token usage |
 | `prompt_tokens:<tier>`, `completion_tokens:<tier>` | the tokens they reported |
+| `simulated:<tier>` | requests answered by routeproxy's simulator (its `x-simulator` header), not a model |
+| `simulator_speed_x100_sum:<tier>` | sum of the simulator's speed-ups over those requests, in hundredths |
+| `routing_off:<tier>` | requests decided while routing was off (every `auto` request to the large tier) |
 | `feedback:<tier>[:<complexity>]` | requests with feedback (a second feedback for one request replaces the first) |
 | `score_milli:<tier>[:<complexity>]` | sum of their scores, in thousandths (thumbs up = 1000, down = 0) |
 | `score_sq_micro:<tier>[:<complexity>]` | sum of the squared scores, in millionths (for the variance) |

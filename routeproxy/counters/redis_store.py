@@ -53,6 +53,7 @@ from routeproxy.counters.stats import Outcome, Snapshot, outcome_fields
 from routeproxy.counters.store import CounterStore, now_utc
 from routeproxy.errors import CounterStoreUnavailable
 from routeproxy.settings import Tier
+from routeproxy.settings.redaction import redacted_url
 from routeproxy.settings.runtime import RuntimeConfig, check_runtime, parse_runtime
 from routeproxy.tasks import Repeating
 
@@ -139,6 +140,7 @@ class RedisCounterStore(CounterStore):
     ) -> None:
         super().__init__(labels, replica_id=replica_id, flush_interval=flush_interval)
         self.keys = RedisKeys(namespace)
+        self.shown_url = redacted_url(url)  # for log lines: never the password
         self._client = redis_client(url)
         self._flush_script = self._client.register_script(FLUSH_LUA)
         self._reset_script = self._client.register_script(RESET_LUA)
@@ -294,14 +296,16 @@ class RedisCounterStore(CounterStore):
                     await self._call(None)  # nothing to send: still refresh the period and runtime config
             except _REDIS_FAILURES as exc:
                 if self._healthy:
-                    log.warning("counters.redis_unavailable", error=repr(exc), backlog=self.backlog_fields)
+                    log.warning(
+                        "counters.redis_unavailable", redis=self.shown_url, error=repr(exc), backlog=self.backlog_fields
+                    )
                 self._healthy = False
                 self.failures += 1
                 if self.on_flush is not None:
                     self.on_flush()
                 return False
         if not self._healthy:
-            log.info("counters.redis_back")
+            log.info("counters.redis_back", redis=self.shown_url)
         self._healthy = True
         self.last_flush = time.monotonic()
         if self.on_flush is not None:

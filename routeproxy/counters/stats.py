@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from routeproxy.counters.provenance import provenance
 from routeproxy.routing.classify import Complexity
 from routeproxy.settings import Tier
 from routeproxy.wire.relay import CascadeOutcome
@@ -47,6 +48,8 @@ class Outcome:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cascade: CascadeOutcome | None = None  # cascade mode: the small answer was checked
+    simulator_speed: float | None = None  # answered by routeproxy's simulator, this many times the design's pace
+    routing_off: bool = False  # decided while routing was off (the large tier, whatever the prompt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,11 @@ def outcome_fields(outcome: Outcome, labels: Mapping[Tier, str]) -> Iterable[tup
         yield f"usage_reports:{tier}", 1
         yield f"prompt_tokens:{tier}", outcome.prompt_tokens or 0
         yield f"completion_tokens:{tier}", outcome.completion_tokens or 0
+    if outcome.simulator_speed is not None:
+        yield f"simulated:{tier}", 1
+        yield f"simulator_speed_x100_sum:{tier}", round(outcome.simulator_speed * 100)
+    if outcome.routing_off:
+        yield f"routing_off:{tier}", 1
     if outcome.cascade is not None:
         yield from _cascade_fields(outcome.cascade, outcome.complexity.value if outcome.complexity else PINNED)
 
@@ -134,7 +142,7 @@ def _cascade_fields(cascade: CascadeOutcome, slot: str) -> Iterable[tuple[str, i
 def field_count(tiers: int = len(Tier)) -> int:
     """How many distinct fields exist: the bound on the size of any local delta."""
     per_scope = 5 + len(BUCKET_NAMES)  # requests, latency sum, errors, fallbacks, disconnects + buckets
-    per_tier = (1 + len(COMPLEXITY_SLOTS)) * per_scope + len(STATUS_CLASSES) + 3 + len(BUCKET_NAMES) + 4
+    per_tier = (1 + len(COMPLEXITY_SLOTS)) * per_scope + len(STATUS_CLASSES) + 3 + len(BUCKET_NAMES) + 4 + 3
     cascade = 2 * len(COMPLEXITY_SLOTS) + 2 + len(BUCKET_NAMES) + 1 + 5 + len(BUCKET_NAMES)
     return tiers * per_tier + cascade
 
@@ -190,7 +198,8 @@ def render_stats(
     """The seed's stats JSON (same keys, same order), then the extra fields; tiers appear under ``labels``, small
     first.
 
-    ``baseline_latency_ms`` None means "measure it": the average latency of the large tier.
+    ``baseline_latency_ms`` None means "measure it": the average latency of the large tier in the period. Where the
+    figures come from (simulated upstreams, routing off, the baseline) is in ``provenance`` with its caveats.
     ``estimated_cost_savings_pct`` compares with sending every request to the large tier; an escalated request
     costs a large request plus a whole small one (conservative: a stream cut at the hold cost less).
     """
@@ -198,10 +207,12 @@ def render_stats(
     latency_sums = {tier: snapshot.get("latency_ms_sum", labels[tier]) for tier in Tier}
     total = sum(requests.values())
     average = sum(latency_sums.values()) / total if total else 0.0
-    if baseline_latency_ms is None:
-        baseline = _avg(latency_sums[Tier.LARGE], requests[Tier.LARGE])
+    if baseline_latency_ms is None:  # measured: unrounded in the improvement, which is 0.0 when all went large
+        exact = latency_sums[Tier.LARGE] / requests[Tier.LARGE] if requests[Tier.LARGE] else 0.0
+        baseline_source = "large_tier" if requests[Tier.LARGE] else "none"
     else:
-        baseline = round(baseline_latency_ms)
+        exact, baseline_source = baseline_latency_ms, "configured"
+    baseline = round(exact)
     all_large_cost = total * relative_cost[Tier.LARGE]
     escalations = sum(snapshot.get("escalations", slot) for slot in COMPLEXITY_SLOTS)
     actual_cost = sum(requests[tier] * relative_cost[tier] for tier in Tier) + escalations * relative_cost[Tier.SMALL]
@@ -220,7 +231,7 @@ def render_stats(
         },
         "average_latency_ms": round(average),
         "baseline_latency_ms": baseline,
-        "latency_improvement_pct": round((baseline - average) / baseline * 100, 1) if total and baseline else 0.0,
+        "latency_improvement_pct": round((exact - average) / exact * 100, 1) if total and exact else 0.0,
         "estimated_cost_savings_pct": _pct(all_large_cost - actual_cost, all_large_cost),
         "ab_test_ratio": ab_test_ratio,
         "routing_enabled": routing_enabled,
@@ -264,6 +275,7 @@ def render_stats(
             }
             for tier in Tier
         },
+        "provenance": provenance(snapshot, labels, baseline_source, baseline),
         "replicas": list(snapshot.replicas),
         "store": snapshot.store,
         "period": snapshot.period,

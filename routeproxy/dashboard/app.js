@@ -94,7 +94,7 @@
           : "");
     } else {
       fill(view, `In-memory counters: these are this process's own numbers (period ${stats.period}${since}`
-        + "); with several replicas or workers each counts its own. Set REDIS_URL for one shared view. Replica: ",
+        + "); with several replicas or workers each counts its own. Set ROUTEPROXY_REDIS_URL for one shared view. Replica: ",
         ...names);
     }
   }

@@ -80,13 +80,24 @@ window.routeproxyBlocks = (() => {
     })));
   }
 
+  // Where the headline figures come from (simulated or sped-up upstreams, routing off, a configured baseline), said
+  // above them: a demo's figures must not read as a measurement of routing between real models.
+  function baselineSource() {
+    const source = at(stats, "provenance.baseline");
+    return { large_tier: "measured: the large tier", configured: "configured", none: "no large-tier request yet" }[source]
+      || "";
+  }
+
   function renderTraffic() {
+    const caveats = at(stats, "provenance.caveats") || [];
+    fill($("caveats"), caveats.map((text) => h("li", { "data-caveat": "" }, text)));
     const tokens = (tier, kind) => at(stats, `tokens.${tier}.${kind}`) === undefined ? "–" : fig(`tokens.${tier}.${kind}`);
     fill($("traffic-cards"),
       card("requests", fig("total_requests")),
       card("average latency (ms)", fig("average_latency_ms")),
-      card("baseline (ms)", fig("baseline_latency_ms")),
-      card("latency improvement %", fig("latency_improvement_pct")),
+      card("baseline (ms)", fig("baseline_latency_ms"), h("div", { class: "card-note" }, baselineSource())),
+      card(caveats.length ? "latency improvement % (see the notes)" : "latency improvement %",
+        fig("latency_improvement_pct")),
       card("estimated cost savings %", fig("estimated_cost_savings_pct")),
       card("classifier failures", fig("classify_failures")));
     fill($("traffic-tiers"), table(

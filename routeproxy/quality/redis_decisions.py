@@ -36,6 +36,7 @@ from routeproxy.quality.decisions import (
     not_found,
     score_units,
 )
+from routeproxy.settings.redaction import redacted_url
 from routeproxy.tasks import Repeating
 
 log = structlog.get_logger(__name__)
@@ -141,6 +142,7 @@ class RedisDecisionStore(DecisionStore):
         self.max_queued = max_queued
         # Another replica may still hold the decision in its batch: an unknown id is looked up again for this long.
         self.not_found_grace_s = 2 * flush_interval + 0.5 if not_found_grace_s is None else not_found_grace_s
+        self.shown_url = redacted_url(url)  # for log lines: never the password
         self._client = redis_client(url)
         self._remember = self._client.register_script(_REMEMBER_LUA)
         self._feedback = self._client.register_script(_FEEDBACK_LUA)
@@ -207,12 +209,16 @@ class RedisDecisionStore(DecisionStore):
             except _REDIS_FAILURES as exc:
                 if self._healthy:  # once per outage, not once per flush
                     log.warning(
-                        "decisions.redis_unavailable", error=repr(exc), pending=len(self._pending), queued=self.queued
+                        "decisions.redis_unavailable",
+                        redis=self.shown_url,
+                        error=repr(exc),
+                        pending=len(self._pending),
+                        queued=self.queued,
                     )
                 self._healthy = False
                 return False
         if not self._healthy:
-            log.info("decisions.redis_back")
+            log.info("decisions.redis_back", redis=self.shown_url)
         self._healthy = True
         return True
 

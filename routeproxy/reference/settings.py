@@ -31,6 +31,8 @@ def setting_cell(setting: Setting) -> str:
     lines = [anchored(setting.key, setting.key)]
     if setting.env:
         lines.append(code(setting.env))
+    if setting.aliases:
+        lines.append("alias " + ", ".join(code(alias) for alias in setting.aliases))
     lines.append(f"default {shown_default(setting.default)}")
     return "<br>".join(lines)
 

@@ -2,6 +2,7 @@
 environment and flags into frozen, validated dataclasses (``load``). The names the rest of the package uses are
 re-exported here."""
 
+from routeproxy.settings.checks import ConfigNote
 from routeproxy.settings.declaration import RoutingMode, Setting, StickyKey, Tier, UpstreamKind
 from routeproxy.settings.load import (
     SETTINGS,
@@ -23,6 +24,7 @@ __all__ = [
     "SETTINGS",
     "SETTINGS_BY_KEY",
     "CascadeConfig",
+    "ConfigNote",
     "CounterConfig",
     "LogConfig",
     "QualityConfig",

@@ -156,13 +156,6 @@ def _origin_list(value: Any) -> tuple[str, ...]:
     return origins
 
 
-def _url(value: Any) -> str:
-    text = _text(value).rstrip("/")
-    if not re.match(r"^https?://[^/\s]+", text):
-        raise ValueError("expected an http:// or https:// URL")
-    return text
-
-
 def _redis_url(value: Any) -> str | None:
     text = _optional_text(value)
     if text is not None and not re.match(r"^(redis|rediss|unix)://", text):
@@ -218,3 +211,5 @@ class Setting:
     default: Any
     convert: Callable[[Any], Any]
     help: str
+    # Older names of the variable that still work (the canonical ``env`` wins when both are set).
+    aliases: tuple[str, ...] = ()

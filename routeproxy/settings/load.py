@@ -4,7 +4,8 @@ Every setting is declared once, per area in ``server.py``, ``routing.py``, ``tie
 (assembled into ``SETTINGS`` here), with its YAML key, its environment variable, its default and its help text.
 The README's settings table is generated from (and tested against) that declaration.
 
-Precedence, highest first: explicit overrides (CLI flags) > environment > YAML file > default.
+Precedence, highest first: explicit overrides (CLI flags) > environment (a setting's ``ROUTEPROXY_*`` variable,
+then its older alias) > YAML file > default.
 Nothing outside this module (which hands it to ``tier_config.tier_config``) and the command line (``cli.py``,
 ``commands/``) reads the environment.
 """
@@ -14,19 +15,22 @@ from __future__ import annotations
 import difflib
 import enum
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from routeproxy.errors import ConfigError
+from routeproxy.settings.checks import ConfigNote, environment_notes, from_environment
 from routeproxy.settings.declaration import RoutingMode, Setting, StickyKey, Tier, _key_list
-from routeproxy.settings.files import default_config_path, read_yaml_tree
+from routeproxy.settings.files import default_config_path, read_yaml_entries
 from routeproxy.settings.quality import COUNTER_SETTINGS, QUALITY_SETTINGS
+from routeproxy.settings.redaction import redacted_url
 from routeproxy.settings.routing import CASCADE_SETTINGS, ROUTING_SETTINGS
 from routeproxy.settings.server import LOG_SETTINGS, SERVER_SETTINGS, SIMULATOR_SETTINGS
 from routeproxy.settings.tier_config import TierConfig, tier_config
 from routeproxy.settings.tiers import TIER_SETTINGS
+from routeproxy.settings.upstream_url import base_url_note
 
 SETTINGS: tuple[Setting, ...] = (
     *SERVER_SETTINGS,
@@ -142,20 +146,13 @@ class Settings:
     cascade: CascadeConfig = CascadeConfig()
     source: str = "defaults"
     values: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    # Probable mistakes that stop nothing (an unknown variable, say): serve warns, check-config refuses the strict.
+    notes: tuple[ConfigNote, ...] = ()
 
     @property
     def tier_labels(self) -> dict[Tier, str]:
         """Each tier's name in stats, metrics, logs and Redis fields (``tiers.<tier>.label``)."""
         return {tier: config.label for tier, config in self.tiers.items()}
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for name, value in tree.items():
-        key = f"{prefix}{name}"
-        if isinstance(value, Mapping) and key not in SETTINGS_BY_KEY:
-            yield from _flatten(value, f"{key}.")
-        else:
-            yield key, value
 
 
 def did_you_mean(key: str) -> str:
@@ -164,18 +161,53 @@ def did_you_mean(key: str) -> str:
     return f" (did you mean {near[0]!r}?)" if near else ""
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
-    tree = read_yaml_tree(path, "config file")
-    if tree is None:
-        return {}
-    if not isinstance(tree, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    flat: dict[str, Any] = {}
-    for key, value in _flatten(tree):
-        if key not in SETTINGS_BY_KEY:
-            raise ConfigError(f"{path}: unknown setting {key!r}{did_you_mean(key)}")
-        flat[key] = value
-    return flat
+def _is_setting(key: str) -> bool:
+    return key in SETTINGS_BY_KEY
+
+
+def _read_file(path: Path, problems: list[str]) -> dict[str, tuple[Any, str]]:
+    """The file's settings as key -> (value, where it is written); unknown keys and the file's shape go to
+    ``problems``, all of them."""
+    entries, shape = read_yaml_entries(path, "config file", _is_setting)
+    problems.extend(shape)
+    found: dict[str, tuple[Any, str]] = {}
+    for entry in entries:
+        if entry.key in SETTINGS_BY_KEY:
+            found[entry.key] = (entry.value, f"{path} line {entry.line}")
+        else:
+            problems.append(f"{path} line {entry.line}: unknown setting {entry.key!r}{did_you_mean(entry.key)}")
+    return found
+
+
+def _cross_checks(values: Mapping[str, Any], tiers: Mapping[Tier, TierConfig]) -> list[str]:
+    """What no single setting can say wrong by itself."""
+    problems = []
+    small, large = tiers[Tier.SMALL], tiers[Tier.LARGE]
+    if small.model == large.model:
+        problems.append(
+            f"tiers.small.model and tiers.large.model are both {small.model!r}: "
+            "a pinned request could not tell the tiers apart"
+        )
+    if small.label == large.label:
+        problems.append(
+            f"tiers.small.label and tiers.large.label are both {small.label!r}: "
+            "the stats could not tell the tiers apart"
+        )
+    if values["routing.auto_model"] in (small.model, large.model):
+        problems.append(f"routing.auto_model = {values['routing.auto_model']!r} is also a tier's model id")
+    if values["quality.review_at_pct"] > values["quality.rollback_at_pct"]:
+        problems.append(
+            f"quality.review_at_pct = {values['quality.review_at_pct']} is above "
+            f"quality.rollback_at_pct = {values['quality.rollback_at_pct']}"
+        )
+    return problems
+
+
+def _refuse(problems: list[str]) -> ConfigError:
+    """One error for all the problems: one line when there is one, else a list."""
+    if len(problems) == 1:
+        return ConfigError(problems[0])
+    return ConfigError(f"{len(problems)} problems:\n" + "\n".join(f"  - {problem}" for problem in problems))
 
 
 def load_settings(
@@ -183,52 +215,54 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Read the YAML file, apply the environment and overrides, validate, and freeze."""
+    """Read the YAML file, apply the environment and overrides, validate, and freeze.
+
+    Every problem is found before any is reported: one ConfigError lists them all (a YAML syntax error, which the
+    parser cannot get past, excepted). What is probably a mistake but stops nothing goes to ``Settings.notes``."""
     environ = os.environ if environ is None else environ
     overrides = overrides or {}
-    unknown = sorted(set(overrides) - set(SETTINGS_BY_KEY))
-    if unknown:
-        raise ConfigError(f"unknown setting {unknown[0]!r}{did_you_mean(unknown[0])}")
+    notes = environment_notes(SETTINGS, environ)
+    problems = [f"unknown setting {key!r}{did_you_mean(key)}" for key in sorted(set(overrides) - set(SETTINGS_BY_KEY))]
     if path is None and environ.get("ROUTEPROXY_CONFIG"):
         path = environ["ROUTEPROXY_CONFIG"]
     config_path = Path(path) if path is not None else default_config_path()
-    from_file = read_yaml(config_path) if config_path is not None else {}
+    from_file = _read_file(config_path, problems) if config_path is not None else {}
 
     values: dict[str, Any] = {}
-    key_sources: dict[str, str] = {}
     for setting in SETTINGS:
         if setting.key in overrides:
             raw, where = overrides[setting.key], "command line"
-        elif setting.env and setting.env in environ:
-            raw, where = environ[setting.env], f"environment variable {setting.env}"
+        elif (found := from_environment(setting, environ)) is not None:
+            raw, where = found[0], f"environment variable {found[1]}"
         elif setting.key in from_file:
-            raw, where = from_file[setting.key], str(config_path)
+            raw, where = from_file[setting.key]
         else:
             raw, where = setting.default, "default"
         try:
             values[setting.key] = setting.convert(raw)
         except ValueError as exc:
-            raise ConfigError(f"{setting.key} = {raw!r} (from {where}): {exc}") from None
-        key_sources[setting.key] = where
+            shown = redacted_url(raw) if isinstance(raw, str) and "://" in raw else raw  # a URL's password stays out
+            problems.append(f"{setting.key} = {shown!r} (from {where}): {exc}")
+    if problems:  # the checks below need every value
+        raise _refuse(problems + [note.message for note in notes if note.strict])
 
-    tiers = {tier: tier_config(tier, values, environ) for tier in Tier}
-    if tiers[Tier.SMALL].model == tiers[Tier.LARGE].model:
-        raise ConfigError(
-            f"tiers.small.model and tiers.large.model are both {tiers[Tier.SMALL].model!r}: "
-            "a pinned request could not tell the tiers apart"
-        )
-    if tiers[Tier.SMALL].label == tiers[Tier.LARGE].label:
-        raise ConfigError(
-            f"tiers.small.label and tiers.large.label are both {tiers[Tier.SMALL].label!r}: "
-            "the stats could not tell the tiers apart"
-        )
-    if values["routing.auto_model"] in (tiers[Tier.SMALL].model, tiers[Tier.LARGE].model):
-        raise ConfigError(f"routing.auto_model = {values['routing.auto_model']!r} is also a tier's model id")
-    if values["quality.review_at_pct"] > values["quality.rollback_at_pct"]:
-        raise ConfigError(
-            f"quality.review_at_pct = {values['quality.review_at_pct']} is above "
-            f"quality.rollback_at_pct = {values['quality.rollback_at_pct']}"
-        )
+    tiers: dict[Tier, TierConfig] = {}
+    for tier in Tier:
+        try:
+            tiers[tier] = tier_config(tier, values, environ)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    try:
+        api_keys = frozenset(values["server.api_keys"]) | _read_key_file(values["server.api_keys_file"])
+    except ConfigError as exc:
+        problems.append(str(exc))
+    if len(tiers) == len(Tier):
+        problems.extend(_cross_checks(values, tiers))
+    if problems:
+        raise _refuse(problems + [note.message for note in notes if note.strict])
+    for tier in Tier:
+        if (note := base_url_note(f"tiers.{tier}.base_url", tiers[tier].base_url)) is not None:
+            notes.append(ConfigNote(note, strict=False))
     return Settings(
         server=ServerConfig(
             host=values["server.host"],
@@ -241,7 +275,7 @@ def load_settings(
             body_timeout=values["server.body_timeout"],
             max_header_bytes=values["server.max_header_bytes"],
             max_headers=values["server.max_headers"],
-            api_keys=frozenset(values["server.api_keys"]) | _read_key_file(values["server.api_keys_file"]),
+            api_keys=api_keys,
             admin_token=values["server.admin_token"],
             admin_loopback_without_token=values["server.admin_loopback_without_token"],
             cors_origins=values["server.cors_origins"],
@@ -294,6 +328,7 @@ def load_settings(
         ),
         source=str(config_path) if config_path is not None else "defaults",
         values=values,
+        notes=tuple(notes),
     )
 
 
@@ -317,5 +352,6 @@ def settings_table() -> str:
     for setting in SETTINGS:
         default = setting.default.value if isinstance(setting.default, enum.Enum) else setting.default
         shown = "unset" if default is None else f"`{default}`"
-        rows.append(f"| `{setting.key}` | `{setting.env}` | {shown} | {setting.help} |")
+        aliases = "".join(f" (or `{alias}`)" for alias in setting.aliases)
+        rows.append(f"| `{setting.key}` | `{setting.env}`{aliases} | {shown} | {setting.help} |")
     return "\n".join(rows)

@@ -16,10 +16,11 @@ from routeproxy.settings.declaration import (
 COUNTER_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "counters.redis_url",
-        "REDIS_URL",
+        "ROUTEPROXY_REDIS_URL",
         None,
         _redis_url,
         "Redis for counters shared by all replicas (redis://, rediss://, unix://); unset = in-memory.",
+        aliases=("REDIS_URL",),
     ),
     Setting(
         "counters.namespace",
@@ -31,9 +32,10 @@ COUNTER_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "counters.baseline_latency_ms",
         "ROUTEPROXY_BASELINE_LATENCY_MS",
-        4500.0,
+        None,
         _optional_seconds,
-        "Baseline for latency_improvement_pct, in ms; 0 = measure it from the large tier.",
+        "Baseline of latency_improvement_pct in ms; unset (or 0) = measured: the large tier's average latency in "
+        "the same period. A fixed number (4500, say) is reported as configured, not measured.",
     ),
 )
 

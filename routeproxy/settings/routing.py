@@ -20,17 +20,19 @@ from routeproxy.settings.declaration import (
 ROUTING_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "routing.enabled",
-        "ENABLE_MODEL_ROUTING",
+        "ROUTEPROXY_ENABLE_MODEL_ROUTING",
         False,
         _bool,
         "Route `auto` requests by complexity; when false every `auto` request goes to the large tier.",
+        aliases=("ENABLE_MODEL_ROUTING",),
     ),
     Setting(
         "routing.ab_test_ratio",
-        "AB_TEST_RATIO",
+        "ROUTEPROXY_AB_TEST_RATIO",
         0.5,
         _ratio,
         "Share of MEDIUM queries sent to the small tier (0.0 = all large, 1.0 = all small).",
+        aliases=("AB_TEST_RATIO",),
     ),
     Setting(
         "routing.mode",

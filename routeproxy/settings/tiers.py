@@ -1,6 +1,12 @@
-"""Settings of the two upstream tiers, declared once per tier by the same template."""
+"""Settings of the two upstream tiers, declared once per tier by the same template.
+
+Their variables are ``ROUTEPROXY_SMALL_*`` and ``ROUTEPROXY_LARGE_*`` (``tiers.small.base_url`` is
+``ROUTEPROXY_SMALL_BASE_URL``); the older ``MODEL_3B_*`` and ``MODEL_8B_*`` names (``MODEL_3B_NAME`` for the
+model, as in the design report) still work as aliases."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from routeproxy.settings.declaration import (
     Setting,
@@ -15,8 +21,8 @@ from routeproxy.settings.declaration import (
     _optional_text,
     _positive,
     _text,
-    _url,
 )
+from routeproxy.settings.upstream_url import upstream_url
 
 
 def _tier_settings(tier: Tier, env_prefix: str, label: str, model: str, cost: float) -> tuple[Setting, ...]:
@@ -40,7 +46,7 @@ def _tier_settings(tier: Tier, env_prefix: str, label: str, model: str, cost: fl
             f"tiers.{tier}.base_url",
             f"{env_prefix}_BASE_URL",
             "https://router.huggingface.co/v1",
-            _url,
+            upstream_url,
             f"OpenAI-compatible base URL of the {size} upstream, up to and including /v1.",
         ),
         Setting(
@@ -144,7 +150,18 @@ def _tier_settings(tier: Tier, env_prefix: str, label: str, model: str, cost: fl
     )
 
 
-TIER_SETTINGS: tuple[Setting, ...] = (
-    *_tier_settings(Tier.SMALL, "MODEL_3B", "3b", "meta-llama/Llama-3.2-3B-Instruct", 0.375),
-    *_tier_settings(Tier.LARGE, "MODEL_8B", "8b", "meta-llama/Llama-3.1-8B-Instruct", 1.0),
+def _renamed(setting: Setting, tier: Tier) -> Setting:
+    """The declaration under its ``ROUTEPROXY_<TIER>_*`` name, its older ``MODEL_<SIZE>_*`` name kept as an alias."""
+    assert setting.env is not None
+    name = setting.key.rpartition(".")[2].upper()
+    return replace(setting, env=f"ROUTEPROXY_{tier.upper()}_{name}", aliases=(setting.env,))
+
+
+TIER_SETTINGS: tuple[Setting, ...] = tuple(
+    _renamed(setting, tier)
+    for tier, settings in (
+        (Tier.SMALL, _tier_settings(Tier.SMALL, "MODEL_3B", "3b", "meta-llama/Llama-3.2-3B-Instruct", 0.375)),
+        (Tier.LARGE, _tier_settings(Tier.LARGE, "MODEL_8B", "8b", "meta-llama/Llama-3.1-8B-Instruct", 1.0)),
+    )
+    for setting in settings
 )

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 import re
@@ -38,7 +39,7 @@ WORDS = (
 )  # fmt: skip
 _MAX_DEPTH = 6
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])")
-_QUOTED = re.compile(r"'([^'\n]{1,200})'|\"([^\"\n]{1,200})\"")
+_QUOTED = re.compile(r"'([^'\n]{1,200})'|\"([^\"\n]{1,200})\"|`([^`\n]{1,200})`")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
@@ -47,7 +48,7 @@ class PromptValues:
 
     def __init__(self, text: str) -> None:
         self.numbers = [float(match) for match in _NUMBER.findall(text)]
-        self.quoted = [single or double for single, double in _QUOTED.findall(text)]
+        self.quoted = [single or double or tick for single, double, tick in _QUOTED.findall(text)]
 
     def number(self) -> float | None:
         return self.numbers.pop(0) if self.numbers else None
@@ -126,20 +127,88 @@ def tool_call(function: Mapping[str, Any], rng: random.Random, call_id: str, val
     return ToolCall(call_id, function["name"], orjson.dumps(arguments).decode())
 
 
-def json_text(response_format: object, rng: random.Random, values: PromptValues) -> str | None:
-    """The JSON text the answer is for ``response_format``, or None when plain text was asked for."""
+def json_text(
+    response_format: object, rng: random.Random, values: PromptValues, messages: Sequence[object] = ()
+) -> str | None:
+    """The JSON text the answer is for ``response_format``, or None when plain text was asked for. For
+    ``json_object`` (no schema in the request), a JSON schema written into the conversation is followed, as
+    instructor's JSON mode and LangChain's output-parser instructions write one; else the keys the prompt quotes
+    get values of the type their names suggest."""
     if not isinstance(response_format, Mapping):
         return None
     kind = response_format.get("type")
     if kind == "json_object":
+        embedded = embedded_schema(messages)
+        if embedded is not None:
+            return orjson.dumps(schema_value(embedded, rng, values)).decode()
         keys = [quoted for quoted in values.quoted if _IDENTIFIER.match(quoted)] or ["answer"]
-        return orjson.dumps({key: "".join(filler(rng, 6)) for key in keys}).decode()
+        return orjson.dumps({key: _guessed_value(key, rng, values) for key in keys}).decode()
     if kind == "json_schema":
         spec = response_format.get("json_schema")
         schema = spec.get("schema") if isinstance(spec, Mapping) else None
         value = schema_value(schema, rng, values) if isinstance(schema, Mapping) else {}
         return orjson.dumps(value).decode()
     return None
+
+
+_WHOLE_NAME = re.compile(
+    r"(?:^|_)(?:count|number|num|age|years?|days?|hours?|minutes?|seconds?|rating|score|total|quantity|qty|rank|"
+    r"level|priority|index|size|length|votes|stars)$|^(?:n|num|number)_"
+)
+_DECIMAL_NAME = re.compile(r"(?:^|_)(?:price|cost|amount|percent|percentage|ratio|weight|height|width|temperature)$")
+_YES_NO_NAME = re.compile(
+    r"^(?:is|has|can|should|was|were|did|does)_|_(?:enabled|flag)$|^(?:valid|success|ok|correct)$"
+)
+_SCAN_CHARS = 64 * 1024  # of each message, for an embedded schema
+_SCAN_OBJECTS = 200
+
+
+def _guessed_value(key: str, rng: random.Random, values: PromptValues) -> Any:
+    """A value of the type a key's name suggests (``rating`` a whole number, ``is_safe`` a boolean, ``tags`` a list
+    of strings), numbers taken from the prompt where it has them."""
+    name = key.lower()
+    if _WHOLE_NAME.search(name):
+        given = values.number()
+        return int(given) if given is not None and given.is_integer() else rng.randint(1, 10)
+    if _DECIMAL_NAME.search(name):
+        given = values.number()
+        return given if given is not None else round(rng.uniform(1, 100), 2)
+    if _YES_NO_NAME.search(name):
+        return rng.random() < 0.5
+    if len(name) > 3 and name.endswith("s") and not name.endswith(("ss", "us", "is")):
+        return ["".join(filler(rng, 2)).rstrip(".") for _ in range(2)]
+    return "".join(filler(rng, 6))
+
+
+def embedded_schema(messages: Sequence[object]) -> Mapping[str, Any] | None:
+    """The JSON schema written into the conversation, if any: the last object with ``properties`` in the last
+    message that has one (so a schema given as the format's example, before the real one, is passed over)."""
+    decoder = json.JSONDecoder()
+    for message in reversed(messages):
+        content = message.get("content") if isinstance(message, Mapping) else None
+        text = content if isinstance(content, str) else _parts_text(content)
+        text = text[:_SCAN_CHARS]
+        found: Mapping[str, Any] | None = None
+        start, tries = text.find("{"), 0
+        while start != -1 and tries < _SCAN_OBJECTS:
+            tries += 1
+            try:
+                value, end = decoder.raw_decode(text, start)
+            except ValueError:
+                start = text.find("{", start + 1)
+                continue
+            if isinstance(value, dict) and isinstance(value.get("properties"), dict):
+                found = value
+            start = text.find("{", end)
+        if found is not None:
+            return found
+    return None
+
+
+def _parts_text(content: object) -> str:
+    if not isinstance(content, list):
+        return ""
+    return "".join(part["text"] for part in content if isinstance(part, Mapping) and isinstance(part.get("text"), str))
 
 
 def schema_value(schema: Mapping[str, Any], rng: random.Random, values: PromptValues | None = None) -> Any:

@@ -73,14 +73,19 @@ _DROPPED = "ASGI callable returned without completing response."
 class DeliberateFaults(logging.Filter):
     """uvicorn's logger is one per process: an in-process simulator's deliberate drop would read as an error of
     the proxy's own server. This turns that one message, from a simulator's thread (or from any thread, in a
-    process that is only a simulator), into an info line of the simulator; anything else stays as it is."""
+    process that is only a simulator), into an info line of the simulator. The in-process simulators' own start-up
+    and shutdown lines (info) are dropped: the proxy says once that they run, and they stop with it. Anything else
+    stays as it is."""
 
     def __init__(self, *, any_thread: bool = False) -> None:
         super().__init__()
         self.any_thread = any_thread
 
     def filter(self, record: logging.LogRecord) -> bool:
-        ours = self.any_thread or (record.threadName or "").startswith(SIMULATOR_THREAD)
+        in_process = (record.threadName or "").startswith(SIMULATOR_THREAD)
+        if in_process and record.levelno < logging.WARNING:
+            return False
+        ours = self.any_thread or in_process
         if ours and record.getMessage() == _DROPPED:
             record.name, record.levelno, record.levelname = "routeproxy.simulator", logging.INFO, "INFO"
             record.msg, record.args = "simulated fault: the response was dropped on purpose (x-sim-die-after)", ()

@@ -3,7 +3,8 @@
 It is NOT a model. It answers ``POST /v1/chat/completions`` with deterministic filler words (chosen by a
 blake2b hash of the messages) at a configurable pace, in the wire dialect of vLLM, TGI (current or < 2.1.0)
 or the Hugging Face router (see ``routeproxy.sim.dialects`` and /work/shared/PROTOCOLS.md). Every response is
-labelled with the header ``x-simulator: routeproxy`` so it can never pass for a real model.
+labelled with the header ``x-simulator: routeproxy`` (and ``x-simulator-speed``) so it can never pass for a real
+model.
 
 Pacing: the first token is sent ``ttft_s`` after the request, then one token every ``1/tokens_per_s``; an
 answer that ends naturally gets a final "stop" chunk one token later. ``speed`` divides every delay
@@ -67,6 +68,7 @@ from routeproxy.sim.content import (
 from routeproxy.sim.dialects import WIRES, Answer, Json, Wire, json_response
 from routeproxy.sim.faults import BadFault, Faults
 from routeproxy.sim.profile import SimProfile
+from routeproxy.sim.responses import ResponsesApi
 from routeproxy.sim.streams import (
     Outcome,
     Plan,
@@ -86,10 +88,12 @@ WEAK_ANSWER = "I'm sorry, but I can't help with that."  # what a weak small tier
 
 
 class _Label:
-    """Pure ASGI middleware: every response says it comes from the simulator."""
+    """Pure ASGI middleware: every response says it comes from the simulator, and how much faster than its default
+    pace it runs (a proxy in front counts both, so its stats can say their figures are simulated)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, speed: float = 1.0) -> None:
         self.app = app
+        self.speed = f"{speed:g}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -98,7 +102,9 @@ class _Label:
 
         async def labelled(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message).append("x-simulator", "routeproxy")
+                headers = MutableHeaders(scope=message)
+                headers.append("x-simulator", "routeproxy")
+                headers.append("x-simulator-speed", self.speed)
             await send(message)
 
         await self.app(scope, receive, labelled)
@@ -211,7 +217,11 @@ class _Simulator:
         if function is not None:
             calls = (tool_call(function, rng, self.wire.tool_call_id(0), prompt_values(body)),)
             tokens = split_tokens(calls[0].arguments)
-        elif not text and (structured := json_text(body.get("response_format"), rng, prompt_values(body))) is not None:
+        elif not text and (
+            structured := json_text(
+                body.get("response_format"), rng, prompt_values(body), asked if isinstance(asked, list) else ()
+            )
+        ):
             tokens = split_tokens(structured)
         if faults.answer is not None:
             calls, tokens = (), words_of(faults.answer)
@@ -329,6 +339,15 @@ class _Simulator:
 _POOLING = {"/v1/embeddings": pooling.embeddings, "/tokenize": pooling.tokenize, "/detokenize": pooling.detokenize}
 
 
+def _responses_routes(api: ResponsesApi) -> list[Route]:
+    return [
+        Route("/v1/responses", api.create, methods=["POST"]),
+        Route("/v1/responses/{response_id}", api.retrieve, methods=["GET"]),
+        Route("/v1/responses/{response_id}", api.delete, methods=["DELETE"]),
+        Route("/v1/responses/{response_id}/input_items", api.input_items, methods=["GET"]),
+    ]
+
+
 def create_simulator_app(profile: SimProfile) -> Starlette:
     """A Starlette app that plays one upstream; serve it with uvicorn or ``ThreadedServer``."""
     sim = _Simulator(profile)
@@ -338,9 +357,11 @@ def create_simulator_app(profile: SimProfile) -> Starlette:
         *([] if profile.dialect is Dialect.HF else [Route("/v1/completions", sim.text_completion, methods=["POST"])]),
         # vLLM also embeds and tokenizes (TGI leaves embeddings to TEI; the HF router serves chat only).
         *(Route(path, sim.pooling, methods=["POST"]) for path in _POOLING if profile.dialect is Dialect.VLLM),
+        # vLLM and the HF router serve the Responses API too; TGI has none.
+        *(_responses_routes(ResponsesApi(sim)) if profile.dialect in (Dialect.VLLM, Dialect.HF) else []),
         Route("/v1/models", sim.models, methods=["GET"]),
         Route("/health", sim.health, methods=["GET"]),
         Route("/_sim/requests", sim.recorded, methods=["GET", "DELETE"]),
         Route("/_sim/stats", sim.stats_view, methods=["GET"]),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(_Label)])
+    return Starlette(routes=routes, middleware=[Middleware(_Label, speed=profile.speed)])

@@ -23,7 +23,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from routeproxy.errors import RouteproxyError, UpstreamBusy, UpstreamError, UpstreamUnavailable
 from routeproxy.settings import Tier
-from routeproxy.wire.sse import EVENT_ENDS, Usage, body_usage, last_event_end, stream_usage
+from routeproxy.wire.sse import EVENT_ENDS, Usage, body_answer, last_event_end, stream_answer_id, stream_usage
 from routeproxy.wire.upstream import RawHeaders, UpstreamPool, UpstreamResponse
 
 # Statuses that say the upstream did not start on the request, so the other tier may answer it instead.
@@ -63,6 +63,9 @@ class RelayResult:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cascade: CascadeOutcome | None = None  # cascade mode, the small answer was checked: what the check did
+    upstream_id: str | None = None  # the answer's own id (chatcmpl-..., resp_...), for the log line
+    # Answered by routeproxy's simulator (its x-simulator header): how much faster than the design's latencies.
+    simulator_speed: float | None = None
 
 
 def error_response_messages(error: RouteproxyError, headers: RawHeaders) -> tuple[Message, Message]:
@@ -205,10 +208,12 @@ class Exchange:
     async def _send_whole(self, upstream: UpstreamResponse, body: bytes, send: Send) -> None:
         result = self.result
         result.ttfb_s = time.perf_counter() - self.started
+        _note_simulator(result, upstream.headers)
         if upstream.status >= 500:
             result.upstream_error = f"upstream answered {upstream.status}"
         elif upstream.status == 200:
-            _note_usage(result, body_usage(body))
+            usage, result.upstream_id = body_answer(body)
+            _note_usage(result, usage)
         await send(
             {
                 "type": "http.response.start",
@@ -233,14 +238,17 @@ class Exchange:
         """Relay the stream; the cascade passes the events it held (``sent_first``, already rewritten), the rest of
         the body (``chunks``) and, when it asked for logprobs the client did not, the rewrite that removes them."""
         result = self.result
+        _note_simulator(result, upstream.headers)
         headers = [*upstream.headers, *self.extra_headers]
         if not any(name == b"x-accel-buffering" for name, _ in upstream.headers):
             headers.append((b"x-accel-buffering", b"no"))  # nginx in front of us must not buffer the stream either
         await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
         held = b""
         last_usage = b""
+        looked_for_id = bool(sent_first)
         max_held = upstream.config.max_event_bytes
         if sent_first:
+            result.upstream_id = stream_answer_id(sent_first)
             if b'"usage"' in sent_first:
                 last_usage = sent_first
             await send({"type": "http.response.body", "body": sent_first, "more_body": True})
@@ -255,6 +263,9 @@ class Exchange:
                     cut = last_event_end(chunk)
                     chunk, held = chunk[:cut], chunk[cut:]
                 if chunk:
+                    if not looked_for_id:
+                        looked_for_id = True
+                        result.upstream_id = result.upstream_id or stream_answer_id(chunk)
                     if rewrite is not None:
                         chunk = rewrite(chunk)
                     if b'"usage"' in chunk:
@@ -284,6 +295,19 @@ def event_too_large(upstream: UpstreamResponse) -> UpstreamUnavailable:
         f"({limit} bytes)",
         reason="event_too_large",
     )
+
+
+def _note_simulator(result: RelayResult, headers: RawHeaders) -> None:
+    """routeproxy's simulator labels every answer (``x-simulator``) and says its speed (``x-simulator-speed``)."""
+    for name, value in headers:
+        if name == b"x-simulator-speed":
+            try:
+                result.simulator_speed = float(value)
+            except ValueError:
+                result.simulator_speed = 1.0
+            return
+        if name == b"x-simulator":
+            result.simulator_speed = result.simulator_speed or 1.0
 
 
 def _note_usage(result: RelayResult, usage: Usage | None) -> None:

@@ -31,8 +31,42 @@ def last_event_end(data: bytes) -> int:
 
 def body_usage(body: bytes) -> Usage | None:
     """Token usage of a whole (non-streamed) completion body."""
+    return body_answer(body)[0]
+
+
+def body_answer(body: bytes) -> tuple[Usage | None, str | None]:
+    """Token usage and the answer's id (``chatcmpl-...``, ``resp_...``) of a whole body, parsed once; the id is
+    looked for only in a body that has usage (a completion, not an error)."""
     document = _object_with(body, b'"usage"')
-    return None if document is None else _usage(document.get("usage"))
+    if document is None:
+        return None, None
+    return _usage(document.get("usage")), _answer_id(document)
+
+
+# The first "id" of an event: a chat chunk's own (it comes first in vLLM's and OpenAI's chunks), or the response's in
+# a Responses API event. A quote inside a JSON string is escaped, so text that merely mentions "id" cannot match.
+_FIRST_ID = re.compile(rb'"id":\s*"([^"\\\x00-\x1f]{1,200})"')
+
+
+def stream_answer_id(chunk: bytes) -> str | None:
+    """The answer's id from the first ``data:`` event of a stream's first events (a chat chunk's ``id``, or the
+    ``response.id`` of a Responses API event); found without parsing the event, once per stream."""
+    start = chunk.find(b"data:")
+    if start == -1:
+        return None
+    end = chunk.find(b"\n", start)
+    match = _FIRST_ID.search(chunk, start, len(chunk) if end == -1 else end)
+    return None if match is None else match.group(1).decode("utf-8", "replace")
+
+
+def _answer_id(document: object) -> str | None:
+    if not isinstance(document, dict):
+        return None
+    found = document.get("id")
+    if not found and isinstance(document.get("response"), dict):
+        found = document["response"].get("id")
+    # TGI's ids are "": nothing to show. An id goes into a log line: bounded and printable.
+    return found[:200] if isinstance(found, str) and found and found.isprintable() else None
 
 
 def _object_with(body: bytes, marker: bytes) -> dict[str, Any] | None:
@@ -64,6 +98,8 @@ def _usage(usage: object) -> Usage | None:
     if not isinstance(usage, dict):
         return None
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if prompt is None and completion is None:  # the Responses API's names
+        prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
     if isinstance(prompt, int) and isinstance(completion, int):
         return prompt, completion
     return None

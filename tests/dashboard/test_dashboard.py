@@ -165,6 +165,10 @@ def test_dashboard_shows_the_stats_and_changes_the_ratio_with_the_admin_token(
     assert not REQUIRED_FIGURES - {path for path, _ in shown}, "figures missing from the page"
     for path, text in shown:
         assert_shown_equals(text, value_at(stats, path), path)
+    # The simulated upstreams are said above the headline figures, as the stats endpoint says them.
+    shown_caveats = browser.evaluate("[...document.querySelectorAll('[data-caveat]')].map(e => e.textContent)")
+    assert shown_caveats == stats["provenance"]["caveats"]
+    assert any("answered by routeproxy's simulator, not a model" in caveat for caveat in shown_caveats)
     assert browser.evaluate("document.getElementById('view').dataset.store") == "memory"
     assert "In-memory counters" in browser.evaluate("document.getElementById('view').textContent")
     assert browser.evaluate("document.querySelector('[data-config=\"ab_test_ratio\"]').textContent") == "0.5"

@@ -27,7 +27,7 @@ def test_defaults_are_the_seeds() -> None:
     assert settings.tiers[Tier.LARGE].model == "meta-llama/Llama-3.1-8B-Instruct"
     assert settings.tiers[Tier.LARGE].kind is UpstreamKind.HF
     assert settings.counters.redis_url is None
-    assert settings.counters.baseline_latency_ms == 4500
+    assert settings.counters.baseline_latency_ms is None  # measured from the large tier, not the design's 4500
 
 
 def test_shipped_yaml_matches_declared_defaults() -> None:

@@ -48,3 +48,40 @@ def test_the_request_line_has_structlogs_fields_order_and_shape() -> None:
 def test_at_warning_only_the_failed_request_is_written() -> None:
     (failed,) = lines_at("warning")
     assert (failed["status"], failed["level"]) == (502, "warning")
+
+
+STDLIB_SCRIPT = """
+import logging
+from routeproxy.settings import load_settings
+from routeproxy.api.logs import configure_logging
+
+configure_logging(load_settings(environ={}, overrides={"logging.format": "json"}).logging)
+logging.getLogger("uvicorn.error").info("Started server process [%d]", 42)
+logging.getLogger("uvicorn.access").info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", "/healthz", "1.1", 200)
+logging.getLogger("httpx").info("HTTP Request: GET http://127.0.0.1/ 200")
+try:
+    raise RuntimeError("boom")
+except RuntimeError:
+    logging.getLogger("uvicorn.error").exception("Exception in ASGI application\\n")
+"""
+
+
+def test_the_standard_librarys_records_are_json_lines_of_the_same_shape() -> None:
+    """uvicorn's lines (start-up, access, errors with their traceback) in the proxy's format; httpx's info is quiet."""
+    run = subprocess.run([sys.executable, "-c", STDLIB_SCRIPT], capture_output=True, check=True)
+    started, access, failed = (orjson.loads(line) for line in run.stderr.splitlines())
+    assert started == {
+        "event": "Started server process [42]",
+        "logger": "uvicorn.error",
+        "level": "info",
+        "timestamp": started["timestamp"],
+    }
+    assert {key: access[key] for key in ("event", "client", "method", "path", "status")} == {
+        "event": "access",
+        "client": "127.0.0.1:5000",
+        "method": "GET",
+        "path": "/healthz",
+        "status": 200,
+    }
+    assert failed["event"] == "Exception in ASGI application" and failed["level"] == "error"
+    assert "RuntimeError: boom" in failed["exception"]

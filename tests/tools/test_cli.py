@@ -83,7 +83,7 @@ def test_several_workers_without_redis_are_refused_with_what_to_do() -> None:
     """Each worker would keep its own counters and runtime config and answer differently."""
     result = run_cli("serve", "--simulate", "--workers", "2", "--port", str(free_port()), env={"REDIS_URL": ""})
     assert result.returncode == 2
-    assert "--workers 2 needs REDIS_URL" in result.stderr
+    assert "--workers 2 needs a shared Redis" in result.stderr and "ROUTEPROXY_REDIS_URL" in result.stderr
 
 
 def test_serve_without_simulator_needs_the_hf_token() -> None:

@@ -18,8 +18,8 @@ from support.ports import free_port
 from support.processes import Served, serve
 from support.upstreams import SMALL_MODEL, ScriptedUpstream
 
-from routeproxy.api.startup import redacted
 from routeproxy.settings import Tier, load_settings
+from routeproxy.settings.redaction import redacted_url
 from routeproxy.sim.threadserver import ThreadedServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,10 +56,10 @@ def test_version_is_the_package_version() -> None:
 def test_serve_help_shows_each_flag_with_its_default_and_variable() -> None:
     text = " ".join(run_cli("serve", "--help").stdout.split())
     for flag, default, env in [
-        ("--enable-routing", "False", "ENABLE_MODEL_ROUTING"),
-        ("--ratio", "0.5", "AB_TEST_RATIO"),
+        ("--enable-routing", "False", "ROUTEPROXY_ENABLE_MODEL_ROUTING (or ENABLE_MODEL_ROUTING)"),
+        ("--ratio", "0.5", "ROUTEPROXY_AB_TEST_RATIO (or AB_TEST_RATIO)"),
         ("--rules", "general", "ROUTEPROXY_RULES"),
-        ("--redis-url", "unset", "REDIS_URL"),
+        ("--redis-url", "unset", "ROUTEPROXY_REDIS_URL (or REDIS_URL)"),
         ("--log-level", "info", "ROUTEPROXY_LOG_LEVEL"),
     ]:
         assert flag in text
@@ -86,7 +86,7 @@ def _typo_config(tmp_path: Path) -> str:
         (("--ratio", "1.7"), KEYLESS, "routing.ab_test_ratio = 1.7 (from command line)"),
         (("--config", "TYPO"), KEYLESS, "unknown setting 'routing.enabeld' (did you mean 'routing.enabled'?)"),
         (("--redis-url", "http://nope"), KEYLESS, "counters.redis_url"),
-        (("--workers", "2"), KEYLESS, "--workers 2 needs REDIS_URL"),
+        (("--workers", "2"), KEYLESS, "--workers 2 needs a shared Redis"),
     ],
 )
 def test_check_config_fails_exactly_when_serve_does(
@@ -106,7 +106,8 @@ def test_check_config_passes_with_the_serve_flags_and_prints_the_summary() -> No
         "check-config", "--enable-routing", "--ratio", "0.3", "--rules", "poultry", "--port", "9123", env=KEYLESS
     )
     assert result.returncode == 0, result.stderr
-    assert "routing on, ab_test_ratio 0.3, rules poultry" in result.stdout
+    assert "routing on, ab_test_ratio 0.3" in result.stdout
+    assert "mode classify, rules poultry" in result.stdout
     assert "on http://127.0.0.1:9123" in result.stdout
     assert "3b: meta-llama/Llama-3.2-3B-Instruct via hf at http://127.0.0.1:9/v1 (api key none)" in result.stdout
 
@@ -145,7 +146,11 @@ def test_serve_summarises_its_start_and_never_sends_the_hf_token_elsewhere(
     assert "hf_never_leaves" not in logged
     (startup,) = events(logged, "startup")
     assert startup["routing_enabled"] is True and startup["ab_test_ratio"] == 0.2 and startup["rules"] == "poultry"
-    assert startup["mode"] == "upstreams"
+    assert (startup["mode"], startup["upstreams"], startup["rollout"]) == (
+        "classify",
+        "configured",
+        {"controller": "off"},
+    )
     assert startup["listen"] == proxy.url
     assert startup["counters"].startswith("in-memory")
     assert startup["tiers"]["3b"] == {
@@ -210,7 +215,13 @@ def test_classify_explains_a_missing_file_and_bad_lines(tmp_path: Path) -> None:
         ("rediss://:s3cret@redis:6380", "rediss://:***@redis:6380"),
         ("redis://redis:6379/0", "redis://redis:6379/0"),
         ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+        ("redis://redis:6379/0?password=s3cret&db=1", "redis://redis:6379/0?password=***&db=1"),
+        ("unix:///run/redis.sock?password=s3cret", "unix:///run/redis.sock?password=***"),
+        (
+            "rediss://u:p@h:6380?ssl_keyfile_password=s3cret&socket_timeout=5",
+            "rediss://u:***@h:6380?ssl_keyfile_password=***&socket_timeout=5",
+        ),
     ],
 )
 def test_the_summary_never_shows_a_redis_password(url: str, shown: str) -> None:
-    assert redacted(url) == shown
+    assert redacted_url(url) == shown

@@ -101,6 +101,10 @@ class _Hold:
             self.done or self.exhausted or self.error is not None or answer.ended or answer.tokens >= self.hold_tokens
         )
 
+    def view(self) -> AnswerView:
+        """The answer held so far; whole when the stream ended, even without a finish_reason."""
+        return self.answer.view(stream_ended=self.done or self.exhausted)
+
     async def pull(self) -> None:
         while not self.decided:
             try:
@@ -235,7 +239,7 @@ class CascadeExchange(Exchange):
                 else:  # the small tier's own error event reaches the client, as in classify mode; nothing to check
                     await self._relay_stream(small, send, bytes(hold.events), hold.rest(reading))
                 return
-            check = check_answer(self.plan.request, hold.answer.view(), self.plan.rules)
+            check = check_answer(self.plan.request, hold.view(), self.plan.rules)
             decided_at = time.perf_counter()
             hold_ms = (decided_at - (hold.first_byte_at or decided_at)) * 1000
             if check.escalate:

@@ -15,6 +15,7 @@ from routeproxy.settings.load import (
     ServerConfig,
     Settings,
     SimulatorConfig,
+    VerifierConfig,
     load_settings,
     settings_table,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "StickyKey",
     "Tier",
     "UpstreamKind",
+    "VerifierConfig",
     "load_settings",
     "settings_table",
 ]

@@ -163,6 +163,10 @@ def _url(value: Any) -> str:
     return text
 
 
+def _optional_url(value: Any) -> str | None:
+    return None if _optional_text(value) is None else _url(value)
+
+
 def _redis_url(value: Any) -> str | None:
     text = _optional_text(value)
     if text is not None and not re.match(r"^(redis|rediss|unix)://", text):

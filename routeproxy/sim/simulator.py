@@ -326,7 +326,15 @@ class _Simulator:
         return json_response(200, self.stats.as_json())
 
 
-_POOLING = {"/v1/embeddings": pooling.embeddings, "/tokenize": pooling.tokenize, "/detokenize": pooling.detokenize}
+_POOLING = {
+    "/v1/embeddings": pooling.embeddings,
+    "/tokenize": pooling.tokenize,
+    "/detokenize": pooling.detokenize,
+    "/classify": pooling.classify,
+    "/score": pooling.score,
+    "/v1/score": pooling.score,
+    "/pooling": pooling.pool,
+}
 
 
 def create_simulator_app(profile: SimProfile) -> Starlette:
@@ -336,7 +344,7 @@ def create_simulator_app(profile: SimProfile) -> Starlette:
         Route("/v1/chat/completions", sim.chat, methods=["POST"]),
         # vLLM and TGI serve legacy completions too; the HF router serves chat only (§3).
         *([] if profile.dialect is Dialect.HF else [Route("/v1/completions", sim.text_completion, methods=["POST"])]),
-        # vLLM also embeds and tokenizes (TGI leaves embeddings to TEI; the HF router serves chat only).
+        # vLLM also embeds, tokenizes and scores (TGI leaves embeddings to TEI; the HF router serves chat only).
         *(Route(path, sim.pooling, methods=["POST"]) for path in _POOLING if profile.dialect is Dialect.VLLM),
         Route("/v1/models", sim.models, methods=["GET"]),
         Route("/health", sim.health, methods=["GET"]),

@@ -260,7 +260,9 @@ def _decision(decision: RouteDecision, outcome: Outcome, request_id: str, label:
         None
         if decision.sticky is None or classification is None
         else regeneration_key(decision.sticky, classification.query),
-        check=None if outcome.cascade is None else check_record(outcome.cascade),
+        check=None
+        if outcome.cascade is None
+        else check_record(outcome.cascade, small_answered=outcome.tier is Tier.SMALL),
     )
 
 

@@ -47,8 +47,9 @@ holds step, paused, step_since, feedback_at_step, period and history; the contro
 Fields of `{routeproxy}:decision:<request id>`: `tier`, `complexity`, `period` (the A/B period it is counted in),
 `stream` (`1`/`0`), `status` (HTTP status sent, `0` if the client left first), `latency_ms`, `at` (epoch
 seconds), `score` (the last feedback, in thousandths) once feedback arrived, and in cascade mode `check`: what the
-answer check read (JSON, numbers only: `rules`, `score`, `escalate` (its verdict), `explored`, and `activations`,
-each signal that fired -> its activation), which `routeproxy eval --cascade --feedback` fits the check's weights on.
+answer check read (JSON, numbers only: `rules`, `score`, `escalate` (its verdict), `explored`, `small` (the client got
+the small tier's answer), and `activations`, each signal that fired -> its activation), which
+`routeproxy eval --cascade --feedback` fits the check's weights on.
 
 Fields of `{routeproxy}:stats:<p>` are integers, absent until first incremented. `[:<complexity>]`
 means the field exists per tier and also per tier and complexity.

@@ -53,16 +53,18 @@ class FeedbackResult:
     replaced: bool = False
 
 
-def check_record(cascade: CascadeOutcome) -> str:
+def check_record(cascade: CascadeOutcome, *, small_answered: bool) -> str:
     """The answer check's reading of one request as compact JSON, numbers only (never the answer's text): the
-    rule set, score, its verdict and whether the answer was kept to be rated anyway (explored), each signal's
-    activation, rounded to 4 places (which tier answered is the decision's ``tier``). Feedback
+    rule set, score, its verdict, whether the small tier's answer is the one the client got (so feedback rates
+    it) and whether it was kept to be rated though the check would escalate (explored), each signal's activation
+    rounded to 4 places. Feedback
     on the request joins it; ``routeproxy eval --cascade --feedback`` fits the check's weights on such rows."""
     record = {
         "rules": cascade.rules,
         "score": round(cascade.score, 4),
         "escalate": cascade.escalated or cascade.escalation_failed or cascade.explored,  # the check's verdict
         "explored": cascade.explored,
+        "small": small_answered,
         "activations": {name: round(value, 4) for name, value in sorted(cascade.activations.items())},
     }
     return orjson.dumps(record).decode()

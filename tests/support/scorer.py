@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -14,15 +15,16 @@ from support.upstreams import read_request_body, serve_lifespan
 
 
 class Scorer:
-    def __init__(self, good: float = 0.9) -> None:
+    def __init__(self, good: float = 0.9, rate: Callable[[str], float] | None = None) -> None:
         self.good = good  # P(good answer) it reports
+        self.rate = rate  # when set: P(good) from the text it was sent instead
         self.status = 200
         self.stall = threading.Event()  # set: every request waits until the client goes away
         self.requests: list[tuple[str, dict[str, Any]]] = []  # (path, body)
         self.cancelled = 0  # requests whose client left while they stalled
 
-    def reply(self, path: str) -> dict[str, Any]:
-        good = self.good
+    def reply(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        good = self.good if self.rate is None else self.rate(orjson.dumps(body).decode())
         usage = {"prompt_tokens": 9, "total_tokens": 9, "completion_tokens": 0, "prompt_tokens_details": None}
         head = {"object": "list", "created": 1, "model": "scorer", "usage": usage}
         if path.endswith("/classify"):
@@ -57,7 +59,7 @@ class Scorer:
                 message = await receive()
             self.cancelled += 1
             return
-        payload = orjson.dumps(self.reply(scope["path"]) if self.status == 200 else {"error": "scripted failure"})
+        payload = orjson.dumps(self.reply(scope["path"], body) if self.status == 200 else {"error": "scripted failure"})
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": payload, "more_body": False})

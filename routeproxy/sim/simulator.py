@@ -80,9 +80,15 @@ from routeproxy.sim.streams import (
 )
 from routeproxy.sim.wire import Dialect
 
-__all__ = ["create_simulator_app"]
+__all__ = ["WEAK_ANSWER", "create_simulator_app", "weak_prompt"]
 
 WEAK_ANSWER = "I'm sorry, but I can't help with that."  # what a weak small tier says (weak_share)
+
+
+def weak_prompt(asked: object, share: float) -> bool:
+    """Whether a small tier answering ``share`` of prompts weakly answers these messages (or prompt) with
+    ``WEAK_ANSWER``: a hash of them, so the same prompt always gets the same kind of answer."""
+    return bool(share) and stable_draw(f"weak:{orjson.dumps(asked).decode()}") < share
 
 
 class _Label:
@@ -215,7 +221,7 @@ class _Simulator:
             tokens = split_tokens(structured)
         if faults.answer is not None:
             calls, tokens = (), words_of(faults.answer)
-        elif self.profile.weak_share and stable_draw(f"weak:{orjson.dumps(asked).decode()}") < self.profile.weak_share:
+        elif weak_prompt(asked, self.profile.weak_share):
             calls, tokens = (), words_of(WEAK_ANSWER)
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         count = len(tokens) if limit is None else min(len(tokens), limit)

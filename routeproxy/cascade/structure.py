@@ -38,7 +38,12 @@ class Structure:
         return bool(answer.tool_calls) or self.json_mode is not None
 
 
+_NONE = Structure({}, "auto", None, True, None, None)
+
+
 def requested_structure(request: Mapping[str, Any]) -> Structure:
+    if "tools" not in request and "response_format" not in request:
+        return _NONE  # most requests: prose asked for
     tools: dict[str, Any] = {}
     raw_tools = request.get("tools")
     for tool in raw_tools if isinstance(raw_tools, list) else ():

@@ -34,6 +34,7 @@ class Signal(abc.ABC):
 
     name: str
     deadline_s: float
+    failures: int = 0  # readings that failed (logged: the first, then every hundredth)
 
     def applies(self, request: Mapping[str, Any], answer: AnswerView) -> bool:
         """Whether this answer is one the signal reads (a structured answer is judged by its structure alone)."""
@@ -84,6 +85,8 @@ async def _read(signal: Signal, request: Mapping[str, Any], answer: AnswerView) 
     except TimeoutError:
         return SignalReading(signal.name, "timeout", (time.perf_counter() - started) * 1000)
     except Exception as exc:  # a signal's own failure never fails the request: the rules decide alone
-        log.warning("cascade.signal_failed", signal=signal.name, error=repr(exc)[:300])
+        signal.failures += 1
+        if signal.failures % 100 == 1:
+            log.warning("cascade.signal_failed", signal=signal.name, error=repr(exc)[:300], failures=signal.failures)
         return SignalReading(signal.name, "error", (time.perf_counter() - started) * 1000)
     return SignalReading(signal.name, "ok", (time.perf_counter() - started) * 1000, activations)

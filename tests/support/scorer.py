@@ -53,11 +53,15 @@ class Scorer:
             return
         body = orjson.loads(await read_request_body(receive))
         self.requests.append((scope["path"], body))
-        if self.stall.is_set():
+        if self.stall.is_set():  # the headers, then nothing until the client goes away
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+            )
             message = await receive()
             while message["type"] != "http.disconnect":  # receive() waits: the body was read, so this is the end
                 message = await receive()
             self.cancelled += 1
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         payload = orjson.dumps(self.reply(scope["path"], body) if self.status == 200 else {"error": "scripted failure"})
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]

@@ -121,9 +121,31 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cmd.add_argument(
         "--cascade",
         metavar="FILE",
+        nargs="?",
+        const="",
         help="instead: the cascade's answer check on labelled answers (JSON lines: id, messages, small_answer, pair, "
-        "small_norm, large_norm); "
-        "--rules then names the check rule set (default general)",
+        "small_norm, large_norm), or with --feedback on your own traffic; --rules then names the check rule set "
+        "(default general)",
+    )
+    eval_cmd.add_argument(
+        "--feedback",
+        metavar="SOURCE",
+        help="with --cascade: fit the check's weights and threshold on your decisions and their feedback, from "
+        "Redis (a redis:// URL) or a file written by --export",
+    )
+    eval_cmd.add_argument("--export", metavar="FILE", help="with --feedback: also write the rows read as JSON lines")
+    eval_cmd.add_argument("--write", metavar="FILE", help="with --feedback: write the fitted rule set here")
+    eval_cmd.add_argument(
+        "--holdout", type=float, default=0.2, help="with --feedback: the last share of the period held out (0.2)"
+    )
+    eval_cmd.add_argument("--folds", type=int, default=5, help="with --feedback: cross-validation blocks (5)")
+    eval_cmd.add_argument(
+        "--share",
+        type=float,
+        help="with --feedback: the escalated share the fitted threshold aims at (default: the rule set's own)",
+    )
+    eval_cmd.add_argument(
+        "--namespace", default="routeproxy", help="with --feedback from Redis: counters.namespace (routeproxy)"
     )
     eval_cmd.add_argument(
         "--hold-tokens",

@@ -26,6 +26,7 @@ from routeproxy.api.models import explain_route, list_models, show_model
 from routeproxy.api.resources import Resources
 from routeproxy.api.responses import stored_response_routes
 from routeproxy.cascade.check import load_check_rules
+from routeproxy.cascade.verifier import open_signals
 from routeproxy.counters.metrics import Metrics
 from routeproxy.counters.open import open_store
 from routeproxy.dashboard import dashboard_routes
@@ -101,6 +102,7 @@ def create_app(settings: Settings) -> ProxyApp:
     # Also here: unreadable TLS files fail at start. A routeproxy client key is ours to check and never goes upstream.
     pool = UpstreamPool(settings.tiers, forward_client_auth=not settings.server.api_keys)
     check_rules = load_check_rules(settings.cascade.rules)
+    cascade_signals = open_signals(settings.cascade.verifier)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -128,6 +130,7 @@ def create_app(settings: Settings) -> ProxyApp:
             decisions=decisions,
             rollout=rollout,
             check_rules=check_rules,
+            cascade_signals=cascade_signals,
             client_key_digests=frozenset(digest(key) for key in client_keys),
         )
         # Each worker's flush reports to the metrics itself: with --workers N a scrape reaches one worker only.
@@ -143,6 +146,8 @@ def create_app(settings: Settings) -> ProxyApp:
             await decisions.close()  # decisions and feedback that wait go out before the counters' last flush
             await counters.close()  # the last flush: nothing counted is left behind
             await pool.aclose()
+            for signal in cascade_signals:
+                await signal.close()
 
     routes = [  # chat completions is served by ProxyApp, in front of these
         Route("/v1/completions", text_completions, methods=["POST"]),

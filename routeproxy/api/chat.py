@@ -7,6 +7,7 @@ they name, under the same header, timeout, error and counting rules.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from routeproxy.api.resources import Resources, resources_of
 from routeproxy.cascade.exchange import CascadeExchange, CascadePlan
 from routeproxy.counters.stats import PINNED, Outcome
 from routeproxy.errors import RouteproxyError, error_response
-from routeproxy.quality.decisions import Decision, regeneration_key
+from routeproxy.quality.decisions import Decision, check_record, regeneration_key
 from routeproxy.routing.route import Reason, RouteDecision, response_headers
 from routeproxy.settings import RoutingMode, Settings, Tier
 from routeproxy.wire.admission import read_body, request_id_of
@@ -129,6 +130,8 @@ async def proxied(request: Request, endpoint: Endpoint) -> Response | Exchange:
             hold_tokens=settings.cascade.hold_tokens,
             hold_s=settings.cascade.hold_ms / 1000,
             strip_logprobs=add_logprobs,
+            signals=resources.cascade_signals,
+            explore=random.random() < settings.cascade.explore_share,
         )
         return CascadeExchange(resources.pool, fallback, prepare, request.headers.raw, started, finish, plan)
     return Exchange(
@@ -257,6 +260,9 @@ def _decision(decision: RouteDecision, outcome: Outcome, request_id: str, label:
         None
         if decision.sticky is None or classification is None
         else regeneration_key(decision.sticky, classification.query),
+        check=None
+        if outcome.cascade is None
+        else check_record(outcome.cascade, small_answered=outcome.tier is Tier.SMALL),
     )
 
 

@@ -183,6 +183,12 @@ def log_request(
             fields["small_ms"] = round(cascade.small_ms, 2)
         if cascade.hold_ms is not None:
             fields["hold_ms"] = round(cascade.hold_ms, 2)
+        if cascade.explored:
+            fields["explored"] = True
+        for name, outcome, ms in cascade.signals:  # the check's plug-in signals: how each reading went
+            fields[name] = outcome
+            if outcome != "skipped":
+                fields[f"{name}_ms"] = round(ms, 2)
     if result.upstream_error:
         log.warning("route", upstream_error=result.upstream_error, **fields)
     elif decision.classify_error:

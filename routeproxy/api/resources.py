@@ -9,6 +9,7 @@ from prometheus_client import Gauge
 from starlette.requests import Request
 
 from routeproxy.cascade.check import CheckRules
+from routeproxy.cascade.signals import Signal
 from routeproxy.counters.metrics import Metrics
 from routeproxy.counters.store import CounterStore
 from routeproxy.errors import Overloaded
@@ -29,6 +30,7 @@ class Resources:
     decisions: DecisionStore
     rollout: RolloutController
     check_rules: CheckRules  # the cascade's answer check, loaded at start so a bad rule set fails there
+    cascade_signals: tuple[Signal, ...] = ()  # the check's plug-in signals (a verifier), built at start likewise
     client_key_digests: frozenset[bytes] = frozenset()
     inflight: int = 0
     draining: bool = False

@@ -1,6 +1,8 @@
 """The seed scenario's cascade variant: the same query mix through the same proxy and simulators, in classify
 mode (at the seed's balanced ratio) and in cascade mode, whole and streamed; average latency, cost, share
-escalated, and what the hold costs streamed clients in time to first byte."""
+escalated, and what the hold costs streamed clients in time to first byte. Then agent traffic in cascade mode:
+tool calls and JSON answers (``response_format``), those the simulated 3B answers soundly apart from those it
+answers weakly (its refusal), to show that sound structured answers are not escalated and weak ones are."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from routeproxy.bench.run import Target
 from routeproxy.bench.scenario import SMALL_WEAK_SHARE, read_until, scenario_mix, scenario_proxy
 from routeproxy.bench.session import Session
 from routeproxy.bench.table import Table
+from routeproxy.sim.simulator import weak_prompt
 
 CLASSIFY_RATIO = 0.5  # the seed's "balanced" ratio
 SHORT_HOLD_TOKENS = 32  # a second cascade proxy with a shorter hold: what it saves in time to first byte
@@ -113,6 +116,7 @@ def workload_cascade(session: Session) -> Table:
                         "stats": stats,
                     }
                 )
+        runs += _agent_runs(session, client, table, duration)
     table.notes += [
         f"the mixed query load ({len(mix)} queries) at ratio {CLASSIFY_RATIO:g} in classify mode; the simulated"
         f" 3B answers {SMALL_WEAK_SHARE:.0%} of prompts (by hash) with a short refusal, which the check escalates",
@@ -128,5 +132,92 @@ def workload_cascade(session: Session) -> Table:
     failures = sum(run["failures"] + run["answered"] - run["ok"] for run in runs)
     if failures:
         table.notes.append(f"{failures} requests failed")
+    table.notes.append(
+        "agent rows: tool calls (a weather tool with a parameters schema) and JSON answers (json_object and"
+        " json_schema), split by whether the simulated 3B answers them soundly or with its refusal; escalated % is"
+        " of those requests"
+    )
     table.data = {"speed": speed, "weak_share": SMALL_WEAK_SHARE, "runs": runs}
     return table
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather forecast for a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "days": {"type": "integer", "minimum": 1, "maximum": 14},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "days"],
+            "additionalProperties": False,
+        },
+    },
+}
+FLOCK = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "flock",
+        "schema": {
+            "type": "object",
+            "properties": {"house": {"type": "string"}, "birds": {"type": "integer", "minimum": 0}},
+            "required": ["house", "birds"],
+        },
+    },
+}
+_CITIES = ("Oslo", "Lyon", "Utrecht", "Porto", "Gdansk", "Kyoto", "Austin", "Leeds", "Turku", "Graz")
+
+
+def agent_mix(size: int = 120) -> list[dict[str, Any]]:
+    """Chat bodies an agent sends: a third tool calls, a third json_object, a third json_schema answers."""
+    bodies: list[dict[str, Any]] = []
+    for index in range(size):
+        city, days = _CITIES[index % len(_CITIES)], 1 + index % 7
+        kind = index % 3
+        if kind == 0:
+            text = f"What is the weather in '{city}' for {days} days?"
+            bodies.append({"messages": [{"role": "user", "content": text}], "tools": [WEATHER]})
+        elif kind == 1:
+            text = f"Give the 'house' and 'birds' of flock {index} as JSON."
+            bodies.append({"messages": [{"role": "user", "content": text}], "response_format": {"type": "json_object"}})
+        else:
+            text = f"House 'H{index}' holds {1000 + index} birds: answer as JSON."
+            bodies.append({"messages": [{"role": "user", "content": text}], "response_format": FLOCK})
+    return bodies
+
+
+def _agent_runs(session: Session, client: httpx.Client, table: Table, duration: float) -> list[dict[str, Any]]:
+    proxy = scenario_proxy(session)
+    base = f"http://127.0.0.1:{proxy.port}/v1/model-routing"
+    target = Target("proxy", "127.0.0.1", proxy.port, "/v1/chat/completions", "auto", proxy)
+    change = {"routing_mode": "cascade", "enable_model_routing": True}
+    client.put(f"{base}/config", json=change).raise_for_status()
+    bodies = agent_mix()
+    runs = []
+    for label, weak in (("agent, sound 3B answers", False), ("agent, weak 3B answers", True)):
+        chosen = [body for body in bodies if weak_prompt(body["messages"], SMALL_WEAK_SHARE) is weak]
+        for stream in (False, True):
+            client.post(f"{base}/reset").raise_for_status()
+            sent = [target.request({**body, "stream": stream}, {}) for body in chosen]
+            result = run_async(
+                run_load("127.0.0.1", proxy.port, sent, concurrency=20, max_requests=len(sent),
+                         max_duration=duration, keep_body=True)
+            )  # fmt: skip
+            answered = len(result.samples)
+            stats = read_until(client, f"{base}/stats", lambda answer: answer["total_requests"] >= answered)  # noqa: B023
+            cascade = stats["cascade"]
+            refused = sum(b"can't" in sample.body for sample in result.samples) / max(1, answered) * 100
+            escalated = cascade["escalated"] / max(1, cascade["checked"]) * 100
+            table.rows.append(
+                (f"cascade, {label}", "yes" if stream else "no", answered, cascade["answered_by_small_pct"], escalated,
+                 refused, stats["average_latency_ms"] * session.options.speed, None, None, None,
+                 round(100 - stats["estimated_cost_savings_pct"], 1), None, None)
+            )  # fmt: skip
+            runs.append({"mode": f"cascade, {label}", "stream": stream, "sent": result.sent, "answered": answered,
+                         "ok": result.ok, "failures": result.failures, "escalated_pct": escalated,
+                         "weak_answers_sent_pct": refused, "stats": stats})  # fmt: skip
+    return runs

@@ -16,6 +16,11 @@ go out after the decision, so they always describe it. A client that leaves duri
 
 The one body rewrite: with ``cascade.request_logprobs`` the small tier is asked for logprobs the client did not ask
 for, and they are removed from what the client gets (``strip_logprobs``).
+
+Before the check, the plug-in signals (a verifier, routeproxy.cascade.signals) read the same answer, each under its
+deadline: inside the hold for a stream, so their time adds to the first byte's. With ``cascade.explore_share`` a
+stable share of the answers the check would escalate are kept on the small tier instead and marked explored
+(``x-routeproxy-reason: ...; explored``), so feedback rates the small tier's answers at every score.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import orjson
 from starlette.types import Send
 
 from routeproxy.cascade.check import AnswerCheck, AnswerView, CheckRules, StreamAnswer, answer_from_body, check_answer
+from routeproxy.cascade.signals import Signal, SignalReading, read_signals
 from routeproxy.errors import UpstreamError
 from routeproxy.settings import Tier
 from routeproxy.tasks import spawn
@@ -56,12 +62,17 @@ class CascadePlan:
     hold_tokens: int
     hold_s: float
     strip_logprobs: bool  # the small tier was asked for logprobs the client did not ask for
+    signals: tuple[Signal, ...] = ()  # plug-in signals read before the check (routeproxy.cascade.signals)
+    explore: bool = False  # this request is in cascade.explore_share: kept on the small tier whatever the check says
 
 
-def decorate(headers: RawHeaders, check: AnswerCheck, *, escalated: bool) -> RawHeaders:
-    """The response headers with the check's outcome: escalated or not, its reasons after the routing reason, its
-    score. ``headers`` already say ``x-routeproxy-mode: cascade`` and ``x-routeproxy-escalated: false``."""
+def decorate(headers: RawHeaders, check: AnswerCheck, *, escalated: bool, explored: bool = False) -> RawHeaders:
+    """The response headers with the check's outcome: escalated or not, its reasons after the routing reason
+    (then ``; explored`` when it would have escalated but was kept to be rated), its score. ``headers`` already
+    say ``x-routeproxy-mode: cascade`` and ``x-routeproxy-escalated: false``."""
     reasons = ",".join(check.reasons) or "none"
+    if explored:
+        reasons += "; explored"
     out: RawHeaders = []
     for name, value in headers:
         if name == b"x-routeproxy-reason":
@@ -100,6 +111,10 @@ class _Hold:
         return (
             self.done or self.exhausted or self.error is not None or answer.ended or answer.tokens >= self.hold_tokens
         )
+
+    def view(self) -> AnswerView:
+        """The answer held so far; whole when the stream ended, even without a finish_reason."""
+        return self.answer.view(stream_ended=self.done or self.exhausted)
 
     async def pull(self) -> None:
         while not self.decided:
@@ -162,6 +177,8 @@ class CascadeExchange(Exchange):
         self.plan = plan
         self.small_started = 0.0
         self.escalated_at = 0.0
+        self.readings: tuple[SignalReading, ...] = ()
+        self.explored = False
 
     async def _exchange(self, send: Send) -> None:
         self.small_started = time.perf_counter()
@@ -198,10 +215,10 @@ class CascadeExchange(Exchange):
         except orjson.JSONDecodeError:
             document = None
         view = answer_from_body(document) if isinstance(document, dict) else AnswerView("", complete=True)
-        check = check_answer(self.plan.request, view, self.plan.rules)
+        check = await self._check(view)
         decided_at = time.perf_counter()
         client_body = strip_logprobs_body(body) if self.plan.strip_logprobs else body
-        if check.escalate:
+        if check.escalate and not self.explored:
             large = await self._escalate(check)
             if isinstance(large, UpstreamResponse):
                 prompt, completion = body_usage(body) or (None, None)
@@ -211,7 +228,7 @@ class CascadeExchange(Exchange):
             self._escalation_failed(check, large)
         else:
             self._note(check, None)
-            self.extra_headers = decorate(self.extra_headers, check, escalated=False)
+            self.extra_headers = decorate(self.extra_headers, check, escalated=False, explored=self.explored)
         await self._send_whole(small, client_body, send)
 
     async def _cascade_stream(self, small: UpstreamResponse, send: Send) -> None:
@@ -235,10 +252,10 @@ class CascadeExchange(Exchange):
                 else:  # the small tier's own error event reaches the client, as in classify mode; nothing to check
                     await self._relay_stream(small, send, bytes(hold.events), hold.rest(reading))
                 return
-            check = check_answer(self.plan.request, hold.answer.view(), self.plan.rules)
+            check = await self._check(hold.view())
             decided_at = time.perf_counter()
             hold_ms = (decided_at - (hold.first_byte_at or decided_at)) * 1000
-            if check.escalate:
+            if check.escalate and not self.explored:
                 large = await self._escalate(check)
                 if isinstance(large, UpstreamResponse):
                     await _stop(reading)
@@ -252,7 +269,7 @@ class CascadeExchange(Exchange):
                 self._escalation_failed(check, large, hold_ms)
             else:
                 self._note(check, None, hold_ms)
-                self.extra_headers = decorate(self.extra_headers, check, escalated=False)
+                self.extra_headers = decorate(self.extra_headers, check, escalated=False, explored=self.explored)
             strip = strip_logprobs_events if self.plan.strip_logprobs else None
             held = bytes(hold.events)
             if held:
@@ -262,6 +279,25 @@ class CascadeExchange(Exchange):
             await _stop(reading)
             if small_open:
                 await small.aclose()
+
+    async def _check(self, view: AnswerView) -> AnswerCheck:
+        """The plug-in signals' readings (each under its deadline), then the check on the view and on them."""
+        extra, self.readings = await read_signals(self.plan.signals, self.plan.request, view)
+        check = check_answer(self.plan.request, view, self.plan.rules, extra)
+        self.explored = check.escalate and self.plan.explore
+        return check
+
+    def _outcome(self, check: AnswerCheck, **fields: Any) -> CascadeOutcome:
+        signals = tuple((reading.name, reading.outcome, reading.ms) for reading in self.readings)
+        return CascadeOutcome(
+            score=check.score,
+            reasons=check.reasons,
+            explored=self.explored,
+            rules=self.plan.rules.name,
+            activations=check.activations,
+            signals=signals,
+            **fields,
+        )
 
     async def _escalate(self, check: AnswerCheck) -> UpstreamResponse | str:
         """Ask the large tier; its response once it answered 200, else why it failed."""
@@ -285,9 +321,7 @@ class CascadeExchange(Exchange):
             *decorate(self.extra_headers, check, escalated=False),
             (b"x-routeproxy-fallback", self.result.fallback_reason.encode()),
         ]
-        self.result.cascade = CascadeOutcome(
-            escalated=False, score=check.score, reasons=check.reasons, escalation_failed=True, hold_ms=hold_ms
-        )
+        self.result.cascade = self._outcome(check, escalated=False, escalation_failed=True, hold_ms=hold_ms)
 
     def _note(
         self,
@@ -300,14 +334,11 @@ class CascadeExchange(Exchange):
     ) -> None:
         """Record what the check did; ``decided_at`` is set when it escalated."""
         if decided_at is None:
-            self.result.cascade = CascadeOutcome(
-                escalated=False, score=check.score, reasons=check.reasons, hold_ms=hold_ms
-            )
+            self.result.cascade = self._outcome(check, escalated=False, hold_ms=hold_ms)
             return
-        self.result.cascade = CascadeOutcome(
+        self.result.cascade = self._outcome(
+            check,
             escalated=True,
-            score=check.score,
-            reasons=check.reasons,
             hold_ms=hold_ms,
             small_ms=(decided_at - self.small_started) * 1000,
             added_ms=(self.escalated_at - self.started) * 1000,

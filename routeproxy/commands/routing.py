@@ -194,7 +194,54 @@ def _open_lines(source: str) -> contextlib.AbstractContextManager[TextIO]:
         raise OSError(f"cannot read {source}: {exc.strerror}") from None
 
 
+def _eval_feedback(args: argparse.Namespace) -> int:
+    """Fit the answer check on the operator's decisions and feedback (routeproxy.evaluate.feedback_fit)."""
+    from routeproxy.cascade.check import load_check_rules
+    from routeproxy.evaluate.feedback_fit import FeedbackRowError, fit_feedback, read_rows
+    from routeproxy.evaluate.feedback_report import export_rows, fit_as_dict, fitted_rules, format_fit, rows_from_redis
+
+    if not 0.0 < args.holdout < 1.0 or args.folds < 2 or (args.share is not None and not 0.0 <= args.share <= 1.0):
+        print("routeproxy eval: --holdout from 0 to 1 (exclusive), --folds 2 or more, --share 0 to 1", file=sys.stderr)
+        return 2
+    rules = load_check_rules(args.rules or "general")
+    source: str = args.feedback
+    try:
+        if source.startswith(("redis://", "rediss://", "unix://")):
+            rows = list(rows_from_redis(source, args.namespace))
+        else:
+            with _open_lines(source) as lines:
+                rows = read_rows(lines, source)
+    except (OSError, FeedbackRowError) as exc:
+        print(f"routeproxy eval: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # the Redis client's own errors (connection refused, auth...)
+        print(f"routeproxy eval: cannot read decisions from {source}: {exc}", file=sys.stderr)
+        return 1
+    if args.export:
+        export_rows(rows, args.export)
+    if len(rows) < 2 * args.folds:
+        print(f"routeproxy eval: {len(rows)} rated decisions with a check record: too few to fit", file=sys.stderr)
+        return 1
+    fit = fit_feedback(rows, rules.weights, rules.bias, rules.threshold, rules=rules.source, holdout=args.holdout,
+                       folds=args.folds, share=args.share)  # fmt: skip
+    if args.json:
+        print(orjson.dumps(fit_as_dict(fit), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(format_fit(fit))
+    if args.write:
+        Path(args.write).write_text(fitted_rules(rules.source, fit), encoding="utf-8")
+        load_check_rules(args.write)  # the file it wrote must load as a rule set
+        if not args.json:
+            print(f"wrote {args.write}: review it, then set cascade.rules to it")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.feedback:
+        return _eval_feedback(args)
+    if args.cascade == "":
+        print("routeproxy eval: --cascade needs a FILE of labelled answers, or --feedback SOURCE", file=sys.stderr)
+        return 2
     if args.cascade:
         return _eval_cascade(args)
     if not args.file:

@@ -46,7 +46,10 @@ holds step, paused, step_since, feedback_at_step, period and history; the contro
 
 Fields of `{routeproxy}:decision:<request id>`: `tier`, `complexity`, `period` (the A/B period it is counted in),
 `stream` (`1`/`0`), `status` (HTTP status sent, `0` if the client left first), `latency_ms`, `at` (epoch
-seconds), and `score` (the last feedback, in thousandths) once feedback arrived.
+seconds), `score` (the last feedback, in thousandths) once feedback arrived, and in cascade mode `check`: what the
+answer check read (JSON, numbers only: `rules`, `score`, `escalate` (its verdict), `explored`, `small` (the client got
+the small tier's answer), and `activations`, each signal that fired -> its activation), which
+`routeproxy eval --cascade --feedback` fits the check's weights on.
 
 Fields of `{routeproxy}:stats:<p>` are integers, absent until first incremented. `[:<complexity>]`
 means the field exists per tier and also per tier and complexity.
@@ -83,6 +86,9 @@ means the field exists per tier and also per tier and complexity.
 | `escalated_small_prompt_tokens`, `escalated_small_completion_tokens` | escalated requests: the small tier's tokens |
 | `escalation_added_ms_sum`, `escalation_added_ms_bucket:le_<ms>` | escalated: request start to the large tier asked |
 | `cascade_hold_ms_sum`, `cascade_hold_ms_count`, `cascade_hold_ms_bucket:le_<ms>` | checked streams: the hold |
+| `cascade_explored` | answers the check would escalate, kept on the small tier to be rated (`cascade.explore_share`) |
+| `signal_calls:<signal>:<outcome>` | plug-in signal (`verifier`) readings: `ok`, `timeout`, `error`, `skipped` |
+| `signal_ms_sum:<signal>`, `signal_ms_bucket:<signal>:le_<ms>` | how long those readings took (skipped ones aside) |
 
 Bucket bounds in ms: """
     + ", ".join(map(str, BUCKETS_MS))

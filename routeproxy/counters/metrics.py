@@ -20,10 +20,10 @@ from collections.abc import Mapping
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
+from routeproxy.counters.cascade_metrics import CascadeSeries
 from routeproxy.counters.stats import BUCKETS_MS, PINNED, STATUS_CLASSES, Outcome, status_class
 from routeproxy.routing.classify import Complexity
 from routeproxy.settings import Tier
-from routeproxy.wire.relay import CascadeOutcome
 
 PREFIX = "routeproxy"
 # The classic text format every Prometheus reads; prometheus_client 0.26 labels its output 1.0.0 by default,
@@ -75,6 +75,9 @@ SERIES: tuple[str, ...] = tuple(
         "cascade_added_latency_seconds",
         "cascade_hold_seconds",
         "cascade_mode",
+        "cascade_explored_total",
+        "cascade_signal_calls_total",
+        "cascade_signal_seconds",
     )
 )
 VERDICTS: tuple[str, ...] = ("pass", "review", "rollback", "insufficient_data")
@@ -195,7 +198,7 @@ class Metrics:
             registry=registry,
             multiprocess_mode="mostrecent",
         )
-        self._cascade = _CascadeSeries(registry)
+        self._cascade = CascadeSeries(registry, PREFIX, LATENCY_BUCKETS_S, _SLOTS.values())
 
         feedback = Counter(
             f"{PREFIX}_feedback",
@@ -351,63 +354,3 @@ class Metrics:
         # Every worker's values, from the files in PROMETHEUS_MULTIPROC_DIR.
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE
-
-
-class _CascadeSeries:
-    """The cascade's series: checks and escalations by complexity, what escalations cost, the hold."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        slots = _SLOTS.values()
-        checked = Counter(
-            f"{PREFIX}_cascade_checked", "Cascade: small answers checked, by complexity.", ["complexity"],
-            registry=registry,
-        )  # fmt: skip
-        escalations = Counter(
-            f"{PREFIX}_cascade_escalations", "Cascade: checked requests re-asked on the large tier, by complexity.",
-            ["complexity"], registry=registry,
-        )  # fmt: skip
-        self.checked = {slot: checked.labels(slot) for slot in slots}
-        self.escalations = {slot: escalations.labels(slot) for slot in slots}
-        self.failures = Counter(
-            f"{PREFIX}_cascade_escalation_failures",
-            "Cascade: escalations whose large tier failed before answering (the client got the small answer).",
-            registry=registry,
-        )
-        self.small_seconds = Counter(
-            f"{PREFIX}_cascade_small_seconds", "Cascade: small-tier time spent on escalated requests.",
-            registry=registry,
-        )  # fmt: skip
-        tokens = Counter(
-            f"{PREFIX}_cascade_small_tokens", "Cascade: small-tier tokens spent on escalated requests, by type.",
-            ["type"], registry=registry,
-        )  # fmt: skip
-        self.small_prompt, self.small_completion = tokens.labels("prompt"), tokens.labels("completion")
-        self.added = Histogram(
-            f"{PREFIX}_cascade_added_latency_seconds",
-            "Cascade: escalated requests, request start to the large tier asked (the latency the cascade added).",
-            buckets=LATENCY_BUCKETS_S, registry=registry,
-        )  # fmt: skip
-        self.hold = Histogram(
-            f"{PREFIX}_cascade_hold_seconds", "Cascade: checked streams, how long the first byte was held.",
-            buckets=LATENCY_BUCKETS_S, registry=registry,
-        )  # fmt: skip
-        self.mode = Gauge(
-            f"{PREFIX}_cascade_mode",
-            "1 in cascade routing mode, 0 in classify mode.",
-            registry=registry,
-            multiprocess_mode="mostrecent",
-        )
-
-    def observe(self, cascade: CascadeOutcome, slot: str) -> None:
-        self.checked[slot].inc()
-        if cascade.hold_ms is not None:
-            self.hold.observe(max(0.0, cascade.hold_ms) / 1000)
-        if cascade.escalation_failed:
-            self.failures.inc()
-        if not cascade.escalated:
-            return
-        self.escalations[slot].inc()
-        self.small_seconds.inc(max(0.0, cascade.small_ms) / 1000)
-        self.small_prompt.inc(cascade.small_prompt_tokens or 0)
-        self.small_completion.inc(cascade.small_completion_tokens or 0)
-        self.added.observe(max(0.0, cascade.added_ms) / 1000)

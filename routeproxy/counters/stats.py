@@ -119,8 +119,20 @@ def outcome_fields(outcome: Outcome, labels: Mapping[Tier, str]) -> Iterable[tup
         yield from _cascade_fields(outcome.cascade, outcome.complexity.value if outcome.complexity else PINNED)
 
 
+SIGNALS = ("verifier",)  # the answer check's plug-in signals (routeproxy.cascade.signals)
+SIGNAL_OUTCOMES = ("ok", "timeout", "error", "skipped")
+
+
 def _cascade_fields(cascade: CascadeOutcome, slot: str) -> Iterable[tuple[str, int]]:
     yield f"cascade_checked:{slot}", 1
+    if cascade.explored:
+        yield "cascade_explored", 1
+    for name, outcome, ms in cascade.signals:
+        if name in SIGNALS and outcome in SIGNAL_OUTCOMES:
+            yield f"signal_calls:{name}:{outcome}", 1
+            if outcome != "skipped":
+                yield f"signal_ms_sum:{name}", round(max(0.0, ms))
+                yield f"signal_ms_bucket:{name}:{_bucket(max(0.0, ms))}", 1
     if cascade.hold_ms is not None:
         hold = max(0.0, cascade.hold_ms)
         yield "cascade_hold_ms_sum", round(hold)
@@ -144,7 +156,8 @@ def field_count(tiers: int = len(Tier)) -> int:
     per_scope = 5 + len(BUCKET_NAMES)  # requests, latency sum, errors, fallbacks, disconnects + buckets
     per_tier = (1 + len(COMPLEXITY_SLOTS)) * per_scope + len(STATUS_CLASSES) + 3 + len(BUCKET_NAMES) + 4 + 3
     cascade = 2 * len(COMPLEXITY_SLOTS) + 2 + len(BUCKET_NAMES) + 1 + 5 + len(BUCKET_NAMES)
-    return tiers * per_tier + cascade
+    signals = 1 + len(SIGNALS) * (len(SIGNAL_OUTCOMES) + 1 + len(BUCKET_NAMES))  # explored, then per signal
+    return tiers * per_tier + cascade + signals
 
 
 PERCENTILES: tuple[tuple[str, float], ...] = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
@@ -322,6 +335,21 @@ def render_cascade(snapshot: Snapshot, routing_mode: str, labels: Mapping[Tier, 
         "hold_ms": {
             "avg": _avg(snapshot.get("cascade_hold_ms_sum"), hold_count),
             **_percentiles(snapshot.histogram("cascade_hold_ms_bucket")),
+        },
+        "explored": snapshot.get("cascade_explored"),
+        "signals": {name: _signal(snapshot, name) for name in SIGNALS},
+    }
+
+
+def _signal(snapshot: Snapshot, name: str) -> dict[str, Any]:
+    """One plug-in signal's readings: calls by outcome, and the latency of those that were made."""
+    calls = {outcome: snapshot.get("signal_calls", name, outcome) for outcome in SIGNAL_OUTCOMES}
+    made = calls["ok"] + calls["timeout"] + calls["error"]
+    return {
+        "calls": calls,
+        "latency_ms": {
+            "avg": _avg(snapshot.get("signal_ms_sum", name), made),
+            **_percentiles(snapshot.histogram("signal_ms_bucket", name)),
         },
     }
 

@@ -272,10 +272,50 @@ def time_check(rows: Sequence[AnswerRow], rules: CheckRules, chars: int = 2000, 
     if not timings:
         return f"no answer of {chars} characters or more to time"
     timings.sort()
+    structured = [_fastest(request, view, rules) for request, view in _STRUCTURED]
     return (
         f"check_answer on {len(long_rows)} answers cut to {chars} characters (fastest of 5 runs each): "
-        f"median {statistics.median(timings):.0f} us, p99 {quantile(timings, 0.99):.0f} us"
+        f"median {statistics.median(timings):.0f} us, p99 {quantile(timings, 0.99):.0f} us\n"
+        f"check_answer on a tool call and a JSON answer validated against their schemas: "
+        f"{' and '.join(f'{value:.0f} us' for value in structured)}"
     )
+
+
+def _fastest(request: Mapping[str, Any], view: AnswerView, rules: CheckRules) -> float:
+    runs = []
+    for _ in range(5):
+        start = time.perf_counter_ns()
+        check_answer(request, view, rules)
+        runs.append((time.perf_counter_ns() - start) / 1000)
+    return min(runs)
+
+
+_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "minLength": 1},
+        "days": {"type": "integer", "minimum": 1, "maximum": 14},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        "stops": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}},
+                  "required": ["name"]}},
+    },
+    "required": ["city", "days"],
+    "additionalProperties": False,
+}  # fmt: skip
+_ARGUMENTS = json.dumps({"city": "Oslo", "days": 3, "unit": "celsius", "stops": [{"name": f"s{i}"} for i in range(5)]})
+_STRUCTURED = (
+    (
+        {"messages": [{"role": "user", "content": "Weather?"}],
+         "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": _SCHEMA}}]},
+        AnswerView("", complete=True, finish_reason="tool_calls", tool_calls=(
+            {"id": "c", "type": "function", "function": {"name": "get_weather", "arguments": _ARGUMENTS}},)),
+    ),
+    (
+        {"messages": [{"role": "user", "content": "Weather?"}],
+         "response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": _SCHEMA}}},
+        AnswerView(_ARGUMENTS, complete=True, finish_reason="stop"),
+    ),
+)  # fmt: skip
 
 
 def rows_by_pair(rows: Iterable[AnswerRow]) -> Mapping[str, list[AnswerRow]]:

@@ -14,8 +14,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import orjson
+
 from routeproxy.counters.store import CounterStore
 from routeproxy.errors import RouteproxyError
+from routeproxy.wire.relay import CascadeOutcome
 
 SCORE_SCALE = 1000  # scores are kept in thousandths, so every sum is an exact integer in Redis
 
@@ -36,6 +39,7 @@ class Decision:
     latency_ms: float
     at: float  # epoch seconds
     regeneration_key: str | None = None  # None: never counted as a regeneration (pinned requests)
+    check: str | None = None  # cascade mode: what the answer check read (``check_record``), joined by feedback
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,23 @@ class FeedbackResult:
     complexity: str | None = None
     period: int | None = None
     replaced: bool = False
+
+
+def check_record(cascade: CascadeOutcome, *, small_answered: bool) -> str:
+    """The answer check's reading of one request as compact JSON, numbers only (never the answer's text): the
+    rule set, score, its verdict, whether the small tier's answer is the one the client got (so feedback rates
+    it) and whether it was kept to be rated though the check would escalate (explored), each signal's activation
+    rounded to 4 places. Feedback
+    on the request joins it; ``routeproxy eval --cascade --feedback`` fits the check's weights on such rows."""
+    record = {
+        "rules": cascade.rules,
+        "score": round(cascade.score, 4),
+        "escalate": cascade.escalated or cascade.escalation_failed or cascade.explored,  # the check's verdict
+        "explored": cascade.explored,
+        "small": small_answered,
+        "activations": {name: round(value, 4) for name, value in sorted(cascade.activations.items())},
+    }
+    return orjson.dumps(record).decode()
 
 
 def regeneration_key(sticky: str, query: str) -> str:

@@ -53,15 +53,17 @@ _REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 # rules say (keys.PERIOD_RULES_MARKDOWN).
 # KEYS, per decision: its hash, its regeneration key (the hash again when it has none), the stats of its period,
 # the start of its period.
-# ARGV: ttl seconds, window ms, then per decision: id, tier, complexity, period, stream, status, latency, at, has_key.
+# ARGV: ttl seconds, window ms, then per decision: id, tier, complexity, period, stream, status, latency, at, has_key,
+# check (the answer check's record, or '' when there is none).
 _REMEMBER_LUA = """
-local per = 9
+local per = 10
 for i = 0, (#ARGV - 2) / per - 1 do
   local a = 3 + i * per
   local id, tier, complexity = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local decision, recent, stats, since = KEYS[i * 4 + 1], KEYS[i * 4 + 2], KEYS[i * 4 + 3], KEYS[i * 4 + 4]
   redis.call('HSET', decision, 'tier', tier, 'complexity', complexity, 'period', ARGV[a + 3],
     'stream', ARGV[a + 4], 'status', ARGV[a + 5], 'latency_ms', ARGV[a + 6], 'at', ARGV[a + 7])
+  if ARGV[a + 9] ~= '' then redis.call('HSET', decision, 'check', ARGV[a + 9]) end
   redis.call('EXPIRE', decision, ARGV[1])
   if ARGV[a + 8] == '1' then
     local previous = redis.call('GET', recent)
@@ -186,7 +188,7 @@ class RedisDecisionStore(DecisionStore):
             args += [
                 decision.request_id, decision.tier, decision.complexity, decision.period, int(decision.stream),
                 decision.status, round(decision.latency_ms, 3), round(decision.at, 3),
-                int(decision.regeneration_key is not None),
+                int(decision.regeneration_key is not None), decision.check or "",
             ]  # fmt: skip
         await self._remember(keys=keys, args=args)
 

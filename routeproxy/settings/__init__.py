@@ -16,6 +16,7 @@ from routeproxy.settings.load import (
     ServerConfig,
     Settings,
     SimulatorConfig,
+    VerifierConfig,
     load_settings,
     settings_table,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "StickyKey",
     "Tier",
     "UpstreamKind",
+    "VerifierConfig",
     "load_settings",
     "settings_table",
 ]

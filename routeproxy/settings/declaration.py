@@ -156,6 +156,17 @@ def _origin_list(value: Any) -> tuple[str, ...]:
     return origins
 
 
+def _url(value: Any) -> str:
+    text = _text(value).rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", text):
+        raise ValueError("expected an http:// or https:// URL")
+    return text
+
+
+def _optional_url(value: Any) -> str | None:
+    return None if _optional_text(value) is None else _url(value)
+
+
 def _redis_url(value: Any) -> str | None:
     text = _optional_text(value)
     if text is not None and not re.match(r"^(redis|rediss|unix)://", text):

@@ -116,11 +116,23 @@ class CounterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class VerifierConfig:
+    kind: str = "none"  # none, classify, score, pooling, judge (routeproxy.cascade.verifier)
+    url: str | None = None
+    model: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    deadline_ms: int = 300
+    good_label: int = -1
+
+
+@dataclass(frozen=True, slots=True)
 class CascadeConfig:
     rules: str = "general"
     hold_tokens: int = 128
     hold_ms: int = 3000
     request_logprobs: bool = False
+    explore_share: float = 0.0
+    verifier: VerifierConfig = VerifierConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +337,15 @@ def load_settings(
             hold_tokens=values["cascade.hold_tokens"],
             hold_ms=values["cascade.hold_ms"],
             request_logprobs=values["cascade.request_logprobs"],
+            explore_share=values["cascade.explore_share"],
+            verifier=VerifierConfig(
+                kind=values["cascade.verifier.kind"],
+                url=values["cascade.verifier.url"],
+                model=values["cascade.verifier.model"],
+                api_key=values["cascade.verifier.api_key"],
+                deadline_ms=values["cascade.verifier.deadline_ms"],
+                good_label=values["cascade.verifier.good_label"],
+            ),
         ),
         source=str(config_path) if config_path is not None else "defaults",
         values=values,

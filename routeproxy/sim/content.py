@@ -12,6 +12,8 @@
   field takes the next number the message mentions, a string field the next text it quotes ('...' or "..."),
   and a ``json_object`` answer uses the identifier-like words the message quotes as its keys.
 - ``logprobs: true`` (with ``top_logprobs: n``) gives each token a log-probability and ``n`` alternatives.
+  TGI's dialect writes them as TGI does: no ``bytes``, and an entry for the end-of-turn token after the answer's
+  last one (``end_of_sequence``).
 """
 
 from __future__ import annotations
@@ -349,3 +351,19 @@ def logprob_entries(
             top_entries.append({"token": other, "logprob": round(logprob, 6), "bytes": list(other.encode())})
         entries.append({**top_entries[0], "top_logprobs": top_entries[:top]})
     return entries
+
+
+def without_bytes(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A logprobs entry as TGI writes it: ``{token, logprob, top_logprobs: [{token, logprob}]}``, no ``bytes``."""
+    tops = [{"token": top["token"], "logprob": top["logprob"]} for top in entry["top_logprobs"]]
+    return {"token": entry["token"], "logprob": entry["logprob"], "top_logprobs": tops}
+
+
+def end_of_sequence(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """TGI's entry for Llama 3's end-of-turn token, which it lists after the answer's last token when the answer
+    ended on it: as sure as the surest token of the answer, with as many alternatives as the other entries."""
+    top = len(entries[0]["top_logprobs"]) if entries else 0
+    chosen = max((entry["logprob"] for entry in entries), default=-0.01)
+    others = [{"token": token, "logprob": round(chosen - 2.0 - index, 6)} for index, token in enumerate(WORDS)]
+    alternatives = [{"token": "<|eot_id|>", "logprob": chosen}, *others]
+    return {"token": "<|eot_id|>", "logprob": chosen, "top_logprobs": alternatives[:top]}

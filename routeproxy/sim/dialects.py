@@ -12,6 +12,7 @@ from typing import ClassVar
 import orjson
 from starlette.responses import PlainTextResponse, Response
 
+from routeproxy.sim.content import end_of_sequence, without_bytes
 from routeproxy.sim.wire import Answer, Dialect, Json, Wire, json_response, serde_kind, status_phrase
 
 __all__ = ["WIRES", "Answer", "Dialect", "Json", "Wire", "json_response"]
@@ -313,8 +314,20 @@ class TgiWire(Wire):
         return {"role": "assistant", **super().delta(answer, token)}
 
     def stop_chunk(self, answer: Answer) -> Json:
-        # The EOS token is special: empty content.
-        return self._chunk(answer, {"role": "assistant", "content": ""}, answer.finish_reason)
+        # The EOS token is special: empty content, but its logprob is sent like any token's (router/src/chat.rs).
+        chunk = self._chunk(answer, {"role": "assistant", "content": ""}, answer.finish_reason)
+        if answer.logprobs and not answer.text and not answer.tool_calls:
+            chunk["choices"][0]["logprobs"] = {"content": [end_of_sequence(answer.logprobs)]}
+        return chunk
+
+    def logprobs(self, answer: Answer, start: int, end: int) -> Json | None:
+        # TGI's chat entries have no `bytes`; a whole answer ending on EOS lists that token last (router/src/lib.rs).
+        found = super().logprobs(answer, start, end)
+        if found is None or answer.text:
+            return found
+        ended = end == len(answer.tokens) and answer.finish_reason == "stop" and bool(answer.logprobs)
+        tail = [end_of_sequence(answer.logprobs or ())] if start == 0 and ended else []
+        return {"content": [without_bytes(entry) for entry in found["content"]] + tail}
 
     def usage_chunk(self, answer: Answer) -> Json:
         chunk = self._chunk(answer, {}, None)

@@ -82,9 +82,15 @@ from routeproxy.sim.streams import (
 )
 from routeproxy.sim.wire import Dialect
 
-__all__ = ["create_simulator_app"]
+__all__ = ["WEAK_ANSWER", "create_simulator_app", "weak_prompt"]
 
 WEAK_ANSWER = "I'm sorry, but I can't help with that."  # what a weak small tier says (weak_share)
+
+
+def weak_prompt(asked: object, share: float) -> bool:
+    """Whether a small tier answering ``share`` of prompts weakly answers these messages (or prompt) with
+    ``WEAK_ANSWER``: a hash of them, so the same prompt always gets the same kind of answer."""
+    return bool(share) and stable_draw(f"weak:{orjson.dumps(asked).decode()}") < share
 
 
 class _Label:
@@ -225,7 +231,7 @@ class _Simulator:
             tokens = split_tokens(structured)
         if faults.answer is not None:
             calls, tokens = (), words_of(faults.answer)
-        elif self.profile.weak_share and stable_draw(f"weak:{orjson.dumps(asked).decode()}") < self.profile.weak_share:
+        elif weak_prompt(asked, self.profile.weak_share):
             calls, tokens = (), words_of(WEAK_ANSWER)
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         count = len(tokens) if limit is None else min(len(tokens), limit)
@@ -336,7 +342,15 @@ class _Simulator:
         return json_response(200, self.stats.as_json())
 
 
-_POOLING = {"/v1/embeddings": pooling.embeddings, "/tokenize": pooling.tokenize, "/detokenize": pooling.detokenize}
+_POOLING = {
+    "/v1/embeddings": pooling.embeddings,
+    "/tokenize": pooling.tokenize,
+    "/detokenize": pooling.detokenize,
+    "/classify": pooling.classify,
+    "/score": pooling.score,
+    "/v1/score": pooling.score,
+    "/pooling": pooling.pool,
+}
 
 
 def _responses_routes(api: ResponsesApi) -> list[Route]:
@@ -355,7 +369,7 @@ def create_simulator_app(profile: SimProfile) -> Starlette:
         Route("/v1/chat/completions", sim.chat, methods=["POST"]),
         # vLLM and TGI serve legacy completions too; the HF router serves chat only (§3).
         *([] if profile.dialect is Dialect.HF else [Route("/v1/completions", sim.text_completion, methods=["POST"])]),
-        # vLLM also embeds and tokenizes (TGI leaves embeddings to TEI; the HF router serves chat only).
+        # vLLM also embeds, tokenizes and scores (TGI leaves embeddings to TEI; the HF router serves chat only).
         *(Route(path, sim.pooling, methods=["POST"]) for path in _POOLING if profile.dialect is Dialect.VLLM),
         # vLLM and the HF router serve the Responses API too; TGI has none.
         *(_responses_routes(ResponsesApi(sim)) if profile.dialect in (Dialect.VLLM, Dialect.HF) else []),

@@ -246,8 +246,13 @@ class Wire:
 
     def message(self, answer: Answer) -> Json:
         if answer.tool_calls:
+            # The arguments are the tokens sent: cut short with the answer when max_tokens cut it (finish "length").
             calls = [
-                {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": "".join(answer.tokens)},
+                }
                 for call in answer.tool_calls
             ]
             return {"role": "assistant", "content": None, "tool_calls": calls}

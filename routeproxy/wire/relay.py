@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TypeAlias
 
 import orjson
@@ -46,6 +46,10 @@ class CascadeOutcome:
     added_ms: float = 0.0  # escalated: request start -> the large tier asked (what asking 3B first added)
     small_prompt_tokens: int | None = None  # escalated: the small tier's tokens (usage, else content tokens seen)
     small_completion_tokens: int | None = None
+    explored: bool = False  # the check would have escalated; kept on the small tier (cascade.explore_share)
+    rules: str = ""  # the check rule set's name
+    activations: Mapping[str, float] = field(default_factory=dict)  # every signal that fired -> its activation
+    signals: tuple[tuple[str, str, float], ...] = ()  # plug-in signal readings: (name, outcome, ms)
 
 
 @dataclass(slots=True)

@@ -1,6 +1,7 @@
 """The HTTP client (aiohttp) for the upstream hop: one connection pool per tier, errors mapped to ours.
 
-With ``upstream_protocol.py`` (its protocol and body buffer) the only module that knows aiohttp.
+With ``upstream_protocol.py`` (its protocol and body buffer) the only module that knows aiohttp, but for the
+answer check's verifier (routeproxy.cascade.verifier), which has a small client of its own for a scoring model.
 
 Header policy (what crosses the proxy):
 - client -> upstream: everything except hop-by-hop headers, ``host``, ``content-length`` (recomputed for the

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from routeproxy.cascade.arithmetic import without_code_blocks, wrong_sums
-from routeproxy.cascade.check import _count_at_word_start, _words
+from routeproxy.cascade.prose import _count_at_word_start, _words
 
 TOLERANCE = 0.001
 

@@ -176,18 +176,25 @@ def test_logprobs_per_token_with_top_alternatives(serve: Serve, dialect: Dialect
             sdk.chat.completions.create(model=MODEL, messages=ASK, logprobs=True, top_logprobs=3, stream=True)
         )
         plain = sdk.chat.completions.create(model=MODEL, messages=ASK)
-    content = reply.choices[0].logprobs.content
-    assert "".join(entry.token for entry in content or []) == reply.choices[0].message.content
-    for entry in content or []:
-        assert len(entry.top_logprobs) == 3
-        assert entry.top_logprobs[0].token == entry.token
-        assert entry.logprob < 0 and all(other.logprob <= entry.logprob for other in entry.top_logprobs)
+    content = reply.choices[0].logprobs.content or []
     streamed = [
         entry.token
         for chunk in chunks
         for choice in chunk.choices
         for entry in (choice.logprobs.content if choice.logprobs and choice.logprobs.content else [])
     ]
+    if dialect in (Dialect.TGI, Dialect.TGI_LEGACY):
+        # TGI lists the end-of-turn token after the answer's own, with no `bytes` in any entry
+        assert content[-1].token == streamed[-1] == "<|eot_id|>"
+        assert all(entry.bytes is None for entry in content)
+        streamed = streamed[:-1]
+    else:
+        assert all(entry.bytes == list(entry.token.encode()) for entry in content)
+    assert "".join(entry.token for entry in content if entry.token != "<|eot_id|>") == reply.choices[0].message.content
+    for entry in content:
+        assert len(entry.top_logprobs) == 3
+        assert entry.top_logprobs[0].token == entry.token
+        assert entry.logprob < 0 and all(other.logprob <= entry.logprob for other in entry.top_logprobs)
     assert "".join(streamed) == reply.choices[0].message.content
     assert plain.choices[0].logprobs is None
 

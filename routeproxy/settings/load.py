@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from routeproxy.errors import ConfigError
+from routeproxy.settings.cache import CACHE_SETTINGS, CacheConfig
 from routeproxy.settings.declaration import RoutingMode, Setting, StickyKey, Tier, _key_list
 from routeproxy.settings.files import default_config_path, read_yaml_tree
 from routeproxy.settings.quality import COUNTER_SETTINGS, QUALITY_SETTINGS
@@ -37,6 +38,7 @@ SETTINGS: tuple[Setting, ...] = (
     *QUALITY_SETTINGS,
     *LOG_SETTINGS,
     *SIMULATOR_SETTINGS,
+    *CACHE_SETTINGS,
 )
 
 SETTINGS_BY_KEY: Mapping[str, Setting] = {setting.key: setting for setting in SETTINGS}
@@ -140,6 +142,7 @@ class Settings:
     simulator: SimulatorConfig
     quality: QualityConfig
     cascade: CascadeConfig = CascadeConfig()
+    cache: CacheConfig = field(default_factory=CacheConfig)
     source: str = "defaults"
     values: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
@@ -291,6 +294,15 @@ def load_settings(
             hold_tokens=values["cascade.hold_tokens"],
             hold_ms=values["cascade.hold_ms"],
             request_logprobs=values["cascade.request_logprobs"],
+        ),
+        cache=CacheConfig(
+            enabled=values["cache.enabled"],
+            redis_url=values["cache.redis_url"],
+            requests=values["cache.requests"],
+            multiple_choices=values["cache.multiple_choices"],
+            ttl_s=values["cache.ttl_s"],
+            max_entry_bytes=values["cache.max_entry_bytes"],
+            max_bytes=values["cache.max_bytes"],
         ),
         source=str(config_path) if config_path is not None else "defaults",
         values=values,

@@ -85,8 +85,10 @@ def _merge(into: dict[str, Any], values: dict[str, Any]) -> None:
             into[name] = min(old, value)
         elif name == "namespace" and old is not None and old != value:
             raise InvalidRequest(f"the {HEADER} header and the {FIELD!r} field name different namespaces", param=FIELD)
+        elif name in _FLAGS:
+            into[name] = value or bool(old)
         else:
-            into[name] = value or old
+            into[name] = value
 
 
 def _standard(value: str) -> dict[str, Any]:

@@ -37,12 +37,18 @@ def test_an_answer_stored_by_one_replica_is_a_hit_on_another(
 ) -> None:
     shared = {"cache.enabled": True, "counters.redis_url": redis_server.url}
     first, second = (start_proxy(urls(simulators), **shared) for _ in range(2))
+
+    def stored(count: int) -> bool:  # the store is written just after the answer's last byte
+        return bool(http.get(f"{first.url}/v1/model-routing/stats").json()["cache"]["stores"] == count)
+
     miss = chat(first, body())
-    hit = eventually(lambda: (answer := chat(second, body())).headers["x-routeproxy-cache"] == "hit" and answer)
-    assert miss.headers["x-routeproxy-cache"] == "miss"
+    eventually(lambda: stored(1), what="the answer stored")
+    hit = chat(second, body())
+    assert (miss.headers["x-routeproxy-cache"], hit.headers["x-routeproxy-cache"]) == ("miss", "hit")
     assert hit.content == miss.content
     question = body("Name three rivers.")  # not asked yet: a real upstream stream
     first_headers, streamed = streamed_chunks(first.url, question)
+    eventually(lambda: stored(2), what="the stream stored")
     headers, replayed = streamed_chunks(second.url, question)
     assert (first_headers["x-routeproxy-cache"], headers["x-routeproxy-cache"]) == ("miss", "hit")
     assert b"".join(replayed) == b"".join(streamed)

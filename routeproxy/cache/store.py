@@ -115,4 +115,7 @@ class MemoryCacheStore(CacheStore):
         self._figures.entries_now -= 1
 
     async def figures(self) -> StoreFigures:
+        return self.figures_now()
+
+    def figures_now(self) -> StoreFigures:
         return StoreFigures(self._figures.bytes_now, self._figures.entries_now, self._figures.evictions)

@@ -193,6 +193,8 @@ EXPOSED_HEADERS = (
     "x-routeproxy-reason",
     "x-routeproxy-fallback",
     "x-routeproxy-overhead-ms",
+    "x-routeproxy-cache",
+    "age",
 )
 
 

@@ -165,3 +165,14 @@ def test_cache_off_by_default_adds_no_header(proxy: ThreadedServer) -> None:
     answer = chat(proxy, body())
     assert answer.status_code == 200
     assert "x-routeproxy-cache" not in answer.headers
+
+
+def test_a_paced_hit_comes_in_the_upstreams_chunks_and_an_immediate_one_at_once(cached: ThreadedServer) -> None:
+    paced_upstream = {"x-sim-token-ms": "5"}
+    _, first = streamed_chunks(cached.url, body(), paced_upstream)
+    _, at_once = streamed_chunks(cached.url, body())
+    headers, paced = streamed_chunks(cached.url, body(), {"x-routeproxy-cache": "pace"})
+    assert headers["x-routeproxy-cache"] == "hit"
+    assert b"".join(at_once) == b"".join(paced) == b"".join(first)
+    assert len(at_once) == 1
+    assert len(paced) > 2

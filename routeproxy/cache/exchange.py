@@ -105,7 +105,7 @@ class CachedExchange:
             flight = None if plan.controls.no_cache else flights.joinable(name)
             if flight is None and not looked:
                 looked = True
-                if await self._hit(send):
+                if await self._hit(receive, send):
                     return
                 flight = flights.joinable(name)  # one may have started while the store answered
             if flight is None:
@@ -116,7 +116,7 @@ class CachedExchange:
 
     # -- a hit --
 
-    async def _hit(self, send: Send) -> bool:
+    async def _hit(self, receive: Receive, send: Send) -> bool:
         plan, context = self.plan, self.context
         names = [plan.key.of(variant) for variant in (LOOKUP[plan.key.variant] if plan.chat else (plan.key.variant,))]
         try:
@@ -139,13 +139,17 @@ class CachedExchange:
             return False
         own = cache_headers(plan.request_id, "hit", age)
         stored = entry.headers if stream == entry.stream else retyped(entry.headers, stream)
-        if not stream:
-            await send_whole(send, entry.status, [*stored, *own], body)
-        elif entry.stream and plan.controls.pace and entry.chunks:
-            await send_paced(send, entry, [*stored, *own])
-        else:
-            await send_stream(send, entry.status, [*stored, *own], body)
-        self._served("hit", entry.tier, stream, entry, age)
+        left = [False]
+        try:
+            if not stream:
+                await send_whole(send, entry.status, [*stored, *own], body)
+            elif entry.stream and plan.controls.pace and entry.chunks:
+                async with watching(receive) as left:
+                    await send_paced(send, entry, [*stored, *own])
+            else:
+                await send_stream(send, entry.status, [*stored, *own], body)
+        finally:
+            self._served("hit", entry.tier, stream, entry, age, left[0])
         return True
 
     def _framed(self, entry: Entry, name: str) -> tuple[bytes | None, bool]:
@@ -157,7 +161,7 @@ class CachedExchange:
             return stream_to_body(entry.body), False
         return body_to_stream(entry.body, include_usage=asked is Variant.STREAM_USAGE), True
 
-    def _served(self, kind: str, tier: str, stream: bool, entry: Entry | None, age: float | None) -> None:
+    def _served(self, kind: str, tier: str, stream: bool, entry: Entry, age: float, disconnected: bool) -> None:
         self.context.events.served(
             Served(
                 kind=kind,
@@ -165,10 +169,10 @@ class CachedExchange:
                 stream=stream,
                 status=200,
                 latency_s=time.perf_counter() - self.started,
-                disconnected=False,
-                saved_s=entry.upstream_s if entry else 0.0,
-                prompt_tokens=entry.prompt_tokens if entry else None,
-                completion_tokens=entry.completion_tokens if entry else None,
+                disconnected=disconnected,
+                saved_s=entry.upstream_s,
+                prompt_tokens=entry.prompt_tokens,
+                completion_tokens=entry.completion_tokens,
                 age_s=age,
             )
         )
@@ -178,8 +182,7 @@ class CachedExchange:
     async def _follow(self, flight: Flight, receive: Receive, send: Send) -> bool:
         """Answer from the flight; False when it failed before its response started (then try again)."""
         flight.followers += 1
-        sent = 0
-        started = False
+        left = [False]
         try:
             async with watching(receive) as left:
                 while flight.state is State.WAITING:
@@ -187,40 +190,42 @@ class CachedExchange:
                 if flight.state is State.FAILED:
                     self.context.flights.land(flight)  # the first follower to wake leads the next try
                     return False
-                own = cache_headers(self.plan.request_id, "coalesced")
-                headers = [*flight.headers, *own]
-                if self.plan.key.variant is not Variant.BODY and not any(n == b"x-accel-buffering" for n, _ in headers):
-                    headers.append((b"x-accel-buffering", b"no"))
-                await send({"type": "http.response.start", "status": flight.status, "headers": headers})
-                started = True
-                while True:
-                    if sent < len(flight.chunks):
-                        pending = b"".join(flight.chunks[sent:])
-                        sent = len(flight.chunks)
-                        await send({"type": "http.response.body", "body": pending, "more_body": True})
-                        continue
-                    if flight.over:
-                        break
-                    await flight.changed()
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-            disconnected = left[0]
+                await self._relay_flight(flight, send)
         finally:
             flight.leave()
-        if started:
-            self.context.events.served(
-                Served(
-                    kind="coalesced",
-                    tier=flight.tier or "",
-                    stream=self.plan.key.variant is not Variant.BODY,
-                    status=flight.status,
-                    latency_s=time.perf_counter() - self.started,
-                    disconnected=disconnected,
-                    saved_s=0.0,
-                    prompt_tokens=None,
-                    completion_tokens=None,
+            if not flight.failed or left[0]:
+                self.context.events.served(
+                    Served(
+                        kind="coalesced",
+                        tier=flight.tier or "",
+                        stream=self.plan.key.variant is not Variant.BODY,
+                        status=flight.status_sent,
+                        latency_s=time.perf_counter() - self.started,
+                        disconnected=left[0],
+                        saved_s=0.0,
+                        prompt_tokens=None,
+                        completion_tokens=None,
+                    )
                 )
-            )
         return True
+
+    async def _relay_flight(self, flight: Flight, send: Send) -> None:
+        """The flight's response from its first byte, then live until it is over."""
+        headers = [*flight.headers, *cache_headers(self.plan.request_id, "coalesced")]
+        if self.plan.key.variant is not Variant.BODY and not any(name == b"x-accel-buffering" for name, _ in headers):
+            headers.append((b"x-accel-buffering", b"no"))
+        await send({"type": "http.response.start", "status": flight.status, "headers": headers})
+        sent = 0
+        while True:
+            if sent < len(flight.chunks):
+                pending = b"".join(flight.chunks[sent:])
+                sent = len(flight.chunks)
+                await send({"type": "http.response.body", "body": pending, "more_body": True})
+                continue
+            if flight.over:
+                break
+            await flight.changed()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     # -- leading --
 

@@ -55,6 +55,15 @@ class Flight:
         self._changed = asyncio.Event()
 
     @property
+    def failed(self) -> bool:
+        return self.state is State.FAILED
+
+    @property
+    def status_sent(self) -> int:
+        """The status a follower got (0: none yet)."""
+        return 0 if self.state is State.WAITING else self.status
+
+    @property
     def over(self) -> bool:
         return self.state in (State.FAILED, State.DONE, State.BROKEN)
 

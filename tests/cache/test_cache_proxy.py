@@ -176,3 +176,12 @@ def test_a_paced_hit_comes_in_the_upstreams_chunks_and_an_immediate_one_at_once(
     assert b"".join(at_once) == b"".join(paced) == b"".join(first)
     assert len(at_once) == 1
     assert len(paced) > 2
+
+
+def test_text_completions_are_cached_too(cached: ThreadedServer, simulators: dict[Tier, ThreadedServer]) -> None:
+    payload = {"model": "auto", "prompt": "Once upon a time", "temperature": 0, "max_tokens": 8}
+    answers = [http.post(f"{cached.url}/v1/completions", json=payload) for _ in range(2)]
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert [answer.headers["x-routeproxy-cache"] for answer in answers] == ["miss", "hit"]
+    assert answers[1].content == answers[0].content
+    assert upstream_calls(simulators) == 1

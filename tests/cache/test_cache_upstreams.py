@@ -245,9 +245,12 @@ async def test_the_upstream_is_closed_once_every_client_of_a_flight_has_left(set
         http.async_client(timeout=30) as second,
         first.stream("POST", proxy.url, json=payload) as original,
     ):
-        await anext(original.aiter_raw())
+        original_chunks = original.aiter_raw()  # held: a dropped iterator would close the response at once
+        await anext(original_chunks)
         async with second.stream("POST", proxy.url, json=payload) as follower:
             assert follower.headers["x-routeproxy-cache"] == "coalesced"
-            await anext(follower.aiter_raw())
+            follower_chunks = follower.aiter_raw()
+            await anext(follower_chunks)
+            assert proxy.large.disconnects == 0
     eventually(lambda: proxy.large.disconnects == 1, what="the upstream saw the proxy leave")
     eventually(lambda: proxy.inflight() == 0, what="every slot given back")

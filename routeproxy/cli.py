@@ -183,8 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--workload",
         action="append",
-        choices=["latency", "throughput", "stream", "paced", "memory", "classifier", "scenario", "cascade"],
-        help="repeatable (default: every one but scenario and cascade)",
+        choices=["latency", "throughput", "stream", "paced", "memory", "classifier", "scenario", "cascade", "cache"],
+        help="repeatable (default: every one but scenario, cascade and cache)",
     )
     bench.add_argument(
         "--scenario",

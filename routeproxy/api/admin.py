@@ -11,6 +11,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from routeproxy.api.cached import cache_stats
 from routeproxy.api.resources import Resources, resources_of
 from routeproxy.counters.stats import Snapshot, render_ab_cascade, render_cascade, render_stats
 from routeproxy.errors import Conflict, InvalidRequest, preview
@@ -63,17 +64,17 @@ async def routing_stats(request: Request) -> Response:
     snapshot = await resources.counters.snapshot()
     await resources.rollout.refresh()
     enabled, ratio = resources.routing_now()
-    return JSONResponse(
-        stats_json(
-            resources.settings,
-            snapshot,
-            enabled=enabled,
-            ratio=ratio,
-            rollout=resources.rollout,
-            queued=resources.decisions.queued,
-            routing_mode=resources.mode_now(),
-        )
+    stats = stats_json(
+        resources.settings,
+        snapshot,
+        enabled=enabled,
+        ratio=ratio,
+        rollout=resources.rollout,
+        queued=resources.decisions.queued,
+        routing_mode=resources.mode_now(),
     )
+    stats["cache"] = await cache_stats(resources, snapshot)
+    return JSONResponse(stats)
 
 
 async def routing_reset(request: Request) -> Response:
@@ -207,6 +208,7 @@ async def prometheus_metrics(request: Request) -> Response:
         ab_test_ratio=ratio, routing_enabled=enabled, cascade=resources.mode_now() is RoutingMode.CASCADE
     )
     metrics.set_inflight(resources.inflight)
+    await cache_stats(resources, None)  # the cache's gauges
     metrics.set_counter_store(failures=resources.counters.failures, flush_lag_s=resources.counters.flush_lag_s)
     snapshot = await resources.counters.snapshot()
     analysis = _analyse(resources.settings, snapshot)

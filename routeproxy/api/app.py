@@ -25,6 +25,7 @@ from routeproxy.api.logs import configure_logging
 from routeproxy.api.models import explain_route, list_models, show_model
 from routeproxy.api.resources import Resources
 from routeproxy.api.responses import stored_response_routes
+from routeproxy.cache.front import open_cache
 from routeproxy.cascade.check import load_check_rules
 from routeproxy.cascade.verifier import open_signals
 from routeproxy.counters.metrics import Metrics
@@ -37,7 +38,6 @@ from routeproxy.routing.route import Router
 from routeproxy.settings import Settings, load_settings
 from routeproxy.wire.admission import request_id_of
 from routeproxy.wire.auth import digest
-from routeproxy.wire.relay import Exchange
 from routeproxy.wire.upstream import UpstreamPool
 
 log = structlog.get_logger("routeproxy")
@@ -133,6 +133,7 @@ def create_app(settings: Settings) -> ProxyApp:
             cascade_signals=cascade_signals,
             client_key_digests=frozenset(digest(key) for key in client_keys),
         )
+        resources.cache = open_cache(settings, resources.metrics.registry)
         # Each worker's flush reports to the metrics itself: with --workers N a scrape reaches one worker only.
         counters.on_flush = lambda: resources.metrics.set_counter_store(
             failures=counters.failures, flush_lag_s=counters.flush_lag_s
@@ -142,6 +143,8 @@ def create_app(settings: Settings) -> ProxyApp:
             yield {"resources": resources}
         finally:
             restore_signals()
+            if resources.cache is not None:
+                await resources.cache.close()
             await rollout.close()
             await decisions.close()  # decisions and feedback that wait go out before the counters' last flush
             await counters.close()  # the last flush: nothing counted is left behind
@@ -195,6 +198,8 @@ EXPOSED_HEADERS = (
     "x-routeproxy-reason",
     "x-routeproxy-fallback",
     "x-routeproxy-overhead-ms",
+    "x-routeproxy-cache",
+    "age",
 )
 
 
@@ -236,7 +241,7 @@ class ProxyApp:
 
 async def _serve_chat(scope: Scope, receive: Receive, send: Send) -> None:
     request = Request(scope, receive)
-    response: Response | Exchange
+    response: Response | ASGIApp
     if scope["method"] != "POST":
         message = f"{preview(scope['method'])} {preview(scope['path'])}: Method Not Allowed"
         response = JSONResponse(

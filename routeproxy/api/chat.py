@@ -17,7 +17,9 @@ import orjson
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp
 
+from routeproxy.api.cached import plan_cache, serve_cached
 from routeproxy.api.logs import log_request
 from routeproxy.api.resources import Resources, resources_of
 from routeproxy.cascade.exchange import CascadeExchange, CascadePlan
@@ -71,19 +73,19 @@ PASSTHROUGH: dict[str, Endpoint] = {
 }
 
 
-async def chat_completions(request: Request) -> Response | Exchange:
+async def chat_completions(request: Request) -> Response | ASGIApp:
     return await proxied(request, CHAT)
 
 
-async def text_completions(request: Request) -> Response | Exchange:
+async def text_completions(request: Request) -> Response | ASGIApp:
     return await proxied(request, COMPLETIONS)
 
 
-async def passthrough(request: Request) -> Response | Exchange:
+async def passthrough(request: Request) -> Response | ASGIApp:
     return await proxied(request, PASSTHROUGH[request.url.path])
 
 
-async def proxied(request: Request, endpoint: Endpoint) -> Response | Exchange:
+async def proxied(request: Request, endpoint: Endpoint) -> Response | ASGIApp:
     started = time.perf_counter()
     resources = resources_of(request)
     request_id = request_id_of(request)
@@ -107,6 +109,8 @@ async def proxied(request: Request, endpoint: Endpoint) -> Response | Exchange:
         else:
             decision = resources.router.passthrough(body.get("model"))
         classify_s = time.perf_counter() - routing_started if decision.classification is not None else None
+        cache = resources.cache if endpoint.routed else None
+        cache_plan = plan_cache(cache, resources, request, endpoint.name, body, decision, request_id) if cache else None
     except RouteproxyError as exc:
         resources.release()
         return rejected(resources, exc, request_id)
@@ -133,18 +137,24 @@ async def proxied(request: Request, endpoint: Endpoint) -> Response | Exchange:
             signals=resources.cascade_signals,
             explore=random.random() < settings.cascade.explore_share,
         )
-        return CascadeExchange(resources.pool, fallback, prepare, request.headers.raw, started, finish, plan)
-    return Exchange(
-        resources.pool,
-        decision.tier,
-        fallback,
-        prepare,
-        request.headers.raw,
-        started,
-        finish,
-        path=endpoint.upstream_path,
-        from_root=endpoint.from_root,
-    )
+        exchange: Exchange = CascadeExchange(
+            resources.pool, fallback, prepare, request.headers.raw, started, finish, plan
+        )
+    else:
+        exchange = Exchange(
+            resources.pool,
+            decision.tier,
+            fallback,
+            prepare,
+            request.headers.raw,
+            started,
+            finish,
+            path=endpoint.upstream_path,
+            from_root=endpoint.from_root,
+        )
+    if cache is None:
+        return exchange
+    return serve_cached(cache, resources, exchange, cache_plan, decision, request_id, started)
 
 
 async def admitted(request: Request, resources: Resources, *, with_body: bool = True) -> bytes:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from prometheus_client import Gauge
 from starlette.requests import Request
 
+from routeproxy.cache.front import ResponseCache
 from routeproxy.cascade.check import CheckRules
 from routeproxy.cascade.signals import Signal
 from routeproxy.counters.metrics import Metrics
@@ -35,6 +36,7 @@ class Resources:
     inflight: int = 0
     draining: bool = False
     inflight_gauge: Gauge | None = None  # several workers: the shared gauge moves with every request
+    cache: ResponseCache | None = None  # the response cache, when cache.enabled
 
     def __post_init__(self) -> None:
         self.inflight_gauge = self.metrics.shared_inflight

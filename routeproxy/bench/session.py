@@ -12,7 +12,7 @@ from routeproxy.bench.loadgen import check_loopback
 from routeproxy.bench.procs import Cores, Proc, proxy_env, spawn
 from routeproxy.bench.run import Target
 
-WORKLOADS = ("latency", "throughput", "stream", "paced", "memory", "classifier", "scenario", "cascade")
+WORKLOADS = ("latency", "throughput", "stream", "paced", "memory", "classifier", "scenario", "cascade", "cache")
 DEFAULT_WORKLOADS = ("latency", "throughput", "stream", "paced", "memory", "classifier")
 
 

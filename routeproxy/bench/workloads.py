@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from routeproxy.bench.cache import workload_cache
 from routeproxy.bench.cascade import workload_cascade
 from routeproxy.bench.loadgen import LoadResult, run_async, run_load
 from routeproxy.bench.run import _FAST, Target, measure, measure_wrk
@@ -295,6 +296,7 @@ def workload_classifier(session: Session) -> Table:
 
 
 _RUNNERS = {
+    "cache": workload_cache,
     "latency": workload_latency,
     "throughput": workload_throughput,
     "stream": workload_stream,

@@ -6,17 +6,18 @@ measurement of routing between real models."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from routeproxy.settings import Tier
 
-if TYPE_CHECKING:
-    from routeproxy.counters.stats import Snapshot
+
+class Counts(Protocol):
+    """What this reads of a period's totals (``stats.Snapshot`` is one; stats imports this module, not the reverse)."""
+
+    def get(self, metric: str, *scope: str) -> int: ...
 
 
-def provenance(
-    snapshot: Snapshot, labels: Mapping[Tier, str], baseline_source: str, baseline_ms: int
-) -> dict[str, Any]:
+def provenance(snapshot: Counts, labels: Mapping[Tier, str], baseline_source: str, baseline_ms: int) -> dict[str, Any]:
     """The ``provenance`` block of the stats JSON, with ``caveats``: one sentence for each reason to read the
     headline figures with care (none when they are a measurement of routing between real upstreams)."""
     total = sum(snapshot.get("requests", labels[tier]) for tier in Tier)

@@ -134,6 +134,27 @@ window.routeproxyBlocks = (() => {
     fill($("rates-table"), table(["tier", "requests", "upstream errors", "error rate %", "fallbacks",
       "fallback rate %", "client disconnects", "4xx", "5xx"], rows));
     renderEscalation();
+    renderCache();
+  }
+
+  function renderCache() {
+    const box = $("cache");
+    if (!stats.cache || !stats.cache.enabled) {
+      fill(box, note("The response cache is off (cache.enabled): every request goes upstream."));
+      return;
+    }
+    fill(box,
+      h("h3", {}, "Response cache (answers given without an upstream call of their own)"),
+      h("div", { class: "cards" }, card("store", fig("cache.store")), card("hit rate %", fig("cache.hit_rate_pct")),
+        card("answered without upstream %", fig("cache.answered_without_upstream_pct")),
+        card("hits", fig("cache.hits")), card("coalesced", fig("cache.coalesced")), card("misses", fig("cache.misses")),
+        card("bypassed", fig("cache.bypassed")), card("bytes stored now", fig("cache.bytes_now")),
+        card("entries now", fig("cache.entries_now")), card("evictions", fig("cache.evictions")),
+        card("store failures", fig("cache.unavailable"))),
+      table(["tier", "hits", "coalesced", "upstream ms saved", "prompt tokens saved", "completion tokens saved"],
+        tiers.map((tier) => [tier, fig(`cache.by_tier.${tier}.hits`), fig(`cache.by_tier.${tier}.coalesced`),
+          fig(`cache.by_tier.${tier}.saved_upstream_ms`), fig(`cache.by_tier.${tier}.saved_prompt_tokens`),
+          fig(`cache.by_tier.${tier}.saved_completion_tokens`)])));
   }
 
   function renderEscalation() {

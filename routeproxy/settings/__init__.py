@@ -2,6 +2,7 @@
 environment and flags into frozen, validated dataclasses (``load``). The names the rest of the package uses are
 re-exported here."""
 
+from routeproxy.settings.cache import CacheConfig
 from routeproxy.settings.checks import ConfigNote
 from routeproxy.settings.declaration import RoutingMode, Setting, StickyKey, Tier, UpstreamKind
 from routeproxy.settings.load import (
@@ -24,6 +25,7 @@ from routeproxy.settings.load import (
 __all__ = [
     "SETTINGS",
     "SETTINGS_BY_KEY",
+    "CacheConfig",
     "CascadeConfig",
     "ConfigNote",
     "CounterConfig",

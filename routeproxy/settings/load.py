@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from routeproxy.errors import ConfigError
+from routeproxy.settings.cache import CACHE_SETTINGS, CacheConfig
 from routeproxy.settings.checks import ConfigNote, environment_notes, from_environment
 from routeproxy.settings.declaration import RoutingMode, Setting, StickyKey, Tier, _key_list
 from routeproxy.settings.files import default_config_path, read_yaml_entries
@@ -41,6 +42,7 @@ SETTINGS: tuple[Setting, ...] = (
     *QUALITY_SETTINGS,
     *LOG_SETTINGS,
     *SIMULATOR_SETTINGS,
+    *CACHE_SETTINGS,
 )
 
 SETTINGS_BY_KEY: Mapping[str, Setting] = {setting.key: setting for setting in SETTINGS}
@@ -156,6 +158,7 @@ class Settings:
     simulator: SimulatorConfig
     quality: QualityConfig
     cascade: CascadeConfig = CascadeConfig()
+    cache: CacheConfig = field(default_factory=CacheConfig)
     source: str = "defaults"
     values: Mapping[str, Any] = field(default_factory=dict, repr=False)
     # Probable mistakes that stop nothing (an unknown variable, say): serve warns, check-config refuses the strict.
@@ -346,6 +349,15 @@ def load_settings(
                 deadline_ms=values["cascade.verifier.deadline_ms"],
                 good_label=values["cascade.verifier.good_label"],
             ),
+        ),
+        cache=CacheConfig(
+            enabled=values["cache.enabled"],
+            redis_url=values["cache.redis_url"],
+            requests=values["cache.requests"],
+            multiple_choices=values["cache.multiple_choices"],
+            ttl_s=values["cache.ttl_s"],
+            max_entry_bytes=values["cache.max_entry_bytes"],
+            max_bytes=values["cache.max_bytes"],
         ),
         source=str(config_path) if config_path is not None else "defaults",
         values=values,

@@ -115,3 +115,36 @@ def test_imports_run_down_the_layout_table() -> None:
         for tool in targets
         if tool in TOOL_PACKAGES
     } == set()
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    # Every `from routeproxy.x import` counts, also under TYPE_CHECKING or inside a function: a circle there is still
+    # two modules that each need the other (put the shared name lower, or a Protocol with its user).
+    graph: dict[str, set[str]] = {}
+    for path in (ROOT / "routeproxy").rglob("*.py"):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        graph[name] = {
+            node.module
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("routeproxy.")
+        }
+    for name, targets in graph.items():  # a package's __init__ re-exporting its own modules is not a circle
+        graph[name] = {target for target in targets if target in graph and not target.startswith(name + ".")}
+        graph[name] -= {name}
+        graph[name] = {target for target in graph[name] if not name.startswith(target + ".")}
+
+    circles = []
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        for target in sorted(graph[name]):
+            if target in path:
+                circles.append([*path[path.index(target) :], target])
+            elif target not in done:
+                visit(target, [*path, target])
+        done.add(name)
+
+    for name in sorted(graph):
+        if name not in done:
+            visit(name, [name])
+    assert circles == []

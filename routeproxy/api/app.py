@@ -184,6 +184,7 @@ _CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
 # What a browser client may read of a response (the routing decision and the request id).
 EXPOSED_HEADERS = (
     "x-request-id",
+    "x-routeproxy-request-id",
     "x-routeproxy-tier",
     "x-routeproxy-model",
     "x-routeproxy-complexity",

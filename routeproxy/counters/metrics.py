@@ -78,7 +78,7 @@ SERIES: tuple[str, ...] = tuple(
 )
 VERDICTS: tuple[str, ...] = ("pass", "review", "rollback", "insufficient_data")
 FEEDBACK_KINDS: tuple[str, ...] = ("thumbs", "score")
-FEEDBACK_REJECTIONS: tuple[str, ...] = ("invalid", "unknown_id", "unauthorized", "store_full")
+FEEDBACK_REJECTIONS: tuple[str, ...] = ("invalid", "unknown_id", "unauthorized", "store_full", "other_key")
 
 REJECT_STATUSES: tuple[int, ...] = (400, 401, 403, 404, 413, 415, 429, 503)
 

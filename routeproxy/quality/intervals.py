@@ -150,12 +150,16 @@ def dispersion(tally: Tally) -> float:
     return max(0.0, squares - total * total / count) / (count - 1) / (mean * (1 - mean))
 
 
-def restricted_ratio(small: Tally, large: Tally, ratio: float) -> tuple[float, float]:
+def restricted_ratio(
+    small: Tally, large: Tally, ratio: float, weights: tuple[float, float] = (1.0, 1.0)
+) -> tuple[float, float]:
     """(p3, p8) maximising the (quasi-)likelihood under p3 = ratio * p8 (Farrington & Manning 1990): the smaller
-    root of ratio N p^2 - (ratio n3 + n8 + x3 + ratio x8) p + (x3 + x8) = 0."""
-    x3, x8 = small.score_sum, large.score_sum
-    a = ratio * (small.count + large.count)
-    b = ratio * small.count + large.count + x3 + ratio * x8
+    root of ratio N p^2 - (ratio n3 + n8 + x3 + ratio x8) p + (x3 + x8) = 0. ``weights``: each tier's
+    quasi-likelihood weight, 1 / its dispersion (a tier whose scores spread little pins its mean harder)."""
+    w3, w8 = weights
+    n3, n8, x3, x8 = w3 * small.count, w8 * large.count, w3 * small.score_sum, w8 * large.score_sum
+    a = ratio * (n3 + n8)
+    b = ratio * n3 + n8 + x3 + ratio * x8
     c = x3 + x8
     if a <= 0 or b <= 0:
         return 0.0, min(1.0, c / b) if b > 0 else 0.0
@@ -164,11 +168,13 @@ def restricted_ratio(small: Tally, large: Tally, ratio: float) -> tuple[float, f
     return min(ratio * p8, 1.0), p8
 
 
-def restricted_difference(small: Tally, large: Tally, delta: float) -> tuple[float, float]:
+def restricted_difference(
+    small: Tally, large: Tally, delta: float, weights: tuple[float, float] = (1.0, 1.0)
+) -> tuple[float, float]:
     """(p3, p8) maximising the (quasi-)likelihood under p3 = p8 + delta: Farrington & Manning's closed-form root
-    of the cubic (1990, after Miettinen & Nurminen 1985)."""
+    of the cubic (1990, after Miettinen & Nurminen 1985); ``weights`` as for ``restricted_ratio``."""
     p1, p2 = small.score_sum / small.count, large.score_sum / large.count
-    theta = large.count / small.count
+    theta = weights[1] * large.count / (weights[0] * small.count)
     a = 1 + theta
     b = -(1 + theta + p1 + theta * p2 + delta * (theta + 2))
     c = delta * delta + delta * (2 * p1 + theta + 1) + p1 + theta * p2
@@ -193,6 +199,7 @@ class Pair:
     def __init__(self, small: Tally, large: Tally, thresholds: Thresholds) -> None:
         self.small, self.large = small, large
         self.phi3, self.phi8 = dispersion(small), dispersion(large)
+        self.weights = (1 / max(self.phi3, 1e-9), 1 / max(self.phi8, 1e-9))
         self.m3, self.m8 = small.score_sum / small.count, large.score_sum / large.count
         # Each end is the two-sided boundary at twice its share of alpha (see the module's docstring).
         self.alpha_pass = 2 * PASS_SIDE * thresholds.alpha
@@ -213,11 +220,11 @@ class Pair:
 
     def ratio_excess(self, degradation: float) -> float:
         ratio = 1 - degradation
-        p3, p8 = restricted_ratio(self.small, self.large, ratio)
+        p3, p8 = restricted_ratio(self.small, self.large, ratio, self.weights)
         return self._excess(self.m3 - ratio * self.m8, self._variance(p3, p8, ratio * ratio))
 
     def difference_excess(self, delta: float) -> float:
-        p3, p8 = restricted_difference(self.small, self.large, delta)
+        p3, p8 = restricted_difference(self.small, self.large, delta, self.weights)
         return self._excess(self.m3 - self.m8 - delta, self._variance(p3, p8, 1.0))
 
 

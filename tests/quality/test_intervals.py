@@ -34,8 +34,11 @@ def binary(up: int, count: int) -> Tally:
 def test_rho_is_the_closed_form_best_for_the_tuned_width() -> None:
     # Howard et al. (2021): rho = I / (2 log(1/alpha) + log(1 + 2 log(1/alpha))), I = (1.959964 / 0.025)^2.
     information = (1.959964 / 0.025) ** 2
-    assert mixture_rho(0.025, 0.05) == pytest.approx(information / (2 * math.log(20) + math.log(1 + 2 * math.log(20))))
-    assert mixture_rho(0.025, 0.05) == pytest.approx(774.47, abs=0.01)
+    assert Thresholds().information == pytest.approx(information)
+    assert mixture_rho(information, 0.05) == pytest.approx(
+        information / (2 * math.log(20) + math.log(1 + 2 * math.log(20)))
+    )
+    assert mixture_rho(information, 0.05) == pytest.approx(774.47, abs=0.01)
     assert Thresholds().tightest_at == 0.025 and Thresholds(review_at=0.2, rollback_at=0.4).tightest_at == 0.1
 
 
@@ -161,11 +164,11 @@ def test_thirty_thumbs_up_out_of_thirty_are_not_a_certainty() -> None:
     ("small", "large", "verdict"),
     [
         ((270, 300), (270, 300), Verdict.INSUFFICIENT_DATA),  # equal, n = 300: -10.7 % .. 9.3 %
-        ((900, 1000), (900, 1000), Verdict.PASS),  # equal, n = 1000: -4.8 % .. 4.5 %
+        ((900, 1000), (900, 1000), Verdict.PASS),  # equal, n = 1000: -4.5 % .. 4.9 %
         ((9100, 10000), (9000, 10000), Verdict.PASS),  # 3B better
-        ((600, 1000), (900, 1000), Verdict.ROLLBACK),  # 33 % worse: 27.6 % .. 39.1 %
+        ((600, 1000), (900, 1000), Verdict.ROLLBACK),  # 33 % worse: 27.8 % .. 39.5 %
         ((7000, 10000), (9000, 10000), Verdict.ROLLBACK),  # 22 % worse
-        ((33300, 40000), (36000, 40000), Verdict.REVIEW),  # 7.5 % worse: 6.6 % .. 8.4 %
+        ((33300, 40000), (36000, 40000), Verdict.REVIEW),  # 7.5 % worse: 6.7 % .. 8.4 %
         ((25, 29), (29, 29), Verdict.INSUFFICIENT_DATA),  # below the minimum of 30 per tier
     ],
 )
@@ -182,7 +185,9 @@ def test_the_comparison_shows_its_sequences() -> None:
     assert result.degradation_interval.low < 0 < result.degradation_interval.high < 0.05
     assert result.difference_interval.low < 0 < result.difference_interval.high
     assert result.small.thumbs_up == 900 and result.small.interval == mean_sequence(binary(900, 1000), Thresholds())
-    assert "confidence sequence of the degradation is -4.8% to 4.5%, wholly below 5.0%" in result.reason
+    assert "confidence sequence of the degradation is -4.5% to 4.9%, wholly below 5.0%" in result.reason
+    # The pass side spends a quarter of alpha: the sequence reaches further up than down from the estimate 0.
+    assert result.degradation_interval.high > -result.degradation_interval.low
 
 
 @pytest.mark.parametrize(("repeats", "verdict"), [(200, Verdict.INSUFFICIENT_DATA), (600, Verdict.ROLLBACK)])

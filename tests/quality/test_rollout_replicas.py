@@ -55,7 +55,7 @@ def rate(replicas: list[Served], client: httpx.Client, count: int, up: dict[str,
         )
         assert response.status_code == 200 and response.headers["x-routeproxy-complexity"] == "medium"
         tier = response.headers["x-routeproxy-tier"]  # the tier's label, as stats and feedback name it
-        body = {"request_id": response.headers["x-request-id"], "thumbs": "up" if up[tier] else "down"}
+        body = {"request_id": response.headers["x-routeproxy-request-id"], "thumbs": "up" if up[tier] else "down"}
         assert client.post(f"{rating.url}/v1/model-routing/feedback", json=body).status_code == 200
 
 

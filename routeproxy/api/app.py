@@ -130,10 +130,14 @@ def create_app(settings: Settings) -> ProxyApp:
             check_rules=check_rules,
             client_key_digests=frozenset(digest(key) for key in client_keys),
         )
+
         # Each worker's flush reports to the metrics itself: with --workers N a scrape reaches one worker only.
-        counters.on_flush = lambda: resources.metrics.set_counter_store(
-            failures=counters.failures, flush_lag_s=counters.flush_lag_s
-        )
+        # The controller remembers the shared ratio each flush brings, should Redis lose it.
+        def flushed() -> None:
+            resources.metrics.set_counter_store(failures=counters.failures, flush_lag_s=counters.flush_lag_s)
+            rollout.observe(counters.current_runtime)
+
+        counters.on_flush = flushed
         restore_signals = _drain_on_signals(resources)
         try:
             yield {"resources": resources}

@@ -1,4 +1,5 @@
-"""The rollout state in Redis (the interface is in controller.py), shared by every replica."""
+"""The rollout state in Redis (the interface is in controller.py), shared by every replica, and the clock the
+controller reads: Redis's ``TIME``, read with the state in one round trip."""
 
 from __future__ import annotations
 
@@ -33,12 +34,16 @@ class RedisRolloutStore(RolloutStore):
         self._client = redis_client(url)
         self._save = self._client.register_script(_SAVE_LUA)
 
-    async def load(self) -> RolloutState | None:
+    async def read(self) -> tuple[RolloutState | None, float]:
         try:
-            raw = await self._client.hget(self.key, "state")
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.time()
+                pipe.hget(self.key, "state")
+                (seconds, micros), raw = await pipe.execute()
         except _REDIS_FAILURES as exc:
             raise CounterStoreUnavailable(f"cannot read the rollout state: Redis did not answer ({exc})") from exc
-        return None if raw is None else RolloutState.from_json(orjson.loads(raw))
+        state = None if raw is None else RolloutState.from_json(orjson.loads(raw))
+        return state, int(seconds) + int(micros) / 1e6
 
     async def save(self, state: RolloutState, expected: int | None, ratio: float) -> bool:
         args = ["" if expected is None else str(expected), str(state.version), orjson.dumps(state.to_json()).decode()]

@@ -69,6 +69,17 @@ def wait_for(replicas: list[Served], condition: Any) -> dict[str, Any]:
     return eventually(check, tries=400, interval=0.05, what="the rollout step")
 
 
+def rate_until(replicas: list[Served], client: httpx.Client, up: dict[str, bool], condition: Any) -> dict[str, Any]:
+    """Rate in rounds of 30 until the first replica's rollout block satisfies ``condition`` (the always-valid
+    verdict needs a few hundred ratings even at these loose thresholds)."""
+    for _ in range(40):
+        report: dict[str, Any] = stats(replicas[0].url)["rollout"]
+        if condition(report):
+            return report
+        rate(replicas, client, 30, up)
+    return wait_for(replicas, condition)
+
+
 def steps_logged(logs: list[str]) -> Counter[tuple[float, float, str]]:
     """(from, to, why) of every rollout_step log line, over all the replicas' logs."""
     seen: Counter[tuple[float, float, str]] = Counter()
@@ -85,14 +96,17 @@ def test_three_replicas_one_actor_per_step_same_view_and_restart_keeps_it(
 ) -> None:
     replicas = start(3, redis_server.url, served)
     with httpx.Client(timeout=10) as client:
-        rate(replicas, client, 60, {"3b": True, "8b": True})
-        wait_for(replicas, lambda report: report["step_index"] >= 1)
-        rate(replicas, client, 45, {"3b": True, "8b": True})
-        wait_for(replicas, lambda report: report["step_index"] == 2)
+        good = {"3b": True, "8b": True}
+        rate_until(replicas, client, good, lambda report: report["step_index"] >= 1)
+        rate_until(replicas, client, good, lambda report: report["step_index"] == 2)
         # A new A/B period in which 3B answers badly: the controller counts it afresh and steps back.
         assert client.post(f"{replicas[2].url}/v1/model-routing/reset").status_code == 200
-        rate(replicas, client, 60, {"3b": False, "8b": True})
-        report = wait_for(replicas, lambda report: any(e["why"].startswith("rollback") for e in report["history"]))
+        report = rate_until(
+            replicas,
+            client,
+            {"3b": False, "8b": True},
+            lambda report: any(e["why"].startswith("rollback") for e in report["history"]),
+        )
     views = [stats(replica.url)["rollout"] for replica in replicas]
     assert all(
         view["history"] == views[0]["history"] and view["step_index"] == views[0]["step_index"] for view in views

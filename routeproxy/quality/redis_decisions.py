@@ -56,35 +56,40 @@ _REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 
 # Stores a batch of decisions with their TTL and counts regenerations: a sticky key seen within the window, by
 # another request id, counts one for the tier and complexity of the answer that was asked again. A decision that
-# exists already is left alone (a batch sent again, whose first reply was lost, changes nothing).
+# exists already is left alone (a batch sent twice, whose first reply was lost, changes nothing).
 # A regeneration is counted only in a period this Redis dataset knows (its since key exists): a decision recorded
 # under a period of a dataset Redis lost (a restart without persistence) counts nowhere, as the counters' period
 # rules say (counters/keys.py PERIOD_RULES_MARKDOWN).
-# KEYS, per decision: its hash, its regeneration key (the hash again when it has none), the stats of its period,
-# the start of its period.
-# ARGV: ttl seconds, window ms, then per decision: id, tier, complexity, period, stream, status, latency, at,
-# has_key, owner ('' = none).
+# One argument per decision, its fields joined by the unit separator (\31): redis-py packs a command's arguments
+# one by one, about a microsecond each, on the event loop, so fourteen per decision cost ten times one. The key
+# names are built here from the prefix; every one shares the namespace's hash tag (one cluster slot), and KEYS[1]
+# (the runtime config key) routes the call there.
+# ARGV: prefix, ttl seconds, window ms, then per decision: id, tier, complexity, period, stream, status, latency,
+# at, regeneration key ('' = none), owner ('' = none).
 _REMEMBER_LUA = """
-local per = 10
-for i = 0, (#ARGV - 2) / per - 1 do
-  local a = 3 + i * per
-  local id, tier, complexity = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-  local decision, recent, stats, since = KEYS[i * 4 + 1], KEYS[i * 4 + 2], KEYS[i * 4 + 3], KEYS[i * 4 + 4]
+local prefix, ttl, window = ARGV[1], ARGV[2], ARGV[3]
+for i = 4, #ARGV do
+  local f = {}
+  for field in string.gmatch(ARGV[i] .. '\\31', '([^\\31]*)\\31') do f[#f + 1] = field end
+  local id, tier, complexity, period = f[1], f[2], f[3], f[4]
+  local decision = prefix .. 'decision:' .. id
   if redis.call('EXISTS', decision) == 0 then
-    redis.call('HSET', decision, 'tier', tier, 'complexity', complexity, 'period', ARGV[a + 3],
-      'stream', ARGV[a + 4], 'status', ARGV[a + 5], 'latency_ms', ARGV[a + 6], 'at', ARGV[a + 7])
-    if ARGV[a + 9] ~= '' then redis.call('HSET', decision, 'owner', ARGV[a + 9]) end
-    redis.call('EXPIRE', decision, ARGV[1])
-    if ARGV[a + 8] == '1' then
+    redis.call('HSET', decision, 'tier', tier, 'complexity', complexity, 'period', period,
+      'stream', f[5], 'status', f[6], 'latency_ms', f[7], 'at', f[8])
+    if f[10] ~= '' then redis.call('HSET', decision, 'owner', f[10]) end
+    redis.call('EXPIRE', decision, ttl)
+    if f[9] ~= '' then
+      local recent = prefix .. 'recent:' .. f[9]
       local previous = redis.call('GET', recent)
       if previous then
         local first_tier, first_complexity, first_id = string.match(previous, '^([^|]*)|([^|]*)|(.*)$')
-        if first_id ~= id and redis.call('EXISTS', since) == 1 then
+        if first_id ~= id and redis.call('EXISTS', prefix .. 'since:' .. period) == 1 then
+          local stats = prefix .. 'stats:' .. period
           redis.call('HINCRBY', stats, 'regenerations:' .. first_tier, 1)
           redis.call('HINCRBY', stats, 'regenerations:' .. first_tier .. ':' .. first_complexity, 1)
         end
       end
-      redis.call('SET', recent, tier .. '|' .. complexity .. '|' .. id, 'PX', ARGV[2])
+      redis.call('SET', recent, tier .. '|' .. complexity .. '|' .. id, 'PX', window)
     end
   end
 end
@@ -134,11 +139,10 @@ return {1, d[1], d[2], d[3], replaced}
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
-    """One decision, its script keys and arguments formatted once, in ``remember``."""
+    """One decision, its script argument formatted once, in ``remember``."""
 
     request_id: str
-    keys: tuple[str, str, str, str]
-    args: tuple[str, ...]
+    record: bytes
 
 
 @dataclass(slots=True)
@@ -178,7 +182,8 @@ class RedisDecisionStore(DecisionStore):
         self._client = redis_client(url)
         self._remember = self._client.register_script(_REMEMBER_LUA)
         self._feedback = self._client.register_script(_FEEDBACK_LUA)
-        self._ttl_args = (str(max(1, round(ttl_s))), str(max(1, round(regeneration_window_s * 1000))))
+        self._head = (self.prefix, str(max(1, round(ttl_s))), str(max(1, round(regeneration_window_s * 1000))))
+        self._route = [self.key("config")]
         self._pending: deque[_Entry] = deque()
         self._inflight: list[_Entry] = []  # sent, not acknowledged: resent unchanged
         self._unsent: dict[str, _Entry] = {}  # pending and in flight, by request id
@@ -199,23 +204,13 @@ class RedisDecisionStore(DecisionStore):
         return len(self._queue)
 
     def remember(self, decision: Decision) -> None:
-        prefix, request_id = self.prefix, decision.request_id
-        own = f"{prefix}decision:{request_id}"
-        regeneration = decision.regeneration_key
-        entry = _Entry(
-            request_id,
-            (
-                own,
-                f"{prefix}recent:{regeneration}" if regeneration else own,
-                f"{prefix}stats:{decision.period}",
-                f"{prefix}since:{decision.period}",
-            ),
-            (
-                request_id, decision.tier, decision.complexity, str(decision.period), "1" if decision.stream else "0",
-                str(decision.status), f"{decision.latency_ms:.3f}", f"{decision.at:.3f}",
-                "0" if regeneration is None else "1", decision.owner or "",
-            ),
-        )  # fmt: skip
+        request_id = decision.request_id
+        record = "\x1f".join((
+            request_id, decision.tier, decision.complexity, str(decision.period), "1" if decision.stream else "0",
+            str(decision.status), f"{decision.latency_ms:.3f}", f"{decision.at:.3f}", decision.regeneration_key or "",
+            decision.owner or "",
+        ))  # fmt: skip
+        entry = _Entry(request_id, record.encode())
         if len(self._pending) >= self.max_pending:
             self.dropped += 1
             oldest = self._pending.popleft()
@@ -233,9 +228,7 @@ class RedisDecisionStore(DecisionStore):
         await self._client.aclose()
 
     async def _send(self, batch: list[_Entry]) -> None:
-        keys = [key for entry in batch for key in entry.keys]
-        args = [*self._ttl_args, *(argument for entry in batch for argument in entry.args)]
-        await self._remember(keys=keys, args=args)
+        await self._remember(keys=self._route, args=[*self._head, *(entry.record for entry in batch)])
 
     async def flush(self) -> bool:
         async with self._lock:

@@ -54,5 +54,5 @@ def _bench_rollout(args: argparse.Namespace) -> int:
         cases = (Case(f"3B {small:.2f} vs 8B {large:.2f}", small, large),)
     elif args.proxy:
         cases = cases[:1]  # a running proxy keeps its rollout state: one case, the one that ramps all the way
-    run_demo(cases, max_requests=args.requests or 3000, proxy_url=args.proxy.rstrip("/") if args.proxy else None)
+    run_demo(cases, max_requests=args.requests or 12_000, proxy_url=args.proxy.rstrip("/") if args.proxy else None)
     return 0

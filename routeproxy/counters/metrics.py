@@ -227,7 +227,8 @@ class Metrics:
         self._quality_count = {labels[tier]: count.labels(labels[tier]) for tier in Tier}
         degradation = Gauge(
             f"{PREFIX}_quality_degradation_ratio",
-            "Relative degradation of 3B against 8B on MEDIUM queries: the estimate and its 95 % bounds (NaN = none).",
+            "Relative degradation of 3B against 8B on MEDIUM queries: the estimate and its 95 % bounds, valid at every "
+            "look (NaN = none).",
             ["bound"],
             registry=registry,
             multiprocess_mode="mostrecent",

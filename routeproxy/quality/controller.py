@@ -14,8 +14,9 @@ Losing the store. Each replica remembers the last state it read and the last sha
 When Redis comes back empty (restarted without persistence, flushed), the request path routes at no more than the
 last ratio it saw (``fallback_ratio``), and the controller writes the state back at the lower of its last known
 step and the step of that ratio, with the hold started again and an audit entry saying so (compare-and-set against
-"nothing stored", so one replica writes it and the others load it). A replica that knows nothing (started while
-Redis was empty) starts the rollout at its first step.
+what is stored, so one replica writes it and the others load it). Versions only grow, so a stored state older than
+one a replica knew is also a lost one: the replica that knew most writes its history back at its next look. A
+replica that knows nothing (started while Redis was empty) starts the rollout at its first step.
 """
 
 from __future__ import annotations
@@ -153,7 +154,8 @@ class RolloutController:
         state, now = await self.store.read()
         self._clock = (now, time.monotonic())
         self.state = state
-        if state is not None:
+        # Versions only grow: a stored state older than one this replica saw is what is left of a lost one.
+        if state is not None and (self.known is None or state.version >= self.known.version):
             self.known = state
         return state
 
@@ -180,12 +182,15 @@ class RolloutController:
         """The highest step whose ratio is not above ``ratio`` (OFF below the first)."""
         return max((step for step, value in enumerate(self.policy.schedule) if value <= ratio + 1e-12), default=OFF)
 
-    def _resumed(self, known: RolloutState, now: float, evidence: Evidence) -> Outcome:
-        """The state written back after the store lost it: the last known step or lower, the hold started again."""
+    def _resumed(self, known: RolloutState, stored: RolloutState | None, now: float, evidence: Evidence) -> Outcome:
+        """The state written back after the store lost it: the last known step or lower, the hold started again.
+        ``stored``: what the store holds instead (None, or an older state another replica wrote back)."""
         step = known.step if self.last_ratio is None else min(known.step, self._step_at_most(self.last_ratio))
+        found = "nothing" if stored is None else f"version {stored.version}"
         why = (
-            f"the stored rollout state was lost (Redis restarted empty or was flushed): resumed at step {step}, "
-            f"the last step this replica knew{' or the ratio it last routed at' if step < known.step else ''}; "
+            f"the stored rollout state was lost (Redis restarted empty or was flushed; it held {found}, this replica "
+            f"knew version {known.version}): resumed at step {step}, the last step this replica knew"
+            f"{' or the ratio it last routed at' if step < known.step else ''}; "
             "the hold and the feedback count start again"
         )
         entry = AuditEntry(
@@ -196,6 +201,8 @@ class RolloutController:
             known, step=step, step_since=now, feedback_at_step=evidence.feedback, period=evidence.period,
             history=(*known.history, entry)[-MAX_HISTORY:], version=known.version + 1,
         )  # fmt: skip
+        # The write is compare-and-set against what is stored: one replica writes it, the others load it; a replica
+        # that knew a later version than the one written back replaces it at its next look.
         return Outcome(resumed, entry, None, why)
 
     async def evidence(self) -> Evidence | None:
@@ -210,11 +217,10 @@ class RolloutController:
         if evidence is None:
             return None
         self.last_evidence = evidence
-        known = self.known
         state = await self._read()
-        now = self.now()
-        if state is None and known is not None:
-            outcome = self._resumed(known, now, evidence)
+        known, now = self.known, self.now()
+        if known is not None and (state is None or state.version < known.version):
+            outcome = self._resumed(known, state, now, evidence)
         elif state is None:
             started = initial_state(now, feedback=evidence.feedback, period=evidence.period)
             entry = AuditEntry(

@@ -25,6 +25,13 @@ return 1
 """
 
 
+# The state and Redis's clock in one call (a script: a cluster client cannot pipeline TIME, which names no key).
+_READ_LUA = """
+local now = redis.call('TIME')
+return {now[1], now[2], redis.call('HGET', KEYS[1], 'state')}
+"""
+
+
 class RedisRolloutStore(RolloutStore):
     """``{<namespace>}:rollout``: a hash of ``state`` (JSON) and ``version``."""
 
@@ -33,13 +40,11 @@ class RedisRolloutStore(RolloutStore):
         self.config_key = f"{{{namespace}}}:config"
         self._client = redis_client(url)
         self._save = self._client.register_script(_SAVE_LUA)
+        self._read = self._client.register_script(_READ_LUA)
 
     async def read(self) -> tuple[RolloutState | None, float]:
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.time()
-                pipe.hget(self.key, "state")
-                (seconds, micros), raw = await pipe.execute()
+            seconds, micros, raw = await self._read(keys=[self.key])
         except _REDIS_FAILURES as exc:
             raise CounterStoreUnavailable(f"cannot read the rollout state: Redis did not answer ({exc})") from exc
         state = None if raw is None else RolloutState.from_json(orjson.loads(raw))

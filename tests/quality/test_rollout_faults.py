@@ -127,6 +127,8 @@ def test_redis_restarted_empty_mid_rollout_routes_no_higher_and_three_replicas_a
     eventually(lambda: rollout(replicas[0].url)["step_index"] == 2, tries=200, interval=0.05, what="step 2")
     eventually(lambda: all(routing_ratio(replica.url) == 0.6 for replica in replicas), what="0.6 everywhere")
     before = rollout(replicas[0].url)["history"]
+    # Each replica has read the state (its stats read it): any of them can write its history back.
+    eventually(lambda: all(len(rollout(replica.url)["history"]) == len(before) for replica in replicas))
 
     restarted = replicas.pop()
     restarted.stop()

@@ -107,10 +107,14 @@ def test_three_replicas_one_actor_per_step_same_view_and_restart_keeps_it(
             {"3b": False, "8b": True},
             lambda report: any(e["why"].startswith("rollback") for e in report["history"]),
         )
-    views = [stats(replica.url)["rollout"] for replica in replicas]
-    assert all(
-        view["history"] == views[0]["history"] and view["step_index"] == views[0]["step_index"] for view in views
-    )
+
+    def agreed() -> list[dict[str, Any]] | None:
+        """Every replica's view, once they agree (a look may land between two of the reads)."""
+        views = [stats(replica.url)["rollout"] for replica in replicas]
+        same = all(v["history"] == views[0]["history"] and v["step_index"] == views[0]["step_index"] for v in views)
+        return views if same else None
+
+    views = eventually(agreed, tries=100, interval=0.05, what="the replicas agreeing")
     history = views[0]["history"]
     ratios = [(entry["from_ratio"], entry["to_ratio"]) for entry in history]
     assert ratios[:3] == [(0.0, 0.4), (0.4, 0.5), (0.5, 0.6)]

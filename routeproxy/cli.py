@@ -11,6 +11,7 @@ from typing import Any
 
 from routeproxy import __version__
 from routeproxy.commands.bench import cmd_bench
+from routeproxy.commands.quality import add_quality_parser
 from routeproxy.commands.routing import cmd_classify, cmd_eval, cmd_explain
 from routeproxy.commands.serve import cmd_check_config, cmd_serve, cmd_simulate
 from routeproxy.commands.stats import cmd_stats
@@ -228,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--proxy", default="http://127.0.0.1:8001", help="without Redis: the proxy to ask")
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(handler=cmd_stats)
+
+    add_quality_parser(commands)
 
     check = with_serve_flags(
         with_config(

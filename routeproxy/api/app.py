@@ -134,10 +134,14 @@ def create_app(settings: Settings) -> ProxyApp:
             client_key_digests=frozenset(digest(key) for key in client_keys),
         )
         resources.cache = open_cache(settings, resources.metrics.registry)
+
         # Each worker's flush reports to the metrics itself: with --workers N a scrape reaches one worker only.
-        counters.on_flush = lambda: resources.metrics.set_counter_store(
-            failures=counters.failures, flush_lag_s=counters.flush_lag_s
-        )
+        # The controller remembers the shared ratio each flush brings, should Redis lose it.
+        def flushed() -> None:
+            resources.metrics.set_counter_store(failures=counters.failures, flush_lag_s=counters.flush_lag_s)
+            rollout.observe(counters.current_runtime)
+
+        counters.on_flush = flushed
         restore_signals = _drain_on_signals(resources)
         try:
             yield {"resources": resources}
@@ -192,6 +196,7 @@ _CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
 # What a browser client may read of a response (the routing decision and the request id).
 EXPOSED_HEADERS = (
     "x-request-id",
+    "x-routeproxy-request-id",
     "x-routeproxy-tier",
     "x-routeproxy-model",
     "x-routeproxy-complexity",

@@ -59,21 +59,32 @@ def plan_cache(
     body: dict[str, Any],
     decision: RouteDecision,
     request_id: str,
+    rating_id: str | None,
 ) -> CachePlan | None:
     """The request's use of the cache (None: bypass); raises InvalidRequest for a bad cache control."""
-    return cache.plan(
-        endpoint, body, request.headers, target_of(resources, decision), identity_of(resources, request), request_id
-    )
+    identity = identity_of(resources, request)
+    target = target_of(resources, decision)
+    return cache.plan(endpoint, body, request.headers, target, identity, request_id, rating_id)
 
 
 class Accounting:
     """One request's cache events, into the shared counters, the Prometheus series, decisions and the log."""
 
-    def __init__(self, resources: Resources, cache: ResponseCache, decision: RouteDecision, request_id: str) -> None:
+    def __init__(
+        self,
+        resources: Resources,
+        cache: ResponseCache,
+        decision: RouteDecision,
+        request_id: str,
+        rating_id: str | None,
+        owner: str | None,
+    ) -> None:
         self.resources = resources
         self.cache = cache
         self.decision = decision
         self.request_id = request_id
+        self.rating_id = rating_id  # the id feedback names: this answer's own decision is remembered under it
+        self.owner = owner
 
     def count(self, name: str, increment: int = 1) -> None:
         counters = self.resources.counters
@@ -89,25 +100,28 @@ class Accounting:
         counters.add_fields(served_fields(served, label), counters.period)
         self.cache.series.served(served, label)
         classification = decision.classification
-        resources.decisions.remember(
-            Decision(
-                self.request_id,
-                label,
-                decision.complexity.value if decision.complexity else PINNED,
-                counters.period,
-                served.stream,
-                served.status,
-                served.latency_s * 1000,
-                time.time(),
-                None
-                if decision.sticky is None or classification is None
-                else regeneration_key(decision.sticky, classification.query),
+        if self.rating_id is not None:  # feedback on a hit rates the tier that produced the answer
+            resources.decisions.remember(
+                Decision(
+                    self.rating_id,
+                    label,
+                    decision.complexity.value if decision.complexity else PINNED,
+                    counters.period,
+                    served.stream,
+                    served.status,
+                    served.latency_s * 1000,
+                    time.time(),
+                    None
+                    if decision.sticky is None or classification is None
+                    else regeneration_key(decision.sticky, classification.query),
+                    owner=self.owner,
+                )
             )
-        )
         if resources.log_requests:
             log.info(
                 "request",
-                request_id=self.request_id,
+                request_id=self.rating_id or self.request_id,
+                **({"client_request_id": self.request_id} if self.rating_id not in (None, self.request_id) else {}),
                 tier=label,
                 complexity=decision.complexity.value if decision.complexity else None,
                 reason=decision.why,
@@ -144,6 +158,9 @@ def serve_cached(
     plan: CachePlan | None,
     decision: RouteDecision,
     request_id: str,
+    rating_id: str | None,
+    owner: str | None,
     started: float,
 ) -> CachedExchange | Bypassed:
-    return cache.wrap(exchange, plan, Accounting(resources, cache, decision, request_id), started)
+    accounting = Accounting(resources, cache, decision, request_id, rating_id, owner)
+    return cache.wrap(exchange, plan, accounting, started)

@@ -20,15 +20,16 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from routeproxy.api.cached import plan_cache, serve_cached
+from routeproxy.api.feedback import request_owner
 from routeproxy.api.logs import log_request
 from routeproxy.api.resources import Resources, resources_of
 from routeproxy.cascade.exchange import CascadeExchange, CascadePlan
 from routeproxy.counters.stats import PINNED, Outcome
 from routeproxy.errors import RouteproxyError, error_response
-from routeproxy.quality.decisions import Decision, check_record, regeneration_key
+from routeproxy.quality.decisions import Decision, check_record, issue_request_id, regeneration_key
 from routeproxy.routing.route import Reason, RouteDecision, response_headers
 from routeproxy.settings import RoutingMode, Settings, Tier
-from routeproxy.wire.admission import read_body, request_id_of
+from routeproxy.wire.admission import client_request_id, read_body
 from routeproxy.wire.auth import check_client_key
 from routeproxy.wire.parse import (
     Hints,
@@ -88,7 +89,10 @@ async def passthrough(request: Request) -> Response | ASGIApp:
 async def proxied(request: Request, endpoint: Endpoint) -> Response | ASGIApp:
     started = time.perf_counter()
     resources = resources_of(request)
-    request_id = request_id_of(request)
+    client_id = client_request_id(request)
+    request_id = client_id or issue_request_id()  # x-request-id: the client's (for tracing), else ours
+    # The id feedback names is always one routeproxy issued: a client's x-request-id never picks a decision.
+    rating_id = (issue_request_id() if client_id else request_id) if endpoint.routed else None
     try:
         raw = await admitted(request, resources)
     except RouteproxyError as exc:
@@ -110,7 +114,11 @@ async def proxied(request: Request, endpoint: Endpoint) -> Response | ASGIApp:
             decision = resources.router.passthrough(body.get("model"))
         classify_s = time.perf_counter() - routing_started if decision.classification is not None else None
         cache = resources.cache if endpoint.routed else None
-        cache_plan = plan_cache(cache, resources, request, endpoint.name, body, decision, request_id) if cache else None
+        cache_plan = (
+            plan_cache(cache, resources, request, endpoint.name, body, decision, request_id, rating_id)
+            if cache
+            else None
+        )
     except RouteproxyError as exc:
         resources.release()
         return rejected(resources, exc, request_id)
@@ -120,9 +128,11 @@ async def proxied(request: Request, endpoint: Endpoint) -> Response | ASGIApp:
     settings = resources.settings
     # The one body rewrite: the cascade's check may ask the small tier for logprobs the client did not ask for.
     add_logprobs = decision.cascade and settings.cascade.request_logprobs and not body.get("logprobs")
+    owner = request_owner(request, resources) if rating_id else None
     prepare, finish = exchange_hooks(
-        resources, endpoint, body, decision, request_id, started, classify_s, cascade, add_logprobs=add_logprobs
-    )
+        resources, endpoint, body, decision, request_id, started, classify_s, cascade, add_logprobs=add_logprobs,
+        rating_id=rating_id, owner=owner,
+    )  # fmt: skip
     # A pinned request named its model: it is not switched to the other one behind the client's back; nor is a
     # passthrough request, whose endpoint the other tier may not serve.
     unswitched = decision.reason in (Reason.PINNED, Reason.PASSTHROUGH)
@@ -154,7 +164,7 @@ async def proxied(request: Request, endpoint: Endpoint) -> Response | ASGIApp:
         )
     if cache is None:
         return exchange
-    return serve_cached(cache, resources, exchange, cache_plan, decision, request_id, started)
+    return serve_cached(cache, resources, exchange, cache_plan, decision, request_id, rating_id, owner, started)
 
 
 async def admitted(request: Request, resources: Resources, *, with_body: bool = True) -> bytes:
@@ -201,9 +211,13 @@ def exchange_hooks(
     *,
     add_logprobs: bool = False,
     raw: bytes | None = None,
+    rating_id: str | None = None,
+    owner: str | None = None,
 ) -> tuple[Prepare, Callable[[RelayResult], None]]:
     """What an exchange calls before each upstream attempt (the body and the client's extra headers) and once at
-    the end (release the slot, count, log). ``raw``: a body sent as it came, never rewritten (empty: none)."""
+    the end (release the slot, count, log). ``raw``: a body sent as it came, never rewritten (empty: none).
+    ``rating_id``: the id feedback names (answered in x-routeproxy-request-id; the decision is remembered under it),
+    ``owner``: the digest of the client key that made the request."""
     settings = resources.settings
     overhead_header: list[tuple[bytes, bytes]] = []
     overhead_s: list[float] = []
@@ -224,6 +238,8 @@ def exchange_hooks(
             for name, value in response_headers(decision, config.label, config.model).items()
         ]
         headers.append((b"x-request-id", request_id.encode()))
+        if rating_id is not None:
+            headers.append((b"x-routeproxy-request-id", rating_id.encode()))
         if cascade:
             headers += [(b"x-routeproxy-mode", b"cascade"), (b"x-routeproxy-escalated", b"false")]
         if fallback_reason is not None:
@@ -238,24 +254,28 @@ def exchange_hooks(
         resources.release()
         outcome = _outcome(decision, result)
         resources.counters.record(outcome)
-        if endpoint.routed:  # feedback rates answers: an embedding or a token list is not one
+        if rating_id is not None:  # feedback rates answers: an embedding or a token list is not one
             label = resources.counters.labels[outcome.tier]
-            resources.decisions.remember(_decision(decision, outcome, request_id, label, resources.counters.period))
+            period = resources.counters.period
+            resources.decisions.remember(_decision(decision, outcome, rating_id, label, period, owner))
         resources.metrics.observe(outcome, overhead_s=overhead_s[0] if overhead_s else None, classify_s=classify_s)
         if resources.log_requests or result.upstream_error or decision.classify_error:
             log_request(
                 decision,
                 result,
-                request_id,
+                rating_id or request_id,
                 settings,
                 body_stream=bool(body.get("stream")),
                 endpoint=None if endpoint is CHAT else endpoint.name,
+                client_request_id=request_id if rating_id not in (None, request_id) else None,
             )
 
     return prepare, finish
 
 
-def _decision(decision: RouteDecision, outcome: Outcome, request_id: str, label: str, period: int) -> Decision:
+def _decision(
+    decision: RouteDecision, outcome: Outcome, request_id: str, label: str, period: int, owner: str | None
+) -> Decision:
     """What feedback for this request will need: the tier that answered, the complexity, the period."""
     classification = decision.classification
     return Decision(
@@ -273,6 +293,7 @@ def _decision(decision: RouteDecision, outcome: Outcome, request_id: str, label:
         check=None
         if outcome.cascade is None
         else check_record(outcome.cascade, small_answered=outcome.tier is Tier.SMALL),
+        owner=owner,
     )
 
 

@@ -1,8 +1,9 @@
-"""``POST /v1/model-routing/feedback``: a client rates an answer it got through routeproxy, by its x-request-id.
+"""``POST /v1/model-routing/feedback``: a client rates an answer it got through routeproxy, by the id routeproxy
+issued for it (``x-routeproxy-request-id``).
 
 Any replica accepts it (the decision store finds the request whichever replica served it). A malformed body is a
-400, an unknown or expired id a 404, both in OpenAI's envelope; while Redis is down the feedback is kept and the
-answer is 202.
+400, an unknown or expired id a 404, a rating with another client key than the request's a 403, all in OpenAI's
+envelope; while Redis does not take writes the feedback is kept and the answer is 202.
 """
 
 from __future__ import annotations
@@ -16,18 +17,19 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from routeproxy.api.resources import resources_of
+from routeproxy.api.resources import Resources, resources_of
 from routeproxy.errors import CounterStoreUnavailable, InvalidRequest, Unauthorized, preview
-from routeproxy.quality.decisions import FeedbackResult, RequestNotFound
+from routeproxy.quality.decisions import FeedbackResult, NotYourRequest, RequestNotFound, owner_digest
 from routeproxy.wire.admission import read_body
-from routeproxy.wire.auth import check_client_key
+from routeproxy.wire.auth import bearer_token, check_client_key
 
 log = structlog.get_logger("routeproxy")
 
 MAX_BODY_BYTES = 16 * 1024
 _ID_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
 _EXAMPLE = (
-    '{"request_id": "<the x-request-id routeproxy returned>", "score": 1} or {"request_id": "...", "thumbs": "up"}'
+    '{"request_id": "<the x-routeproxy-request-id routeproxy returned>", "score": 1} or '
+    '{"request_id": "...", "thumbs": "up"}'
 )
 
 
@@ -51,7 +53,9 @@ def parse_rating(raw: bytes) -> Rating:
         raise InvalidRequest(f"unknown field {preview(unknown[0])!r}; send {_EXAMPLE}", param=preview(unknown[0]))
     request_id = body.get("request_id")
     if not isinstance(request_id, str) or not request_id:
-        raise InvalidRequest("request_id must be the x-request-id routeproxy returned (a string)", param="request_id")
+        raise InvalidRequest(
+            "request_id must be the x-routeproxy-request-id routeproxy returned (a string)", param="request_id"
+        )
     if len(request_id) > 128 or not set(request_id) <= _ID_CHARACTERS:
         raise InvalidRequest("request_id is not one routeproxy hands out", param="request_id")
     has_score, has_thumbs = "score" in body, "thumbs" in body
@@ -88,6 +92,15 @@ def _answer(result: FeedbackResult) -> Response:
     )
 
 
+def request_owner(request: Request, resources: Resources) -> str | None:
+    """With client keys configured, the digest a decision keeps of the key that made the request (and that a rating
+    must match); None without client keys."""
+    if not resources.client_key_digests:
+        return None
+    token = bearer_token(request)
+    return None if token is None else owner_digest(token, resources.settings.counters.namespace)
+
+
 async def post_feedback(request: Request) -> Response:
     """Errors are raised: the app's handler renders them in OpenAI's envelope with the request id."""
     resources = resources_of(request)
@@ -103,9 +116,12 @@ async def post_feedback(request: Request) -> Response:
         metrics.feedback_rejected("invalid")
         raise
     try:
-        result = await resources.decisions.feedback(rating.request_id, rating.score)
+        result = await resources.decisions.feedback(rating.request_id, rating.score, request_owner(request, resources))
     except RequestNotFound:
         metrics.feedback_rejected("unknown_id")
+        raise
+    except NotYourRequest:
+        metrics.feedback_rejected("other_key")
         raise
     except CounterStoreUnavailable:
         metrics.feedback_rejected("store_full")

@@ -142,6 +142,7 @@ def log_request(
     *,
     body_stream: bool,
     endpoint: str | None = None,
+    client_request_id: str | None = None,
 ) -> None:
     """One line per chat request: info when it went well, warning for an upstream error, error when
     classification failed."""
@@ -157,6 +158,8 @@ def log_request(
     }
     if result.upstream_id:  # the id the client got in the answer (chatcmpl-..., resp_...)
         fields["upstream_id"] = result.upstream_id
+    if client_request_id is not None:  # the client's own x-request-id, when it sent one
+        fields["client_request_id"] = client_request_id
     if endpoint is not None:  # not chat completions
         fields["endpoint"] = endpoint
     if decision.ab_draw is not None:

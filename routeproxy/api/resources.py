@@ -72,7 +72,9 @@ class Resources:
         enabled = (
             self.settings.routing.enabled if runtime.enable_model_routing is None else runtime.enable_model_routing
         )
-        ratio = self.settings.routing.ab_test_ratio if runtime.ab_test_ratio is None else runtime.ab_test_ratio
+        ratio = runtime.ab_test_ratio
+        if ratio is None:  # nothing shared (yet, or Redis lost it): with the rollout on, no more than it last allowed
+            ratio = self.rollout.fallback_ratio(self.settings.routing.ab_test_ratio)
         return enabled, ratio
 
     def mode_now(self) -> RoutingMode:

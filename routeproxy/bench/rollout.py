@@ -175,7 +175,7 @@ def _demo_proxy(*, hold_s: float, min_feedback: int) -> Iterator[str]:
 def run_case(
     case: Case,
     *,
-    max_requests: int = 3000,
+    max_requests: int = 12_000,
     hold_s: float = 1.0,
     min_feedback: int = 200,
     seed: int = 12,
@@ -237,7 +237,7 @@ def run_case(
     out(
         f"  end after {sent} requests, {time.monotonic() - started:.1f} s: ratio {rollout['ratio']}"
         f"{' (paused)' if rollout['paused'] else ''}, {rollout['status']}; verdict {analysis['verdict']}, "
-        f"degradation {analysis['difference']['degradation_pct']}% (95% interval {interval}) "
+        f"degradation {analysis['difference']['degradation_pct']}% (95% always-valid interval {interval}) "
         f"on {analysis['tiers']['3b']['feedback_count']} + {analysis['tiers']['8b']['feedback_count']} feedback events"
     )
     return CaseResult(case, sent, time.monotonic() - started, history, rollout, analysis)
@@ -246,7 +246,7 @@ def run_case(
 def run_demo(
     cases: Sequence[Case] = DEFAULT_CASES,
     *,
-    max_requests: int = 3000,
+    max_requests: int = 12_000,
     out: Callable[[str], None] = print,
     proxy_url: str | None = None,
     fresh: bool = False,

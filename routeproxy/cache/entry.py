@@ -27,7 +27,10 @@ _HEAD = struct.Struct(">4sBII")  # magic, flags, metadata length, chunk count
 COMPRESS_FROM = 512  # bytes: smaller bodies are stored as they are
 PER_CHUNK = 8
 # Per-request headers: the hit sets its own.
-PRIVATE_HEADERS = frozenset({b"x-request-id", b"x-routeproxy-overhead-ms", b"content-length", b"x-routeproxy-cache"})
+# Never shared: each answer carries its own request ids (the one feedback names rates that request alone).
+PRIVATE_HEADERS = frozenset(
+    {b"x-request-id", b"x-routeproxy-request-id", b"x-routeproxy-overhead-ms", b"content-length", b"x-routeproxy-cache"}
+)
 
 RawHeaders = list[tuple[bytes, bytes]]
 

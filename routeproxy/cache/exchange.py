@@ -55,6 +55,7 @@ class CachePlan:
     choices: int
     ttl_s: float
     request_id: str
+    rating_id: str | None = None  # the id feedback names, answered in x-routeproxy-request-id
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +138,7 @@ class CachedExchange:
         body, stream = self._framed(entry, name)
         if body is None:
             return False
-        own = cache_headers(plan.request_id, "hit", age)
+        own = cache_headers(plan.request_id, plan.rating_id, "hit", age)
         stored = entry.headers if stream == entry.stream else retyped(entry.headers, stream)
         left = [False]
         try:
@@ -211,7 +212,7 @@ class CachedExchange:
 
     async def _relay_flight(self, flight: Flight, send: Send) -> None:
         """The flight's response from its first byte, then live until it is over."""
-        headers = [*flight.headers, *cache_headers(self.plan.request_id, "coalesced")]
+        headers = [*flight.headers, *cache_headers(self.plan.request_id, self.plan.rating_id, "coalesced")]
         if self.plan.key.variant is not Variant.BODY and not any(name == b"x-accel-buffering" for name, _ in headers):
             headers.append((b"x-accel-buffering", b"no"))
         await send({"type": "http.response.start", "status": flight.status, "headers": headers})

@@ -38,6 +38,7 @@ class ResponseCache:
         target: str,
         identity: bytes,
         request_id: str,
+        rating_id: str | None = None,
     ) -> CachePlan | None:
         """How this request uses the cache; None when it does not (not cacheable, or asked not to). The cache
         controls are taken out of ``body`` either way; a bad one raises InvalidRequest."""
@@ -57,6 +58,7 @@ class ResponseCache:
             choices=choices(body),
             ttl_s=ttl,
             request_id=request_id,
+            rating_id=rating_id,
         )
 
     def wrap(

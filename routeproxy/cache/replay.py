@@ -20,8 +20,11 @@ def with_own(headers: tuple[tuple[bytes, bytes], ...] | RawHeaders, own: RawHead
     return [*headers, *own]
 
 
-def cache_headers(request_id: str, status: str, age_s: float | None = None) -> RawHeaders:
+def cache_headers(request_id: str, rating_id: str | None, status: str, age_s: float | None = None) -> RawHeaders:
+    """A cached answer's own headers: its request ids (``rating_id``: the one feedback names) and the cache's."""
     headers = [(b"x-request-id", request_id.encode()), (CACHE_HEADER, status.encode())]
+    if rating_id is not None:
+        headers.append((b"x-routeproxy-request-id", rating_id.encode()))
     if age_s is not None:
         headers.append((b"age", str(int(age_s)).encode()))  # RFC 9111: whole seconds since it was stored
     return headers

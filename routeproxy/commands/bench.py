@@ -60,7 +60,7 @@ def _bench_rollout(args: argparse.Namespace) -> int:
     try:
         run_demo(
             cases,
-            max_requests=args.requests or 3000,
+            max_requests=args.requests or 12_000,
             proxy_url=args.proxy.rstrip("/") if args.proxy else None,
             fresh=args.fresh,
             admin_token=admin_token,

@@ -39,17 +39,18 @@ the tier's label (`tiers.small.label`, `tiers.large.label`: `3b`, `8b` by defaul
 In `{routeproxy}:config`, `enable_model_routing` is `true` or `false`, `routing_mode` is `classify` or
 `cascade`; a missing field means each
 replica's own setting. Keys of a period that a reset left behind expire after 7 days. `<id>` is the
-`x-request-id` routeproxy returned; a decision expires after `quality.decision_ttl_s`. `<key>` is a blake2b
+`x-routeproxy-request-id` routeproxy returned; a decision expires after `quality.decision_ttl_s`. `<key>` is a blake2b
 hex of the A/B sticky key and the query; it expires after `quality.regeneration_window_s`. The rollout state
 holds step, paused, step_since, feedback_at_step, period and history; the controller writes it and
 `ab_test_ratio` in one atomic step.
 
 Fields of `{routeproxy}:decision:<request id>`: `tier`, `complexity`, `period` (the A/B period it is counted in),
 `stream` (`1`/`0`), `status` (HTTP status sent, `0` if the client left first), `latency_ms`, `at` (epoch
-seconds), `score` (the last feedback, in thousandths) once feedback arrived, and in cascade mode `check`: what the
-answer check read (JSON, numbers only: `rules`, `score`, `escalate` (its verdict), `explored`, `small` (the client got
-the small tier's answer), and `activations`, each signal that fired -> its activation), which
-`routeproxy eval --cascade --feedback` fits the check's weights on.
+seconds), `owner` (with client keys: a keyed digest of the key that made the request), `score` (the last feedback,
+in thousandths) once feedback arrived, and in cascade mode `check`: what the answer check read (JSON, numbers only:
+`rules`, `score`, `escalate` (its verdict), `explored`, `small` (the client got the small tier's answer), and
+`activations`, each signal that fired -> its activation), which `routeproxy eval --cascade --feedback` fits the
+check's weights on.
 
 Fields of `{routeproxy}:stats:<p>` are integers, absent until first incremented. `[:<complexity>]`
 means the field exists per tier and also per tier and complexity.
@@ -75,10 +76,10 @@ means the field exists per tier and also per tier and complexity.
 | `feedback:<tier>[:<complexity>]` | requests with feedback (a second feedback for one request replaces the first) |
 | `score_milli:<tier>[:<complexity>]` | sum of their scores, in thousandths (thumbs up = 1000, down = 0) |
 | `score_sq_micro:<tier>[:<complexity>]` | sum of the squared scores, in millionths (for the variance) |
-| `feedback_fractional:<tier>[:<complexity>]` | feedback with a score other than 0 or 1 (switches to Welch) |
+| `feedback_fractional:<tier>[:<complexity>]` | feedback with a score other than 0 or 1 (its spread is measured) |
 | `regenerations:<tier>[:<complexity>]` | answers asked again (same sticky key and query) within the window |
 | `feedback_replaced` | feedback that replaced an earlier score for the same request |
-| `feedback_unknown` | feedback queued while Redis was down whose request id turned out unknown |
+| `feedback_unknown` | feedback queued while Redis took no writes whose request id turned out unknown |
 | `cascade_checked:<complexity>` | cascade mode: requests whose small answer was checked |
 | `escalations:<complexity>` | checked requests re-asked on the large tier |
 | `escalation_failures` | escalations whose large tier failed before answering (the small answer was sent) |

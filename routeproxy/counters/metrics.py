@@ -82,7 +82,7 @@ SERIES: tuple[str, ...] = tuple(
 )
 VERDICTS: tuple[str, ...] = ("pass", "review", "rollback", "insufficient_data")
 FEEDBACK_KINDS: tuple[str, ...] = ("thumbs", "score")
-FEEDBACK_REJECTIONS: tuple[str, ...] = ("invalid", "unknown_id", "unauthorized", "store_full")
+FEEDBACK_REJECTIONS: tuple[str, ...] = ("invalid", "unknown_id", "unauthorized", "store_full", "other_key")
 
 REJECT_STATUSES: tuple[int, ...] = (400, 401, 403, 404, 413, 415, 429, 503)
 
@@ -234,7 +234,8 @@ class Metrics:
         self._quality_count = {labels[tier]: count.labels(labels[tier]) for tier in Tier}
         degradation = Gauge(
             f"{PREFIX}_quality_degradation_ratio",
-            "Relative degradation of 3B against 8B on MEDIUM queries: the estimate and its 95 % bounds (NaN = none).",
+            "Relative degradation of 3B against 8B on MEDIUM queries: the estimate and its 95 % bounds, valid at every "
+            "look (NaN = none).",
             ["bound"],
             registry=registry,
             multiprocess_mode="mostrecent",

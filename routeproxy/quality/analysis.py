@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from routeproxy.counters.stats import COMPLEXITY_SLOTS, Snapshot, percentile
-from routeproxy.quality.intervals import Comparison, ImplicitTally, Interval, Tally, Thresholds, Verdict, compare, worst
+from routeproxy.quality.intervals import Interval, Tally, Thresholds
+from routeproxy.quality.verdict import Comparison, ImplicitTally, Verdict, compare, estimate, worst
 from routeproxy.routing.classify import Complexity
 from routeproxy.settings import QualityConfig, Tier
 
@@ -61,10 +62,10 @@ def _pct(part: int, whole: int) -> float:
     return round(part / whole * 100, 1) if whole else 0.0
 
 
-def tier_entry(snapshot: Snapshot, tier: str, slot: str, confidence: float) -> dict[str, Any]:
+def tier_entry(snapshot: Snapshot, tier: str, slot: str, thresholds: Thresholds) -> dict[str, Any]:
     """One tier on one complexity: feedback, score, errors, latency and implicit signals."""
     feedback = tally(snapshot, tier, slot)
-    estimate = compare(feedback, Tally(), Thresholds(confidence=confidence)).small
+    shown = estimate(feedback, thresholds)
     signals = implicit(snapshot, tier, slot)
     requests = signals.requests
     histogram = snapshot.histogram("latency_ms_bucket", tier, slot)
@@ -72,9 +73,9 @@ def tier_entry(snapshot: Snapshot, tier: str, slot: str, confidence: float) -> d
     return {
         "requests": requests,
         "feedback_count": feedback.count,
-        "thumbs_up": estimate.thumbs_up,
-        "mean_score": _round(estimate.mean),
-        "score_interval": _pair(estimate.interval),
+        "thumbs_up": shown.thumbs_up,
+        "mean_score": _round(shown.mean),
+        "score_interval": _pair(shown.interval),
         "error_rate_pct": _pct(signals.upstream_errors, requests),
         "avg_latency_ms": round(snapshot.get("latency_ms_sum", tier, slot) / requests) if requests else 0,
         "p95_latency_ms": round(percentile(histogram, 0.95)),
@@ -152,7 +153,7 @@ def render_ab(snapshot: Snapshot, analysis: Analysis, thresholds: Thresholds, *,
         "period": snapshot.period,
         "method": comparison.method,
         "confidence": confidence,
-        "tiers": {tier: tier_entry(snapshot, tier, POPULATION, confidence) for tier in tiers},
+        "tiers": {tier: tier_entry(snapshot, tier, POPULATION, thresholds) for tier in tiers},
         "difference": {
             "absolute": _round(comparison.difference),
             "absolute_interval": _pair(comparison.difference_interval),
@@ -171,7 +172,7 @@ def render_ab(snapshot: Snapshot, analysis: Analysis, thresholds: Thresholds, *,
             "min_feedback_per_tier": thresholds.min_feedback,
         },
         "other_complexities": {
-            slot: {tier: tier_entry(snapshot, tier, slot, confidence) for tier in tiers}
+            slot: {tier: tier_entry(snapshot, tier, slot, thresholds) for tier in tiers}
             for slot in COMPLEXITY_SLOTS
             if slot != POPULATION
         },
@@ -209,7 +210,7 @@ def format_ab_lines(block: Mapping[str, Any]) -> list[str]:
         small, large = block["tiers"]
         lines.append(
             f"{small} vs {large}: degradation {difference['degradation_pct']:.2f}% "
-            f"(95% interval {low:.2f}% .. {high:.2f}%, {block['method']})"
+            f"(95% always-valid interval {low:.2f}% .. {high:.2f}%, {block['method']})"
         )
     lines.append(f"verdict: {block['verdict'].upper()}: {block['reason']}")
     for slot, tiers in block["other_complexities"].items():

@@ -6,6 +6,17 @@ when several replicas reach the same change, exactly one write succeeds (that re
 the version moved, reload, and see the new step. The other replicas' request paths pick the ratio up at their next
 counter flush (every 0.5 s), through the shared runtime config. The state lives in Redis, so it survives restarts.
 Without Redis it lives in this process.
+
+One clock: every time the controller reads or writes (the hold, a step's start, the audit entries, ``held_s``) is
+the store's, Redis's ``TIME`` read with the state, so a replica whose own clock is off cannot shorten a hold.
+
+Losing the store. Each replica remembers the last state it read and the last shared ratio its counter flush saw.
+When Redis comes back empty (restarted without persistence, flushed), the request path routes at no more than the
+last ratio it saw (``fallback_ratio``), and the controller writes the state back at the lower of its last known
+step and the step of that ratio, with the hold started again and an audit entry saying so (compare-and-set against
+what is stored, so one replica writes it and the others load it). Versions only grow, so a stored state older than
+one a replica knew is also a lost one: the replica that knew most writes its history back at its next look. A
+replica that knows nothing (started while Redis was empty) starts the rollout at its first step.
 """
 
 from __future__ import annotations
@@ -25,6 +36,8 @@ from routeproxy.counters.store import CounterStore
 from routeproxy.errors import CounterStoreUnavailable
 from routeproxy.quality.analysis import Analysis
 from routeproxy.quality.rollout import (
+    MAX_HISTORY,
+    OFF,
     AuditEntry,
     Evidence,
     Outcome,
@@ -47,10 +60,15 @@ log = structlog.get_logger("routeproxy")
 
 
 class RolloutStore(abc.ABC):
-    """Where the rollout state lives. A store that cannot answer raises CounterStoreUnavailable."""
+    """Where the rollout state lives, and the clock the controller reads. A store that cannot answer raises
+    CounterStoreUnavailable."""
 
     @abc.abstractmethod
-    async def load(self) -> RolloutState | None: ...
+    async def read(self) -> tuple[RolloutState | None, float]:
+        """The stored state and the store's clock (epoch seconds) at the read."""
+
+    async def load(self) -> RolloutState | None:
+        return (await self.read())[0]
 
     @abc.abstractmethod
     async def save(self, state: RolloutState, expected: int | None, ratio: float) -> bool:
@@ -63,12 +81,15 @@ class RolloutStore(abc.ABC):
 
 
 class MemoryRolloutStore(RolloutStore):
-    def __init__(self, counters: CounterStore) -> None:
+    """This process's state and clock (no Redis: one process, one clock)."""
+
+    def __init__(self, counters: CounterStore, clock: Callable[[], float] = time.time) -> None:
         self.counters = counters
+        self.clock = clock
         self._state: RolloutState | None = None
 
-    async def load(self) -> RolloutState | None:
-        return self._state
+    async def read(self) -> tuple[RolloutState | None, float]:
+        return self._state, self.clock()
 
     async def save(self, state: RolloutState, expected: int | None, ratio: float) -> bool:
         if (None if self._state is None else self._state.version) != expected:
@@ -97,7 +118,6 @@ class RolloutController:
         *,
         enabled: bool,
         interval_s: float,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self.policy = policy
         self.store = store
@@ -105,8 +125,10 @@ class RolloutController:
         self.analyse = analyse
         self.enabled = enabled
         self.interval_s = interval_s
-        self.clock = clock
         self.state: RolloutState | None = None
+        self.known: RolloutState | None = None  # the last state read or written: kept when the store loses it
+        self.last_ratio: float | None = None  # the last shared ab_test_ratio this replica's counter flush saw
+        self._clock = (time.time(), time.monotonic())  # the store's clock at the last read, and when that was
         self.last: Outcome | None = None
         self.last_evidence: Evidence | None = None
         self.acted = 0  # changes this replica wrote (the others lost the compare-and-set or had nothing to do)
@@ -114,7 +136,7 @@ class RolloutController:
 
     async def start(self) -> None:
         with contextlib.suppress(CounterStoreUnavailable):
-            self.state = await self.store.load()
+            await self._read()
         if self.enabled:
             self._loop.start(at_once=True)
 
@@ -128,6 +150,61 @@ class RolloutController:
         await self._loop.stop()
         await self.store.close()
 
+    async def _read(self) -> RolloutState | None:
+        state, now = await self.store.read()
+        self._clock = (now, time.monotonic())
+        self.state = state
+        # Versions only grow: a stored state older than one this replica saw is what is left of a lost one.
+        if state is not None and (self.known is None or state.version >= self.known.version):
+            self.known = state
+        return state
+
+    def now(self) -> float:
+        """The store's clock: its last reading plus the time elapsed since on this host's monotonic clock."""
+        read_at, monotonic_at = self._clock
+        return read_at + (time.monotonic() - monotonic_at)
+
+    def observe(self, runtime: RuntimeConfig) -> None:
+        """After every counter flush: the shared runtime config the request path routes with."""
+        if runtime.ab_test_ratio is not None:
+            self.last_ratio = runtime.ab_test_ratio
+
+    def fallback_ratio(self, configured: float) -> float:
+        """What the request path routes at while the shared config holds no ratio. With the rollout on, never more
+        than the last ratio this replica saw (Redis may have lost the controller's state), or than the first step
+        when it saw none."""
+        if not self.enabled:
+            return configured
+        ceiling = self.policy.ratio(0) if self.last_ratio is None else self.last_ratio
+        return min(configured, ceiling)
+
+    def _step_at_most(self, ratio: float) -> int:
+        """The highest step whose ratio is not above ``ratio`` (OFF below the first)."""
+        return max((step for step, value in enumerate(self.policy.schedule) if value <= ratio + 1e-12), default=OFF)
+
+    def _resumed(self, known: RolloutState, stored: RolloutState | None, now: float, evidence: Evidence) -> Outcome:
+        """The state written back after the store lost it: the last known step or lower, the hold started again.
+        ``stored``: what the store holds instead (None, or an older state another replica wrote back)."""
+        step = known.step if self.last_ratio is None else min(known.step, self._step_at_most(self.last_ratio))
+        found = "nothing" if stored is None else f"version {stored.version}"
+        why = (
+            f"the stored rollout state was lost (Redis restarted empty or was flushed; it held {found}, this replica "
+            f"knew version {known.version}): resumed at step {step}, the last step this replica knew"
+            f"{' or the ratio it last routed at' if step < known.step else ''}; "
+            "the hold and the feedback count start again"
+        )
+        entry = AuditEntry(
+            now, known.step, step, self.policy.ratio(known.step), self.policy.ratio(step), why, "controller",
+            {"feedback": evidence.feedback, "last_known_version": known.version},
+        )  # fmt: skip
+        resumed = replace(
+            known, step=step, step_since=now, feedback_at_step=evidence.feedback, period=evidence.period,
+            history=(*known.history, entry)[-MAX_HISTORY:], version=known.version + 1,
+        )  # fmt: skip
+        # The write is compare-and-set against what is stored: one replica writes it, the others load it; a replica
+        # that knew a later version than the one written back replaces it at its next look.
+        return Outcome(resumed, entry, None, why)
+
     async def evidence(self) -> Evidence | None:
         snapshot = await self.counters.snapshot()
         if snapshot.stale:  # the shared totals could not be read: never act on one replica's numbers
@@ -140,9 +217,11 @@ class RolloutController:
         if evidence is None:
             return None
         self.last_evidence = evidence
-        now = self.clock()
-        state = await self.store.load()
-        if state is None:
+        state = await self._read()
+        known, now = self.known, self.now()
+        if known is not None and (state is None or state.version < known.version):
+            outcome = self._resumed(known, state, now, evidence)
+        elif state is None:
             started = initial_state(now, feedback=evidence.feedback, period=evidence.period)
             entry = AuditEntry(
                 now, -1, 0, 0.0, self.policy.ratio(0), "rollout enabled: starting at the first step", "controller",
@@ -159,7 +238,7 @@ class RolloutController:
             return None
         expected = None if before is None else before.version
         if await self.store.save(outcome.state, expected, self.policy.ratio(outcome.state.step)):
-            self.state, self.last = outcome.state, outcome
+            self.state, self.known, self.last = outcome.state, outcome.state, outcome
             self.acted += 1
             entry = outcome.entry
             log.info(
@@ -167,7 +246,7 @@ class RolloutController:
                 to_step=entry.to_step, by=entry.by, why=entry.why, figures=dict(entry.figures),
             )  # fmt: skip
             return entry
-        self.state = await self.store.load()  # another replica moved first
+        await self._read()  # another replica moved first
         return None
 
     async def operate(self, action: Action) -> RolloutState:
@@ -176,8 +255,9 @@ class RolloutController:
             evidence = self.last_evidence or await self.evidence()
             if evidence is None:
                 raise CounterStoreUnavailable("the shared store does not answer: the rollout cannot change now")
-            now = self.clock()
-            state = await self.store.load() or initial_state(now, feedback=evidence.feedback, period=evidence.period)
+            stored = await self._read()
+            now = self.now()
+            state = stored or initial_state(now, feedback=evidence.feedback, period=evidence.period)
             outcome: Outcome | None = None
             if action.step is not None:
                 outcome = override(self.policy, state, action.step, now, evidence, action.why or "set by the operator")
@@ -190,11 +270,10 @@ class RolloutController:
                 outcome = resume(self.policy, state_after, now, evidence, action.why or "resumed by the operator")
             if outcome is None or outcome.entry is None:
                 return state_after
-            stored = await self.store.load()
             if await self.store.save(
                 outcome.state, None if stored is None else stored.version, self.policy.ratio(outcome.state.step)
             ):
-                self.state = outcome.state
+                self.state = self.known = outcome.state
                 entry = outcome.entry
                 log.info(
                     "rollout_step", from_ratio=entry.from_ratio, to_ratio=entry.to_ratio, by="operator", why=entry.why
@@ -209,7 +288,7 @@ class RolloutController:
 
     async def refresh(self) -> None:
         with contextlib.suppress(CounterStoreUnavailable):
-            self.state = await self.store.load()
+            await self._read()
 
     def describe(self, evidence: Evidence | None = None) -> dict[str, Any]:
         """The ``rollout`` block of the stats JSON (see SPEC); ``evidence`` defaults to the last look's."""
@@ -219,7 +298,7 @@ class RolloutController:
         waiting: Waiting | None = None
         status: str | None = None
         if active and state is not None and evidence is not None:
-            outcome = evaluate(policy, state, evidence, self.clock())
+            outcome = evaluate(policy, state, evidence, self.now())
             waiting, status = outcome.waiting, outcome.detail
         return {
             "enabled": self.enabled,
@@ -228,7 +307,7 @@ class RolloutController:
             "ratio": policy.ratio(state.step) if active and state else None,
             "schedule": list(policy.schedule),
             "step_since": datetime.fromtimestamp(state.step_since, UTC).isoformat() if active and state else None,
-            "held_s": round(self.clock() - state.step_since, 1) if active and state else None,
+            "held_s": round(self.now() - state.step_since, 1) if active and state else None,
             "min_hold_s": policy.min_hold_s,
             "feedback_since_step": feedback_since_step(state, evidence) if active and state and evidence else None,
             "min_feedback_per_step": policy.min_feedback,

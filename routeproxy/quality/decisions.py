@@ -1,6 +1,12 @@
 """Decision memory and feedback: request id -> what was decided, so feedback lands on the right tier, complexity
 and A/B period, once per request, whichever replica receives it.
 
+Trust model. The id feedback names is issued here (``issue_request_id``: 128 random bits, returned in
+``x-routeproxy-request-id``): a client cannot choose it, so two requests never share a decision and nobody can aim a
+rating at someone else's request by reusing an id. The client's own ``x-request-id`` is only echoed and logged. With
+client keys configured, a decision keeps a keyed digest of the key that made the request (``owner_digest``, never
+the key), and only the same key may rate it.
+
 This module holds the interface, the in-memory store (no REDIS_URL) and the fields one feedback adds; the Redis
 store lives in redis_decisions.py, and open.py picks one.
 """
@@ -9,6 +15,8 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import hmac
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -17,7 +25,7 @@ from dataclasses import dataclass
 import orjson
 
 from routeproxy.counters.store import CounterStore
-from routeproxy.errors import RouteproxyError
+from routeproxy.errors import Forbidden, RouteproxyError
 from routeproxy.wire.relay import CascadeOutcome
 
 SCORE_SCALE = 1000  # scores are kept in thousandths, so every sum is an exact integer in Redis
@@ -40,6 +48,7 @@ class Decision:
     at: float  # epoch seconds
     regeneration_key: str | None = None  # None: never counted as a regeneration (pinned requests)
     check: str | None = None  # cascade mode: what the answer check read (``check_record``), joined by feedback
+    owner: str | None = None  # owner_digest of the client key that made the request (None: no client keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +77,36 @@ def check_record(cascade: CascadeOutcome, *, small_answered: bool) -> str:
         "activations": {name: round(value, 4) for name, value in sorted(cascade.activations.items())},
     }
     return orjson.dumps(record).decode()
+
+
+def issue_request_id() -> str:
+    """The id a response carries for feedback: 128 random bits as 32 hex digits (no two ever meet)."""
+    return os.urandom(16).hex()
+
+
+def owner_digest(client_key: str, namespace: str) -> str:
+    """What a decision keeps of the client key that made the request: a keyed BLAKE2b-128 digest (the key: the
+    deployment's namespace), the same on every replica, never the key."""
+    return hashlib.blake2b(
+        client_key.encode("utf-8", "surrogateescape"), key=namespace.encode()[:64], digest_size=16, person=b"rp-owner"
+    ).hexdigest()
+
+
+def same_owner(stored: str | None, given: str | None) -> bool:
+    """A decision made without a key (or feedback sent without one: keys are off) has no owner to check."""
+    return stored is None or given is None or hmac.compare_digest(stored, given)
+
+
+class NotYourRequest(Forbidden):
+    """Feedback with another client key than the one that made the request."""
+
+
+def not_yours(request_id: str) -> NotYourRequest:
+    return NotYourRequest(
+        f"request {request_id!r} was made with another api key: only that key may rate it",
+        param="request_id",
+        code="feedback_key_mismatch",
+    )
 
 
 def regeneration_key(sticky: str, query: str) -> str:
@@ -117,8 +156,9 @@ class DecisionStore(abc.ABC):
         """Synchronous, no I/O."""
 
     @abc.abstractmethod
-    async def feedback(self, request_id: str, score: float) -> FeedbackResult:
-        """Count ``score`` for the request, replacing an earlier score; RequestNotFound when unknown or expired."""
+    async def feedback(self, request_id: str, score: float, owner: str | None = None) -> FeedbackResult:
+        """Count ``score`` for the request, replacing an earlier score; RequestNotFound when unknown or expired,
+        NotYourRequest when ``owner`` (the rating client's key digest) is not the request's."""
 
     async def start(self) -> None:
         """Start the background flush, if any."""
@@ -184,11 +224,13 @@ class MemoryDecisionStore(DecisionStore):
         ):
             self._recent.popitem(last=False)
 
-    async def feedback(self, request_id: str, score: float) -> FeedbackResult:
+    async def feedback(self, request_id: str, score: float, owner: str | None = None) -> FeedbackResult:
         entry = self._decisions.get(request_id)
         if entry is None or entry[0].at + self.ttl_s < self._clock():
             raise not_found(request_id, self.ttl_s)
         decision, old = entry
+        if not same_owner(decision.owner, owner):
+            raise not_yours(request_id)
         new = score_units(score)
         self.counters.add_fields(feedback_fields(decision.tier, decision.complexity, old, new), decision.period)
         self._decisions[request_id] = (decision, new)

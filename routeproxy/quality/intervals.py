@@ -1,51 +1,46 @@
-"""Pure: feedback tallies of the two tiers -> intervals, the small tier's relative degradation, and a verdict.
+"""Pure: feedback tallies of the two tiers -> always-valid intervals of each tier's mean, of the difference and of
+the small tier's relative degradation (the verdict on them is verdict.py's). The controller and the dashboard read
+them again after every batch of feedback, so every interval here is a confidence sequence: at the confidence level
+(95 % by default) it holds at every look at once, however often it is read and whenever the reader acts on it. A
+fixed-sample interval read that way passes 3B at the review line in about one run in five;
+``routeproxy quality simulate`` measures both.
 
-The methods, all two-sided at ``Thresholds.confidence`` (95 % by default):
+The method: the normal-mixture confidence sequence (Robbins 1970; Howard, Ramdas, McAuliffe, Sekhon,
+"Time-uniform, nonparametric, nonasymptotic confidence sequences", Annals of Statistics 49(2):1055-1080, 2021,
+the two-sided normal mixture and its best tuning), on a score statistic with an estimated variance, that is an
+asymptotic confidence sequence (Waudby-Smith, Arbour, Sinha, Kennedy, Ramdas, "Time-uniform central limit theory and
+asymptotic confidence sequences", Annals of Statistics 52(6), 2024). For two tiers it is the mixture sequential
+probability ratio test of Johari, Pekelis, Walsh ("Always valid inference: continuous monitoring of A/B tests",
+Operations Research 70(3), 2022), the test behind Optimizely's Stats Engine. A value x is in the sequence while
 
-* One tier's binary feedback (thumbs, or scores that are all exactly 0 or 1): the Wilson score interval.
-* The difference ``q3 - q8`` of two binary tallies: Newcombe's hybrid score interval (method 10 of Newcombe,
-  Statistics in Medicine 17:873-890, 1998), built from the two Wilson intervals. It keeps its coverage near 0 and
-  1, where thumbs data live, where the Wald interval does not.
-* As soon as either tier has a fractional score: Welch's t interval for the difference of means, with the
-  Welch-Satterthwaite degrees of freedom; the t quantile comes from inverting Student's t distribution function
-  (regularised incomplete beta, continued fraction), exact to ~1e-9, without scipy. One tier's mean gets the
-  one-sample t interval.
-* The relative degradation ``d = (q8 - q3) / q8`` gets the difference interval divided by the large tier's mean,
-  ``[-U, -L] / q8``. Why not Fieller: by the delta method, Var(d) is about (Var q3 + (1 - d)^2 Var q8) / q8^2,
-  while dividing the difference interval uses (Var q3 + Var q8) / q8^2, which is never smaller, so near the
-  thresholds (d = 0.05 .. 0.10) this interval is a few per cent wider than the ratio's own: conservative,
-  which is the safe side for a rollout. And it is built from the score intervals above, which behave at p = 1,
-  where a Fieller interval on Wald variances collapses (a tier with only thumbs up has variance 0).
+    |estimate - x| <= sqrt(V (1 + rho V) log((1 + rho V) / (rho V alpha^2)))
 
-The verdict never says more than its interval: ``pass`` when the whole interval is below ``review_at``,
-``rollback`` when it is wholly above ``rollback_at``, ``review`` when it lies within [review_at, rollback_at];
-otherwise, or with fewer than ``min_feedback`` events in a tier, ``insufficient_data``.
+with V the estimate's variance under "the truth is x", alpha = 1 - confidence, and rho tuned so that the sequence
+is narrowest where the verdict needs it (``mixture_rho``, ``Thresholds.information``).
+
+The two comparisons spend their alpha unevenly: the end that lets a worse 3B pass (the degradation's upper end, the
+difference's lower end) errs at most ``PASS_SIDE`` of alpha (1.25 % at 95 %), the end that rolls it back the rest
+(3.75 %): passing a worse model costs the users, rolling back a good one only costs time. Each end is the boundary
+above at twice its own share: the two-sided mixture's crossings at s > 0 are the one-sided (half-normal) mixture's
+of Howard et al. up to a factor 2 Phi(s / sqrt(V + rho)) > 0.99 at the boundary. Each tier's mean splits evenly.
+
+* The relative degradation d = (q8 - q3) / q8: d0 is in the sequence while the score statistic m3 - (1 - d0) m8
+  passes the test above, its variance taken at the estimates that maximise the likelihood under q3 = (1 - d0) q8
+  (Farrington & Manning, Statistics in Medicine 9:1447-1454, 1990). Variances at the hypothesis, not at the
+  estimate, keep 30 thumbs up out of 30 from looking certain (the sample variance is 0 there), as the Wilson
+  interval does for one proportion. Scores in [0, 1] use the same quasi-likelihood equations, each tier's variance
+  scaled by its dispersion (sample variance over m (1 - m); 1 for thumbs).
+* The difference q3 - q8: the same with the restricted estimates under q3 = q8 + delta (Farrington & Manning's
+  cubic, solved in closed form).
+* One tier's mean: every p with |m - p| within the boundary at the variance phi p (1 - p) / n.
 """
 
 from __future__ import annotations
 
-import enum
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from statistics import NormalDist
-
-
-class Verdict(enum.StrEnum):
-    PASS = "pass"
-    REVIEW = "review"
-    ROLLBACK = "rollback"
-    INSUFFICIENT_DATA = "insufficient_data"
-
-
-# Most severe first: what ``worst`` picks when two signals disagree. A pass and an insufficient_data make an
-# insufficient_data: a pass needs every signal in use to support it.
-_SEVERITY = (Verdict.ROLLBACK, Verdict.REVIEW, Verdict.INSUFFICIENT_DATA, Verdict.PASS)
-
-
-def worst(verdicts: Iterable[Verdict]) -> Verdict:
-    given = set(verdicts)
-    return next((verdict for verdict in _SEVERITY if verdict in given), Verdict.INSUFFICIENT_DATA)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +57,7 @@ class Interval:
 @dataclass(frozen=True, slots=True)
 class Tally:
     """One tier's feedback: how many events, the sum and sum of squares of their scores in [0, 1], and how many
-    were neither exactly 0 nor exactly 1 (any such score switches the analysis from proportions to means)."""
+    were neither exactly 0 nor exactly 1 (any such score makes the tier's dispersion a measured one)."""
 
     count: int = 0
     score_sum: float = 0.0
@@ -112,220 +107,186 @@ class Thresholds:
         if not 0.5 < self.confidence < 1:
             raise ValueError("confidence must be between 0.5 and 1")
 
+    @property
+    def alpha(self) -> float:
+        return 1 - self.confidence
 
-def z_quantile(confidence: float) -> float:
-    """The two-sided standard normal quantile: 1.959964 for 0.95."""
-    return NormalDist().inv_cdf(0.5 + confidence / 2)
+    @property
+    def information(self) -> float:
+        """Where the sequences are tuned to be narrowest: the information (1 / variance, on the scale of the relative
+        degradation) at which a fixed-sample interval at this confidence is +-``tightest_at`` wide."""
+        return (NormalDist().inv_cdf(1 - self.alpha / 2) / self.tightest_at) ** 2
 
-
-def wilson(successes: int, count: int, confidence: float = 0.95) -> Interval:
-    """Wilson's score interval for a proportion (Newcombe 1998, single proportion, method 3)."""
-    if count <= 0:
-        return Interval(0.0, 1.0)
-    z = z_quantile(confidence)
-    p = successes / count
-    denominator = 1 + z * z / count
-    centre = (p + z * z / (2 * count)) / denominator
-    half = z / denominator * math.sqrt(p * (1 - p) / count + z * z / (4 * count * count))
-    return Interval(max(0.0, centre - half), min(1.0, centre + half))
-
-
-def newcombe(
-    successes1: int, count1: int, successes2: int, count2: int, confidence: float = 0.95
-) -> tuple[float, Interval]:
-    """p1 - p2 and Newcombe's hybrid score interval for it (1998, method 10)."""
-    p1, p2 = successes1 / count1, successes2 / count2
-    first, second = wilson(successes1, count1, confidence), wilson(successes2, count2, confidence)
-    difference = p1 - p2
-    low = difference - math.sqrt((p1 - first.low) ** 2 + (second.high - p2) ** 2)
-    high = difference + math.sqrt((first.high - p1) ** 2 + (p2 - second.low) ** 2)
-    return difference, Interval(low, high)
+    @property
+    def tightest_at(self) -> float:
+        """The half-width (of the relative degradation) at which the sequences are tuned to be narrowest: half the
+        wider of the review margin and the band between the thresholds (2.5 points by default)."""
+        return max(self.review_at, self.rollback_at - self.review_at, 0.01) / 2
 
 
-def _beta_fraction(a: float, b: float, x: float) -> float:
-    """The continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    result = d
-    for m in range(1, 400):
-        for numerator in (
-            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
-        ):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            result *= c * d
-        if abs(c * d - 1.0) < 1e-15:
-            break
-    return result
+def mixture_rho(information: float, alpha: float) -> float:
+    """The mixture's rho that makes the two-sided boundary at ``alpha`` narrowest at ``information``: Howard et al.'s
+    closed form rho = I / (2 log(1/alpha) + log(1 + 2 log(1/alpha)))."""
+    two_log = 2 * math.log(1 / alpha)
+    return information / (two_log + math.log(1 + two_log))
 
 
-def incomplete_beta(a: float, b: float, x: float) -> float:
-    """The regularised incomplete beta function I_x(a, b)."""
-    if x <= 0.0:
+def radius(variance: float, rho: float, alpha: float) -> float:
+    """The sequence's half-width around an estimate with this variance: the two-sided normal-mixture boundary
+    sqrt((I + rho) log((I + rho) / (rho alpha^2))) on the sum scale, divided by the information I = 1 / variance."""
+    if variance <= 0:
         return 0.0
-    if x >= 1.0:
+    scaled = rho * variance
+    return math.sqrt(variance * (1 + scaled) * math.log((1 + scaled) / (scaled * alpha * alpha)))
+
+
+def dispersion(tally: Tally) -> float:
+    """Variance over m (1 - m): exactly 1 for thumbs; for scores from the sample, with one pseudo-score at 0 and
+    one at 1, so that a handful of equal scores never claims that the tier has no spread."""
+    if tally.fractional == 0:
         return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1) / (a + b + 2):
-        return math.exp(log_front) * _beta_fraction(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _beta_fraction(b, a, 1.0 - x) / b
+    count, total, squares = tally.count + 2, tally.score_sum + 1, tally.score_sq_sum + 1
+    mean = total / count
+    return max(0.0, squares - total * total / count) / (count - 1) / (mean * (1 - mean))
 
 
-def t_cdf(t: float, df: float) -> float:
-    """Student's t distribution function, for any df > 0 (fractional too)."""
-    tail = 0.5 * incomplete_beta(df / 2, 0.5, df / (df + t * t))
-    return 1.0 - tail if t >= 0 else tail
+def restricted_ratio(
+    small: Tally, large: Tally, ratio: float, weights: tuple[float, float] = (1.0, 1.0)
+) -> tuple[float, float]:
+    """(p3, p8) maximising the (quasi-)likelihood under p3 = ratio * p8 (Farrington & Manning 1990): the smaller
+    root of ratio N p^2 - (ratio n3 + n8 + x3 + ratio x8) p + (x3 + x8) = 0. ``weights``: each tier's
+    quasi-likelihood weight, 1 / its dispersion (a tier whose scores spread little pins its mean harder)."""
+    w3, w8 = weights
+    n3, n8, x3, x8 = w3 * small.count, w8 * large.count, w3 * small.score_sum, w8 * large.score_sum
+    a = ratio * (n3 + n8)
+    b = ratio * n3 + n8 + x3 + ratio * x8
+    c = x3 + x8
+    if a <= 0 or b <= 0:
+        return 0.0, min(1.0, c / b) if b > 0 else 0.0
+    p8 = 2 * c / (b + math.sqrt(max(0.0, b * b - 4 * a * c)))  # the smaller root, without cancellation
+    p8 = min(max(p8, 0.0), 1.0)
+    return min(ratio * p8, 1.0), p8
 
 
-def t_quantile(probability: float, df: float) -> float:
-    """The inverse of ``t_cdf`` by bisection: 12.7062 for (0.975, 1), 1.9840 for (0.975, 100)."""
-    if not 0.0 < probability < 1.0 or df <= 0:
-        raise ValueError("expected 0 < probability < 1 and df > 0")
-    if probability < 0.5:
-        return -t_quantile(1.0 - probability, df)
-    low, high = 0.0, 1.0
-    while t_cdf(high, df) < probability:
-        low, high = high, high * 2
-    for _ in range(200):
-        middle = (low + high) / 2
-        if t_cdf(middle, df) < probability:
-            low = middle
-        else:
-            high = middle
-        if high - low < 1e-12 * max(1.0, high):
-            break
-    return (low + high) / 2
-
-
-def welch(
-    mean1: float, variance1: float, count1: int, mean2: float, variance2: float, count2: int, confidence: float = 0.95
-) -> tuple[float, Interval, float]:
-    """mean1 - mean2, Welch's t interval for it, and the Welch-Satterthwaite degrees of freedom."""
-    share1, share2 = variance1 / count1, variance2 / count2
-    standard_error = math.sqrt(share1 + share2)
-    difference = mean1 - mean2
-    if standard_error == 0:
-        return difference, Interval(difference, difference), math.inf
-    df = (share1 + share2) ** 2 / (share1**2 / (count1 - 1) + share2**2 / (count2 - 1))
-    half = t_quantile(0.5 + confidence / 2, df) * standard_error
-    return difference, Interval(difference - half, difference + half), df
-
-
-@dataclass(frozen=True, slots=True)
-class TierEstimate:
-    count: int
-    mean: float | None
-    interval: Interval | None  # Wilson for binary feedback, the one-sample t interval for scores
-    thumbs_up: int | None  # None once any score was fractional
-
-
-@dataclass(frozen=True, slots=True)
-class Comparison:
-    """The small tier against the large one. ``difference`` is q3 - q8 (negative when 3B is worse);
-    ``degradation`` is (q8 - q3) / q8 (positive when 3B is worse)."""
-
-    method: str  # "newcombe_hybrid_score" or "welch_t"
-    small: TierEstimate
-    large: TierEstimate
-    difference: float | None
-    difference_interval: Interval | None
-    degradation: float | None
-    degradation_interval: Interval | None
-    verdict: Verdict
-    reason: str
-    df: float | None = None  # Welch's degrees of freedom
-
-
-def _estimate(tally: Tally, binary: bool, confidence: float) -> TierEstimate:
-    mean = tally.mean
-    if mean is None:
-        return TierEstimate(0, None, None, None if not binary else 0)
-    if binary:
-        return TierEstimate(tally.count, mean, wilson(tally.successes, tally.count, confidence), tally.successes)
-    variance = tally.variance
-    if variance is None:
-        return TierEstimate(tally.count, mean, None, None)
-    half = t_quantile(0.5 + confidence / 2, tally.count - 1) * math.sqrt(variance / tally.count)
-    return TierEstimate(tally.count, mean, Interval(max(0.0, mean - half), min(1.0, mean + half)), None)
-
-
-def _pct(value: float) -> str:
-    return f"{value * 100:.1f}%"
-
-
-def judge(degradation: Interval, thresholds: Thresholds) -> tuple[Verdict, str]:
-    """The verdict an interval of the relative degradation supports, and why."""
-    shown = f"the {_pct(thresholds.confidence)} interval of the degradation is {_pct(degradation.low)} to " + _pct(
-        degradation.high
-    )
-    if degradation.high < thresholds.review_at:
-        return Verdict.PASS, f"{shown}, wholly below {_pct(thresholds.review_at)}"
-    if degradation.low > thresholds.rollback_at:
-        return Verdict.ROLLBACK, f"{shown}, wholly above {_pct(thresholds.rollback_at)}"
-    if degradation.low >= thresholds.review_at and degradation.high <= thresholds.rollback_at:
-        return Verdict.REVIEW, f"{shown}, within {_pct(thresholds.review_at)}..{_pct(thresholds.rollback_at)}"
-    straddled = [
-        _pct(bound)
-        for bound in (thresholds.review_at, thresholds.rollback_at)
-        if degradation.low <= bound <= degradation.high
-    ]
-    return Verdict.INSUFFICIENT_DATA, f"{shown}, which straddles {' and '.join(straddled)}"
-
-
-def compare(small: Tally, large: Tally, thresholds: Thresholds = Thresholds()) -> Comparison:
-    """3B against 8B on one population; never a verdict the data cannot support."""
-    binary = small.fractional == 0 and large.fractional == 0
-    method = "newcombe_hybrid_score" if binary else "welch_t"
-    confidence = thresholds.confidence
-    estimates = (_estimate(small, binary, confidence), _estimate(large, binary, confidence))
-
-    def insufficient(reason: str) -> Comparison:
-        return Comparison(method, *estimates, None, None, None, None, Verdict.INSUFFICIENT_DATA, reason)
-
-    fewest = min(small.count, large.count)
-    if fewest < thresholds.min_feedback:
-        return insufficient(
-            f"{small.count} feedback events on 3b and {large.count} on 8b; "
-            f"a verdict needs {thresholds.min_feedback} on each"
-        )
-    df: float | None = None
-    if binary:
-        difference, interval = newcombe(small.successes, small.count, large.successes, large.count, confidence)
+def restricted_difference(
+    small: Tally, large: Tally, delta: float, weights: tuple[float, float] = (1.0, 1.0)
+) -> tuple[float, float]:
+    """(p3, p8) maximising the (quasi-)likelihood under p3 = p8 + delta: Farrington & Manning's closed-form root
+    of the cubic (1990, after Miettinen & Nurminen 1985); ``weights`` as for ``restricted_ratio``."""
+    p1, p2 = small.score_sum / small.count, large.score_sum / large.count
+    theta = weights[1] * large.count / (weights[0] * small.count)
+    a = 1 + theta
+    b = -(1 + theta + p1 + theta * p2 + delta * (theta + 2))
+    c = delta * delta + delta * (2 * p1 + theta + 1) + p1 + theta * p2
+    d = -p1 * delta * (1 + delta)
+    v = b**3 / (27 * a**3) - b * c / (6 * a * a) + d / (2 * a)
+    u = math.copysign(math.sqrt(max(0.0, b * b / (9 * a * a) - c / (3 * a))), v)
+    if u == 0:
+        q1 = -b / (3 * a)
     else:
-        small_variance, large_variance = small.variance or 0.0, large.variance or 0.0
-        if small_variance == 0 and large_variance == 0:
-            return insufficient("every score in both tiers is the same: no spread to measure an interval from")
-        difference, interval, df = welch(
-            small.score_sum / small.count, small_variance, small.count,
-            large.score_sum / large.count, large_variance, large.count, confidence,
-        )  # fmt: skip
-    large_mean = large.score_sum / large.count
-    if large_mean <= 0:
-        return insufficient("the 8b mean score is 0: a relative degradation is undefined")
-    degradation = -difference / large_mean
-    degradation_interval = interval.scaled(-1 / large_mean)
-    verdict, reason = judge(degradation_interval, thresholds)
-    return Comparison(
-        method, *estimates, difference, interval, degradation, degradation_interval, verdict, reason, df=df
-    )
+        q1 = 2 * u * math.cos((math.pi + math.acos(min(1.0, max(-1.0, v / u**3)))) / 3) - b / (3 * a)
+    q1 = min(max(q1, max(0.0, delta)), min(1.0, 1.0 + delta))
+    return q1, q1 - delta
 
 
-@dataclass(frozen=True, slots=True)
-class ImplicitTally:
-    """Signals counted without asking anyone, per tier: requests and the ones that went badly."""
+PASS_SIDE = 0.25  # the share of alpha spent on the end of the comparison that lets a worse 3B pass
 
-    requests: int = 0
-    upstream_errors: int = 0
-    disconnects: int = 0
-    regenerations: int = 0
 
-    def as_tally(self) -> Tally:
-        """Each request as a binary event: 0 when it failed, was abandoned or was asked again. The three can
-        overlap on one request, so the bad count is capped at the request count."""
-        bad = min(self.requests, self.upstream_errors + self.disconnects + self.regenerations)
-        good = self.requests - bad
-        return Tally(count=self.requests, score_sum=good, score_sq_sum=good)
+class Pair:
+    """The tests of one pair of tallies (the large tier's mean above 0): ``*_excess`` > 0 means the value is
+    outside the sequence."""
+
+    def __init__(self, small: Tally, large: Tally, thresholds: Thresholds) -> None:
+        self.small, self.large = small, large
+        self.phi3, self.phi8 = dispersion(small), dispersion(large)
+        self.weights = (1 / max(self.phi3, 1e-9), 1 / max(self.phi8, 1e-9))
+        self.m3, self.m8 = small.score_sum / small.count, large.score_sum / large.count
+        # Each end is the two-sided boundary at twice its share of alpha (see the module's docstring).
+        self.alpha_pass = 2 * PASS_SIDE * thresholds.alpha
+        self.alpha_back = 2 * (1 - PASS_SIDE) * thresholds.alpha
+        # Tuned on the scale of the relative degradation; the 8B mean turns that into the scale of the scores.
+        scale = self.m8**2
+        self.rho_pass = mixture_rho(thresholds.information, self.alpha_pass) / scale
+        self.rho_back = mixture_rho(thresholds.information, self.alpha_back) / scale
+
+    def _excess(self, statistic: float, variance: float) -> float:
+        """A positive statistic (3B better than the hypothesis says) is what a pass rests on."""
+        if statistic > 0:
+            return statistic - radius(variance, self.rho_pass, self.alpha_pass)
+        return -statistic - radius(variance, self.rho_back, self.alpha_back)
+
+    def _variance(self, p3: float, p8: float, weight: float) -> float:
+        return self.phi3 * p3 * (1 - p3) / self.small.count + weight * self.phi8 * p8 * (1 - p8) / self.large.count
+
+    def ratio_excess(self, degradation: float) -> float:
+        ratio = 1 - degradation
+        p3, p8 = restricted_ratio(self.small, self.large, ratio, self.weights)
+        return self._excess(self.m3 - ratio * self.m8, self._variance(p3, p8, ratio * ratio))
+
+    def difference_excess(self, delta: float) -> float:
+        p3, p8 = restricted_difference(self.small, self.large, delta, self.weights)
+        return self._excess(self.m3 - self.m8 - delta, self._variance(p3, p8, 1.0))
+
+
+LOWEST_DEGRADATION = -1.0  # the degradation sequence's lower end is shown no lower (3B twice as good as 8B)
+_TOLERANCE = 1e-7
+
+
+def _crossing(excess: Callable[[float], float], inside: float, outside: float) -> float:
+    """Where ``excess`` turns positive between ``inside`` (<= 0) and ``outside`` (> 0): the Illinois variant of
+    regula falsi, a handful of evaluations for these smooth functions."""
+    f_in, f_out = excess(inside), excess(outside)
+    side = 0
+    for _ in range(100):
+        if abs(outside - inside) < _TOLERANCE:
+            break
+        point = outside - f_out * (outside - inside) / (f_out - f_in) if f_out != f_in else (inside + outside) / 2
+        if not min(inside, outside) < point < max(inside, outside):
+            point = (inside + outside) / 2
+        value = excess(point)
+        if value > 0:
+            outside, f_out = point, value
+            f_in = f_in / 2 if side == 1 else f_in
+            side = 1
+        else:
+            inside, f_in = point, value
+            f_out = f_out / 2 if side == -1 else f_out
+            side = -1
+    return outside
+
+
+def _edge(excess: Callable[[float], float], centre: float, limit: float) -> float:
+    """The end of the sequence from ``centre`` towards ``limit`` (``limit`` itself when it is inside)."""
+    if limit == centre or excess(limit) <= 0:
+        return limit
+    step = math.copysign(0.01, limit - centre)
+    inside = centre
+    while abs(step) < abs(limit - centre) and excess(centre + step) <= 0:  # bracket first: the ends are near
+        inside = centre + step
+        step *= 4
+    return _crossing(excess, inside, centre + step if abs(step) < abs(limit - centre) else limit)
+
+
+def mean_sequence(tally: Tally, thresholds: Thresholds) -> Interval:
+    """One tier's mean (at least 2 events), tuned on the scores' own scale."""
+    mean = tally.score_sum / tally.count
+    phi, alpha = dispersion(tally), thresholds.alpha
+    rho = mixture_rho(thresholds.information, alpha)
+
+    def excess(p: float) -> float:
+        return abs(mean - p) - radius(phi * p * (1 - p) / tally.count, rho, alpha)
+
+    return Interval(_edge(excess, mean, 0.0), _edge(excess, mean, 1.0))
+
+
+def degradation_sequence(small: Tally, large: Tally, thresholds: Thresholds) -> Interval:
+    """The relative degradation (q8 - q3) / q8; the large tier's mean must be above 0."""
+    pair = Pair(small, large, thresholds)
+    centre = 1 - pair.m3 / pair.m8
+    return Interval(_edge(pair.ratio_excess, centre, LOWEST_DEGRADATION), _edge(pair.ratio_excess, centre, 1.0))
+
+
+def difference_sequence(small: Tally, large: Tally, thresholds: Thresholds) -> Interval:
+    pair = Pair(small, large, thresholds)
+    centre = pair.m3 - pair.m8
+    return Interval(_edge(pair.difference_excess, centre, -1.0), _edge(pair.difference_excess, centre, 1.0))

@@ -40,11 +40,12 @@ def open_decisions(settings: Settings, counters: CounterStore) -> DecisionStore:
 def open_rollout(
     settings: Settings, counters: CounterStore, clock: Callable[[], float] = time.time
 ) -> RolloutController:
-    """The controller, its state in Redis when ``counters.redis_url`` is set (shared, kept across restarts)."""
+    """The controller, its state in Redis when ``counters.redis_url`` is set (shared, kept across restarts, timed by
+    Redis's clock); else in this process, timed by ``clock``."""
     redis_url = settings.counters.redis_url
     store: RolloutStore
     if redis_url is None:
-        store = MemoryRolloutStore(counters)
+        store = MemoryRolloutStore(counters, clock)
     else:
         from routeproxy.quality.redis_rollout import RedisRolloutStore
 
@@ -59,5 +60,4 @@ def open_rollout(
         lambda snapshot: analyse(snapshot, thresholds, labels, uses_implicit=uses_implicit),
         enabled=settings.routing.rollout.enabled,
         interval_s=settings.routing.rollout.interval_s,
-        clock=clock,
     )

@@ -1,4 +1,5 @@
-"""The rollout state in Redis (the interface is in controller.py), shared by every replica."""
+"""The rollout state in Redis (the interface is in controller.py), shared by every replica, and the clock the
+controller reads: Redis's ``TIME``, read with the state in one round trip."""
 
 from __future__ import annotations
 
@@ -24,6 +25,13 @@ return 1
 """
 
 
+# The state and Redis's clock in one call (a script: a cluster client cannot pipeline TIME, which names no key).
+_READ_LUA = """
+local now = redis.call('TIME')
+return {now[1], now[2], redis.call('HGET', KEYS[1], 'state')}
+"""
+
+
 class RedisRolloutStore(RolloutStore):
     """``{<namespace>}:rollout``: a hash of ``state`` (JSON) and ``version``."""
 
@@ -32,13 +40,15 @@ class RedisRolloutStore(RolloutStore):
         self.config_key = f"{{{namespace}}}:config"
         self._client = redis_client(url)
         self._save = self._client.register_script(_SAVE_LUA)
+        self._read = self._client.register_script(_READ_LUA)
 
-    async def load(self) -> RolloutState | None:
+    async def read(self) -> tuple[RolloutState | None, float]:
         try:
-            raw = await self._client.hget(self.key, "state")
+            seconds, micros, raw = await self._read(keys=[self.key])
         except _REDIS_FAILURES as exc:
             raise CounterStoreUnavailable(f"cannot read the rollout state: Redis did not answer ({exc})") from exc
-        return None if raw is None else RolloutState.from_json(orjson.loads(raw))
+        state = None if raw is None else RolloutState.from_json(orjson.loads(raw))
+        return state, int(seconds) + int(micros) / 1e6
 
     async def save(self, state: RolloutState, expected: int | None, ratio: float) -> bool:
         args = ["" if expected is None else str(expected), str(state.version), orjson.dumps(state.to_json()).decode()]

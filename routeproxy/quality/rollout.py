@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from routeproxy.quality.intervals import Verdict
+from routeproxy.quality.verdict import Verdict
 
 OFF = -1  # the position below the first step: ratio 0
 MAX_HISTORY = 100  # audit entries kept (the oldest go first)

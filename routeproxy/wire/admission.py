@@ -13,10 +13,15 @@ from routeproxy.errors import PayloadTooLarge, RequestTimeout, preview
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
+def client_request_id(request: Request) -> str | None:
+    """The client's x-request-id when it is a sane token: echoed and logged for tracing, never trusted."""
+    given = request.headers.get("x-request-id")
+    return given if given and _REQUEST_ID.match(given) else None
+
+
 def request_id_of(request: Request) -> str:
     """The client's x-request-id when it is a sane token, else a fresh one."""
-    given = request.headers.get("x-request-id")
-    return given if given and _REQUEST_ID.match(given) else os.urandom(16).hex()
+    return client_request_id(request) or os.urandom(16).hex()
 
 
 async def read_body(request: Request, limit: int, deadline_s: float) -> bytes:

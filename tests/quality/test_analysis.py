@@ -7,7 +7,8 @@ import pytest
 from routeproxy.counters.stats import Snapshot
 from routeproxy.quality.analysis import analyse, format_ab_lines, render_ab
 from routeproxy.quality.decisions import feedback_fields, regeneration_fields, score_units
-from routeproxy.quality.intervals import Thresholds, Verdict, newcombe
+from routeproxy.quality.intervals import Tally, Thresholds, degradation_sequence, difference_sequence
+from routeproxy.quality.verdict import METHOD, Verdict
 from routeproxy.settings import Tier
 
 THRESHOLDS = Thresholds()
@@ -52,14 +53,15 @@ def test_medium_feedback_is_compared_and_other_complexities_stand_beside_it() ->
     assert (large["feedback_count"], large["thumbs_up"]) == (301, 271)
     assert (small["requests"], small["error_rate_pct"], small["avg_latency_ms"]) == (400, 1.0, 2500)
     assert small["p95_latency_ms"] == pytest.approx(2500, abs=250)
-    _, interval = newcombe(104, 130, 271, 301)
-    assert block["difference"]["absolute_interval"] == [round(interval.low, 4), round(interval.high, 4)]
-    mean_large = 271 / 301
+    small_tally, large_tally = Tally(130, 104, 104), Tally(301, 271, 271)
+    difference = difference_sequence(small_tally, large_tally, THRESHOLDS)
+    degradation = degradation_sequence(small_tally, large_tally, THRESHOLDS)
+    assert block["difference"]["absolute_interval"] == [round(difference.low, 4), round(difference.high, 4)]
     assert block["difference"]["degradation_interval_pct"] == [
-        round(-interval.high / mean_large * 100, 2),
-        round(-interval.low / mean_large * 100, 2),
+        round(degradation.low * 100, 2),
+        round(degradation.high * 100, 2),
     ]
-    assert block["method"] == "newcombe_hybrid_score"
+    assert block["method"] == METHOD
     assert block["verdict"] == "insufficient_data" and "straddles 5.0% and 10.0%" in block["reason"]
     assert block["other_complexities"]["simple"]["3b"]["feedback_count"] == 500
     assert block["feedback"] == {"received": 931, "replaced": 0, "unknown_ids": 0, "queued": 2}
@@ -80,24 +82,24 @@ def test_replacing_feedback_moves_the_sums_and_counts_once() -> None:
     assert fractional.get("score_sq_micro", "3b", "medium") == 490_000
 
 
-def test_fractional_scores_switch_the_block_to_welch() -> None:
+def test_fractional_scores_measure_their_dispersion() -> None:
     fields: list[tuple[str, int]] = []
-    for index in range(40):
+    for index in range(400):
         fields += feedback_fields("3b", "medium", None, score_units(0.6 + 0.01 * (index % 5)))
         fields += feedback_fields("8b", "medium", None, score_units(0.9 + 0.01 * (index % 5)))
     snapshot = totals(fields)
     block = render_ab(snapshot, analyse(snapshot, THRESHOLDS, LABELS, uses_implicit=False), THRESHOLDS, queued=0)
-    assert block["method"] == "welch_t" and block["tiers"]["3b"]["thumbs_up"] is None
-    assert block["difference"]["df"] == pytest.approx(78.0)
+    assert block["method"] == METHOD and block["tiers"]["3b"]["thumbs_up"] is None
+    assert block["difference"]["df"] is None  # a confidence sequence has no degrees of freedom
     assert block["verdict"] == "rollback"
 
 
 def test_implicit_signals_decide_only_when_the_operator_lets_them() -> None:
     snapshot = totals(
-        thumbs("3b", "medium", 950, 50),
-        thumbs("8b", "medium", 950, 50),
-        requests("3b", "medium", 1000, 2500, errors=300),  # 3B fails a third of its requests
-        requests("8b", "medium", 1000, 4500),
+        thumbs("3b", "medium", 2850, 150),
+        thumbs("8b", "medium", 2850, 150),
+        requests("3b", "medium", 3000, 2500, errors=900),  # 3B fails a third of its requests
+        requests("8b", "medium", 3000, 4500),
         regeneration_fields("3b", "medium"),
     )
     alone = analyse(snapshot, THRESHOLDS, LABELS, uses_implicit=False)
@@ -108,10 +110,10 @@ def test_implicit_signals_decide_only_when_the_operator_lets_them() -> None:
     block = render_ab(snapshot, both, THRESHOLDS, queued=0)
     assert block["verdict_uses"] == "feedback+implicit" and block["feedback_verdict"] == "pass"
     assert block["tiers"]["3b"]["implicit"] == {
-        "upstream_errors": 300,
+        "upstream_errors": 900,
         "disconnects": 0,
         "regenerations": 1,
-        "bad_rate_pct": 30.1,
+        "bad_rate_pct": 30.0,
     }
 
 

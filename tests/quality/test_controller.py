@@ -1,11 +1,13 @@
-"""The rollout controller against a real Redis: three replicas, one injected clock; one acts per step."""
+"""The rollout controller against a real Redis: three replicas timed by Redis's clock; one acts per step."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import orjson
 import pytest
+import redis
 from support.redis_server import RedisServer
 
 from routeproxy.counters.open import open_store
@@ -24,25 +26,12 @@ THRESHOLDS = Thresholds(min_feedback=30)
 LABELS = {Tier.SMALL: "3b", Tier.LARGE: "8b"}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 Replica = tuple[RedisCounterStore, RolloutController]
 Factory = Callable[[str], Awaitable[Replica]]
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def replica(redis_server: RedisServer, clock: Clock) -> AsyncIterator[Factory]:
+async def replica(redis_server: RedisServer) -> AsyncIterator[Factory]:
     opened: list[Replica] = []
 
     async def factory(name: str) -> Replica:
@@ -58,7 +47,6 @@ async def replica(redis_server: RedisServer, clock: Clock) -> AsyncIterator[Fact
             lambda snapshot: analyse(snapshot, THRESHOLDS, LABELS, uses_implicit=False),
             enabled=True,
             interval_s=3600.0,
-            clock=clock,
         )
         await controller.refresh()  # not start(): its loop would look at once; the tests call tick() themselves
         opened.append((counters, controller))
@@ -76,6 +64,15 @@ async def give_feedback(counters: RedisCounterStore, tier: str, up: int, down: i
     assert await counters.flush()
 
 
+def age_step(redis_server: RedisServer, seconds: float) -> None:
+    """Move the stored step's start ``seconds`` back: the hold has run that much longer (the controller's clock is
+    Redis's, which a test cannot move)."""
+    client = redis.Redis.from_url(redis_server.url)
+    state = orjson.loads(client.hget(f"{{{NAMESPACE}}}:rollout", "state") or b"{}")
+    state["step_since"] -= seconds
+    client.hset(f"{{{NAMESPACE}}}:rollout", "state", orjson.dumps(state))
+
+
 async def tick_all(replicas: list[Replica]) -> list[int]:
     """All replicas look at the same moment (their reads and writes interleave); returns which wrote a change."""
     entries = await asyncio.gather(*(controller.tick() for _, controller in replicas))
@@ -83,7 +80,7 @@ async def tick_all(replicas: list[Replica]) -> list[int]:
 
 
 async def test_three_replicas_ramp_and_roll_back_with_one_actor_per_step(
-    replica: Factory, clock: Clock, redis_server: RedisServer
+    replica: Factory, redis_server: RedisServer
 ) -> None:
     replicas = [await replica(name) for name in ("r1", "r2", "r3")]
     counters = replicas[0][0]
@@ -94,7 +91,7 @@ async def test_three_replicas_ramp_and_roll_back_with_one_actor_per_step(
     await give_feedback(counters, "8b", 1900, 100)
     assert await tick_all(replicas) == []  # held: the hold time has not passed
     assert {controller.describe()["waiting_for"] for _, controller in replicas} == {"hold_time"}
-    clock.now += 600
+    age_step(redis_server, 600)
     actors = await tick_all(replicas)
     assert len(actors) == 1
     assert [controller.describe()["step_index"] for _, controller in replicas] == [1, 1, 1]
@@ -122,7 +119,7 @@ async def test_three_replicas_ramp_and_roll_back_with_one_actor_per_step(
     assert sum(controller.acted for _, controller in replicas) == len(history)
 
 
-async def test_restart_keeps_the_step_and_the_history(replica: Factory, clock: Clock) -> None:
+async def test_restart_keeps_the_step_and_the_history(replica: Factory) -> None:
     counters, controller = await replica("before")
     await controller.tick()
     await controller.operate(Action(step=2, why="operator test"))

@@ -23,14 +23,14 @@ def upstreams(simulators: dict[Tier, ThreadedServer]) -> dict[Tier, str]:
 
 
 def ask(url: str, prompt: str = MEDIUM, key: str = "anything") -> tuple[str, str]:
-    """One chat completion through the openai SDK: (x-request-id, tier label) from the response headers."""
+    """One chat completion through the openai SDK: (the id to rate, tier label) from the response headers."""
     with openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0) as client:
         raw = client.chat.completions.with_raw_response.create(
             model="auto", messages=[{"role": "user", "content": prompt}]
         )
     assert raw.http_response.status_code == 200
     tier = raw.headers["x-routeproxy-tier"]  # the tier's label, as stats and feedback name it
-    return raw.headers["x-request-id"], tier
+    return raw.headers["x-routeproxy-request-id"], tier
 
 
 def feedback(url: str, body: Any, **headers: str) -> httpx.Response:

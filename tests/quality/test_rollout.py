@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from routeproxy.quality.intervals import Verdict
 from routeproxy.quality.rollout import (
     OFF,
     Evidence,
@@ -18,6 +17,7 @@ from routeproxy.quality.rollout import (
     pause,
     resume,
 )
+from routeproxy.quality.verdict import Verdict
 
 HOUR = 3600.0
 POLICY = RolloutPolicy(min_hold_s=HOUR, min_feedback=100)

@@ -55,7 +55,7 @@ def rate(replicas: list[Served], client: httpx.Client, count: int, up: dict[str,
         )
         assert response.status_code == 200 and response.headers["x-routeproxy-complexity"] == "medium"
         tier = response.headers["x-routeproxy-tier"]  # the tier's label, as stats and feedback name it
-        body = {"request_id": response.headers["x-request-id"], "thumbs": "up" if up[tier] else "down"}
+        body = {"request_id": response.headers["x-routeproxy-request-id"], "thumbs": "up" if up[tier] else "down"}
         assert client.post(f"{rating.url}/v1/model-routing/feedback", json=body).status_code == 200
 
 
@@ -67,6 +67,17 @@ def wait_for(replicas: list[Served], condition: Any) -> dict[str, Any]:
         return report if condition(report) else None
 
     return eventually(check, tries=400, interval=0.05, what="the rollout step")
+
+
+def rate_until(replicas: list[Served], client: httpx.Client, up: dict[str, bool], condition: Any) -> dict[str, Any]:
+    """Rate in rounds of 30 until the first replica's rollout block satisfies ``condition`` (the always-valid
+    verdict needs a few hundred ratings even at these loose thresholds)."""
+    for _ in range(40):
+        report: dict[str, Any] = stats(replicas[0].url)["rollout"]
+        if condition(report):
+            return report
+        rate(replicas, client, 30, up)
+    return wait_for(replicas, condition)
 
 
 def steps_logged(logs: list[str]) -> Counter[tuple[float, float, str]]:
@@ -85,18 +96,25 @@ def test_three_replicas_one_actor_per_step_same_view_and_restart_keeps_it(
 ) -> None:
     replicas = start(3, redis_server.url, served)
     with httpx.Client(timeout=10) as client:
-        rate(replicas, client, 60, {"3b": True, "8b": True})
-        wait_for(replicas, lambda report: report["step_index"] >= 1)
-        rate(replicas, client, 45, {"3b": True, "8b": True})
-        wait_for(replicas, lambda report: report["step_index"] == 2)
+        good = {"3b": True, "8b": True}
+        rate_until(replicas, client, good, lambda report: report["step_index"] >= 1)
+        rate_until(replicas, client, good, lambda report: report["step_index"] == 2)
         # A new A/B period in which 3B answers badly: the controller counts it afresh and steps back.
         assert client.post(f"{replicas[2].url}/v1/model-routing/reset").status_code == 200
-        rate(replicas, client, 60, {"3b": False, "8b": True})
-        report = wait_for(replicas, lambda report: any(e["why"].startswith("rollback") for e in report["history"]))
-    views = [stats(replica.url)["rollout"] for replica in replicas]
-    assert all(
-        view["history"] == views[0]["history"] and view["step_index"] == views[0]["step_index"] for view in views
-    )
+        report = rate_until(
+            replicas,
+            client,
+            {"3b": False, "8b": True},
+            lambda report: any(e["why"].startswith("rollback") for e in report["history"]),
+        )
+
+    def agreed() -> list[dict[str, Any]] | None:
+        """Every replica's view, once they agree (a look may land between two of the reads)."""
+        views = [stats(replica.url)["rollout"] for replica in replicas]
+        same = all(v["history"] == views[0]["history"] and v["step_index"] == views[0]["step_index"] for v in views)
+        return views if same else None
+
+    views = eventually(agreed, tries=100, interval=0.05, what="the replicas agreeing")
     history = views[0]["history"]
     ratios = [(entry["from_ratio"], entry["to_ratio"]) for entry in history]
     assert ratios[:3] == [(0.0, 0.4), (0.4, 0.5), (0.5, 0.6)]

@@ -149,3 +149,25 @@ def test_hits_stay_out_of_the_routing_figures_and_feedback_counts_for_the_answer
     metrics = http.get(f"{proxy.url}/metrics").text
     assert 'routeproxy_cache_requests_total{result="hit"} 1.0' in metrics
     assert "routeproxy_cache_entries 1.0" in metrics
+
+
+def test_a_hit_carries_its_own_rating_id_and_feedback_on_it_rates_the_hit(
+    simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFactory
+) -> None:
+    proxy = start_proxy(urls(simulators), **{"cache.enabled": True})
+    # The same client x-request-id on both: it is echoed for tracing, never the id a rating names.
+    first = http.post(f"{proxy.url}/v1/chat/completions", json=body(), headers={"x-request-id": "trace-1"})
+    hit = http.post(f"{proxy.url}/v1/chat/completions", json=body(), headers={"x-request-id": "trace-1"})
+    assert (first.headers["x-routeproxy-cache"], hit.headers["x-routeproxy-cache"]) == ("miss", "hit")
+    assert first.headers["x-request-id"] == hit.headers["x-request-id"] == "trace-1"
+    assert hit.headers.get_list("x-routeproxy-request-id") == [hit.headers["x-routeproxy-request-id"]]
+    assert hit.headers["x-routeproxy-request-id"] != first.headers["x-routeproxy-request-id"]
+    for answer, thumbs in ((first, "up"), (hit, "down")):
+        rated = http.post(
+            f"{proxy.url}/v1/model-routing/feedback",
+            json={"request_id": answer.headers["x-routeproxy-request-id"], "thumbs": thumbs},
+        )
+        assert rated.status_code == 200, rated.text
+        assert rated.json().get("replaced") is not True  # two decisions: neither rating replaces the other
+    received = http.get(f"{proxy.url}/v1/model-routing/stats").json()["ab_analysis"]["feedback"]
+    assert (received["received"], received["replaced"]) == (2, 0)

@@ -144,6 +144,7 @@ def create_app(settings: Settings) -> ProxyApp:
             await rollout.close()
             await decisions.close()  # decisions and feedback that wait go out before the counters' last flush
             await counters.close()  # the last flush: nothing counted is left behind
+            resources.offload.close()
             await pool.aclose()
 
     routes = [  # chat completions is served by ProxyApp, in front of these

@@ -10,6 +10,12 @@ A held prefix (``AnswerView.complete`` false) is judged only on what a prefix ca
 repetition, the vocabulary of its first words, its written sums, log-probabilities. Length, truncation, JSON and
 tool-call checks wait for the end of the answer; an answer still going at the hold is scored as if it had
 ``length.unfinished_words`` words.
+
+Bounded: the check reads the first ``MAX_CHECKED_CHARS`` of an answer (and as much of the prompt, its start and
+its end), so its time has a ceiling whatever a client sends; every signal has its answer well within that
+(length saturates at about 400 words, repetition reads 20,000 characters). A longer answer is judged on that
+prefix, as a held one is, except that it has ended: what only the whole can show (valid JSON, a closed code
+fence) is not judged.
 """
 
 from __future__ import annotations
@@ -26,8 +32,11 @@ from routeproxy.cascade.rules import CheckRules, Cue, load_check_rules
 from routeproxy.wire.parse import last_user_text
 
 __all__ = ["AnswerCheck", "AnswerView", "CheckRules", "StreamAnswer", "answer_from_body", "check_answer"]
+__all__ += ["CHECK_INLINE_CHARS", "MAX_CHECKED_CHARS"]
 __all__ += ["answer_signals", "load_check_rules"]
 
+MAX_CHECKED_CHARS = 65_536
+CHECK_INLINE_CHARS = 4096  # a longer answer is checked off the event loop (wire.offload): up to ~80 ms of work
 _NUMBER_WORDS = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
 _NUMBER_WORDS |= {"eleven": 11, "twelve": 12, "fifteen": 15, "twenty": 20}
 _COUNT = r"(\d{1,3}|" + "|".join(_NUMBER_WORDS) + r")"
@@ -169,7 +178,7 @@ def check_answer(request_body: Mapping[str, Any], answer: AnswerView, rules: Che
 def answer_signals(request_body: Mapping[str, Any], answer: AnswerView, rules: CheckRules) -> list[tuple[str, float]]:
     """Every signal the check reads, with the logit it adds (0 when it did not fire; negative for a long answer).
     ``check_answer`` sums them; the offline fit (routeproxy.evaluate.refit) rescales them by name."""
-    text = answer.text
+    text = answer.text[:MAX_CHECKED_CHARS]
     lowered = text.lower()
     head = lowered[: rules.head_chars]
     tokens = _words(lowered)
@@ -187,7 +196,7 @@ def answer_signals(request_body: Mapping[str, Any], answer: AnswerView, rules: C
         fired.append(("wrong_arithmetic", rules.arithmetic_weight))
     if answer.complete:
         fired.append(("short", _length_weight(words, rules)))
-        fired.extend(_end_checks(request_body, answer, words, rules))
+        fired.extend(_end_checks(request_body, answer, text, words, rules))
     else:
         fired.append(("short", _length_weight(max(words, rules.unfinished_words), rules)))
     return fired
@@ -289,13 +298,15 @@ def _logprob_weight(logprobs: tuple[float, ...], rules: CheckRules) -> float:
 
 
 def _end_checks(
-    request: Mapping[str, Any], answer: AnswerView, words: int, rules: CheckRules
+    request: Mapping[str, Any], answer: AnswerView, text: str, words: int, rules: CheckRules
 ) -> Iterable[tuple[str, float]]:
+    """``text``: the part of the answer the check reads (all of it unless it is past ``MAX_CHECKED_CHARS``)."""
+    whole = len(text) == len(answer.text)
     if answer.finish_reason == "length":
         yield "truncated", rules.truncated_weight
-    elif answer.text.count("```") % 2:
+    elif whole and text.count("```") % 2:
         yield "unclosed_code", rules.unclosed_code_weight
-    prompt = last_user_text(request.get("messages"))
+    prompt = _bounded(last_user_text(request.get("messages")))
     lowered = prompt.lower()
     # each pattern needs one of these words: a substring test skips the slower scan of a long prompt
     asked = [int(found) for found in _ASKED_WORDS.findall(prompt)] if "word" in lowered else []
@@ -303,9 +314,9 @@ def _end_checks(
         yield "short_of_request", rules.short_of_request_weight
     listing = any(verb in lowered for verb in _ASKED_ITEM_VERBS)
     items = [_count_of(found) for found in _ASKED_ITEMS.findall(prompt)] if listing else []
-    if items and len(_LIST_ITEM.findall(answer.text)) < min(items) and words < rules.reference_words:
+    if items and len(_LIST_ITEM.findall(text)) < min(items) and words < rules.reference_words:
         yield "short_of_request", rules.short_of_request_weight
-    if _wants_json(request) and not answer.tool_calls and not _is_json_object(answer.text):
+    if whole and _wants_json(request) and not answer.tool_calls and not _is_json_object(text):
         yield "invalid_json", rules.invalid_json_weight
     yield from _tool_call_checks(request, answer, rules)
 
@@ -326,8 +337,18 @@ def _tool_call_checks(request: Mapping[str, Any], answer: AnswerView, rules: Che
         if function.get("name") not in known:
             yield "unknown_tool", rules.unknown_tool_weight
         arguments = function.get("arguments")
+        if isinstance(arguments, str) and len(arguments) > MAX_CHECKED_CHARS:
+            continue  # not judged: past what the check reads
         if not (isinstance(arguments, str) and _is_json_object(arguments)):
             yield "bad_tool_arguments", rules.bad_tool_arguments_weight
+
+
+def _bounded(prompt: str) -> str:
+    """The prompt as the check reads it: whole, or its start and its end (where instructions are written)."""
+    if len(prompt) <= MAX_CHECKED_CHARS:
+        return prompt
+    half = MAX_CHECKED_CHARS // 2
+    return prompt[:half] + "\n" + prompt[-half:]
 
 
 def _wants_json(request: Mapping[str, Any]) -> bool:

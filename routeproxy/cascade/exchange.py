@@ -29,10 +29,19 @@ from typing import Any
 import orjson
 from starlette.types import Send
 
-from routeproxy.cascade.check import AnswerCheck, AnswerView, CheckRules, StreamAnswer, answer_from_body, check_answer
+from routeproxy.cascade.check import (
+    CHECK_INLINE_CHARS,
+    AnswerCheck,
+    AnswerView,
+    CheckRules,
+    StreamAnswer,
+    answer_from_body,
+    check_answer,
+)
 from routeproxy.errors import UpstreamError
 from routeproxy.settings import Tier
 from routeproxy.tasks import spawn
+from routeproxy.wire.offload import Offload
 from routeproxy.wire.relay import CascadeOutcome, Exchange, Prepare, RelayResult, event_too_large
 from routeproxy.wire.sse import (
     DONE,
@@ -56,6 +65,12 @@ class CascadePlan:
     hold_tokens: int
     hold_s: float
     strip_logprobs: bool  # the small tier was asked for logprobs the client did not ask for
+    offload: Offload  # a long answer is checked off the event loop
+
+    async def check(self, view: AnswerView) -> AnswerCheck:
+        return await self.offload.run(
+            len(view.text) <= CHECK_INLINE_CHARS, check_answer, self.request, view, self.rules
+        )
 
 
 def decorate(headers: RawHeaders, check: AnswerCheck, *, escalated: bool) -> RawHeaders:
@@ -198,7 +213,7 @@ class CascadeExchange(Exchange):
         except orjson.JSONDecodeError:
             document = None
         view = answer_from_body(document) if isinstance(document, dict) else AnswerView("", complete=True)
-        check = check_answer(self.plan.request, view, self.plan.rules)
+        check = await self.plan.check(view)
         decided_at = time.perf_counter()
         client_body = strip_logprobs_body(body) if self.plan.strip_logprobs else body
         if check.escalate:
@@ -235,7 +250,7 @@ class CascadeExchange(Exchange):
                 else:  # the small tier's own error event reaches the client, as in classify mode; nothing to check
                     await self._relay_stream(small, send, bytes(hold.events), hold.rest(reading))
                 return
-            check = check_answer(self.plan.request, hold.answer.view(), self.plan.rules)
+            check = await self.plan.check(hold.answer.view())
             decided_at = time.perf_counter()
             hold_ms = (decided_at - (hold.first_byte_at or decided_at)) * 1000
             if check.escalate:

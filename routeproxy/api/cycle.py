@@ -14,24 +14,23 @@
 
 from __future__ import annotations
 
-from uvicorn._types import ASGISendEvent
+from collections.abc import Iterable
+from typing import Any
+
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 _BODYLESS_STATUSES = frozenset({204, 304})
 
 
-def _has_framing(headers: object) -> bool:
-    return any(
-        name.lower() in (b"content-length", b"transfer-encoding")
-        for name, _ in headers  # type: ignore[attr-defined]
-    )
+def _has_framing(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    return any(name.lower() in (b"content-length", b"transfer-encoding") for name, _ in headers)
 
 
 class ResponseCycle(RequestResponseCycle):
     close_delimited = False  # an HTTP/1.0 response whose body ends with the connection
     linger = False  # answered before the request body all came: the protocol reads and drops the rest
 
-    async def send(self, message: ASGISendEvent) -> None:
+    async def send(self, message: Any) -> None:  # uvicorn's ASGISendEvent, a union of TypedDicts
         if self.disconnected or self.response_complete:
             await super().send(message)
             return
@@ -59,13 +58,12 @@ class ResponseCycle(RequestResponseCycle):
                 self.keep_alive = True
         await super().send(message)
 
-    async def _send_close_delimited(self, message: ASGISendEvent) -> None:
+    async def _send_close_delimited(self, message: Any) -> None:
         if self.flow.write_paused:
             await self.flow.drain()
         if self.disconnected:
             return
-        body = message.get("body", b"")
-        assert isinstance(body, bytes)
+        body: bytes = message.get("body", b"")
         if body:
             self.transport.write(body)
         if message.get("more_body", False):

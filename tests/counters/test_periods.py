@@ -100,6 +100,31 @@ async def test_a_flushed_redis_is_refilled_at_the_next_flush(
     assert snapshot.counts == totals([*MIXED, MIXED[0]])
 
 
+async def test_a_redis_that_lost_its_last_writes_is_brought_up_to_date(
+    redis_server: RedisServer, open_redis_store: StoreFactory
+) -> None:
+    """A copy that missed the last writes (a failover, or the last second an append-only file loses): the writer's
+    version in Redis is older than the one it last had acknowledged, so it writes all its totals again."""
+    store = await open_redis_store(redis_server.url, "replica-1")
+    keys = RedisKeys("rp-test")
+    store.record(MIXED[0])
+    assert await store.flush()
+    writer = redis_server.cli("HKEYS", keys.writers(0)).split()[0]
+    saved = {
+        key: redis_server.cli("HGETALL", key).split()
+        for key in (keys.stats(0), keys.totals(0, writer), keys.writers(0))
+    }
+    for item in MIXED[1:]:
+        store.record(item)
+    assert await store.flush()
+    for key, fields in saved.items():  # Redis goes back to what it held after the first write
+        redis_server.cli("DEL", key)
+        redis_server.cli("HSET", key, *fields)
+    store.record(MIXED[0])
+    assert await store.flush()
+    assert (await store.snapshot()).counts == totals([*MIXED, MIXED[0]])
+
+
 async def test_stats_are_stale_only_when_redis_does_not_answer(
     redis_server: RedisServer, open_redis_store: StoreFactory
 ) -> None:

@@ -205,7 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--duration", type=float, help="at most this many seconds per run")
     bench.add_argument("--concurrency", type=int, action="append", help="repeatable (throughput default: 32 and 128)")
     bench.add_argument("--workers", type=int, default=1, help="also measure throughput with N proxy workers")
-    bench.add_argument("--redis-url", help="count into this Redis (default: in-memory counters)")
+    bench.add_argument(
+        "--redis-url",
+        help="count into this Redis (default: in-memory counters); `local` starts a private redis-server. With it, "
+        "the latency workload measures in-memory and Redis counters side by side",
+    )
     bench.add_argument("--upstream", help="use this upstream (http://127.0.0.1:PORT[/v1]) instead of starting one")
     bench.add_argument(
         "--proxy",

@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
@@ -31,13 +32,14 @@ from routeproxy.cascade.verifier import open_signals
 from routeproxy.counters.metrics import Metrics
 from routeproxy.counters.open import open_store
 from routeproxy.dashboard import dashboard_routes
-from routeproxy.errors import RouteproxyError, error_envelope, error_response, preview
+from routeproxy.errors import Forbidden, RouteproxyError, error_envelope, error_response, preview
 from routeproxy.quality.open import open_decisions, open_rollout
 from routeproxy.routing.classify import Classifier, load_rules
 from routeproxy.routing.route import Router
 from routeproxy.settings import Settings, load_settings
 from routeproxy.wire.admission import request_id_of
 from routeproxy.wire.auth import digest
+from routeproxy.wire.origin import cross_site_refusal
 from routeproxy.wire.upstream import UpstreamPool
 
 log = structlog.get_logger("routeproxy")
@@ -152,6 +154,7 @@ def create_app(settings: Settings) -> ProxyApp:
             await rollout.close()
             await decisions.close()  # decisions and feedback that wait go out before the counters' last flush
             await counters.close()  # the last flush: nothing counted is left behind
+            resources.offload.close()
             await pool.aclose()
             for signal in cascade_signals:
                 await signal.close()
@@ -238,6 +241,13 @@ class ProxyApp:
         await self.handler(scope, receive, send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and any(n == b"origin" for n, _ in scope["headers"]):
+            refusal = cross_site_refusal("POST", Headers(scope=scope), self.settings.server.cors_origins)
+            if refusal is not None:
+                request_id = request_id_of(Request(scope))
+                log.info("request_rejected", request_id=request_id, status=403, error=refusal)
+                await error_response(Forbidden(refusal, code="cross_site_request"), request_id)(scope, receive, send)
+                return
         if scope["type"] == "http" and scope["path"] in _CHAT_PATHS:
             await _serve_chat(scope, receive, send)
             return

@@ -9,9 +9,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from routeproxy.api.chat import parse_request, read_request_body
-from routeproxy.api.resources import resources_of
-from routeproxy.cascade.check import AnswerView, answer_from_body, check_answer
+from routeproxy.api.chat import PARSE_INLINE_BYTES, admitted, parse_request
+from routeproxy.api.resources import Resources, resources_of
+from routeproxy.cascade.check import CHECK_INLINE_CHARS, AnswerView, answer_from_body, check_answer
 from routeproxy.errors import InvalidRequest, ModelNotFound
 from routeproxy.routing.route import explain
 from routeproxy.settings import RoutingMode, Settings, Tier
@@ -49,10 +49,20 @@ async def show_model(request: Request) -> Response:
 
 async def explain_route(request: Request) -> Response:
     """The decision for a chat request, without calling an upstream. In cascade mode, a ``small_answer`` in the body
-    (the answer text, or a whole chat.completion body) is scored by the check the proxy runs on a small answer."""
+    (the answer text, or a whole chat.completion body) is scored by the check the proxy runs on a small answer.
+
+    Admitted like a chat request (it takes a concurrency slot once its body is in), and its work is a chat
+    request's: a large body is parsed, and a long answer checked, off the event loop."""
     resources = resources_of(request)
-    check_client_key(request, resources.client_key_digests)
-    body, hints = parse_request(await read_request_body(request, resources.settings), request)
+    raw = await admitted(request, resources)
+    try:
+        return await _explain(request, resources, raw)
+    finally:
+        resources.release()
+
+
+async def _explain(request: Request, resources: Resources, raw: bytes) -> Response:
+    body, hints = await resources.offload.run(len(raw) <= PARSE_INLINE_BYTES, parse_request, raw, request)
     small_answer = body.pop("small_answer", None)
     enabled, ratio = resources.routing_now()
     mode = resources.mode_now()
@@ -71,7 +81,9 @@ async def explain_route(request: Request) -> Response:
         "hold_ms": settings.cascade.hold_ms,
     }
     if small_answer is not None:
-        check = check_answer(body, _answer_view(small_answer), resources.check_rules)
+        view = _answer_view(small_answer)
+        inline = len(view.text) <= CHECK_INLINE_CHARS
+        check = await resources.offload.run(inline, check_answer, body, view, resources.check_rules)
         answer["check"] = {"score": round(check.score, 4), "escalate": check.escalate, "reasons": list(check.reasons)}
     return JSONResponse(answer)
 

@@ -3,7 +3,7 @@ counters and metrics, plus the concurrency limit and the routing switch in force
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import Gauge
 from starlette.requests import Request
@@ -18,6 +18,7 @@ from routeproxy.quality.controller import RolloutController
 from routeproxy.quality.decisions import DecisionStore
 from routeproxy.routing.route import Router
 from routeproxy.settings import RoutingMode, Settings
+from routeproxy.wire.offload import Offload
 from routeproxy.wire.upstream import UpstreamPool
 
 
@@ -37,6 +38,7 @@ class Resources:
     draining: bool = False
     inflight_gauge: Gauge | None = None  # several workers: the shared gauge moves with every request
     cache: ResponseCache | None = None  # the response cache, when cache.enabled
+    offload: Offload = field(default_factory=Offload)  # CPU work that grows with its input, off the event loop
 
     def __post_init__(self) -> None:
         self.inflight_gauge = self.metrics.shared_inflight

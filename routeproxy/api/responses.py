@@ -17,6 +17,7 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Send
 
 from routeproxy.api.chat import Endpoint, admitted, exchange_hooks, rejected
 from routeproxy.api.resources import resources_of
@@ -80,7 +81,11 @@ def upstream_id(response_id: str) -> str:
 
 class StoredResponseExchange(Exchange):
     """The passthrough tier first; when it answers 404, the other tier, whose answer is relayed. Neither is a
-    fallback (nothing failed), so none is counted or announced as one."""
+    fallback (nothing failed), so none is counted or announced as one.
+
+    A HEAD (which Starlette serves on every GET route) is answered as the GET would be, without the body: the
+    upstreams are asked with GET, whose status, headers and length the client gets (an upstream need not
+    answer HEAD, and its own would lack the length); a stream's headers go out and the stream is closed."""
 
     def __init__(
         self,
@@ -96,7 +101,8 @@ class StoredResponseExchange(Exchange):
         query: str,
     ) -> None:
         super().__init__(pool, tier, None, prepare, client_headers, started, on_finish, path=path)
-        self.method = method
+        self.head = method == "HEAD"
+        self.method = "GET" if self.head else method
         self.query = query
 
     async def _open(self) -> UpstreamResponse:
@@ -112,3 +118,12 @@ class StoredResponseExchange(Exchange):
         return await self.pool.send(
             tier, body, self.client_headers, path=self.path, method=self.method, query=self.query
         )
+
+    async def _relay(self, upstream: UpstreamResponse, send: Send) -> None:
+        if not (self.head and upstream.event_stream):
+            await super()._relay(upstream, send)  # a whole body: its length is sent, uvicorn drops the body
+            return
+        self.result.status, self.result.stream = upstream.status, True
+        headers = [*upstream.headers, *self.extra_headers]
+        await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

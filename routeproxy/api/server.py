@@ -8,9 +8,16 @@ a timer armed when a connection opens and when a request begins (``connection_ma
 and cancelled once the head is in (``on_headers_complete``), and byte and line counts in ``on_url`` and
 ``on_header``. Refusals are answered in OpenAI's envelope (408, 431) and the connection is closed.
 
-After an early answer (a 413 while the client is still sending its body) the rest of the body is read and
-dropped, as nginx's lingering close does, so the client gets to read the answer instead of a reset; but only
-until the body deadline, then the connection is closed.
+After an early answer (a 413, or any answer given while the client is still sending its body, or a refusal of
+its head) the connection is closed the way nginx's lingering close does it: the answer is sent with
+``connection: close``, the write side is shut (the client sees the end), and whatever the client still sends is
+read and dropped, unparsed, until it closes, or sends nothing for ``LINGER_IDLE_S``, or past
+``LINGER_MAX_S`` (the body deadline if shorter) or ``LINGER_BODIES`` times the body limit in bytes. Closing
+with unread data makes the kernel send a reset, which destroys the answer in a client that sends its whole
+body before reading (urllib, curl); a client reading while it sends has its answer by then anyway.
+
+Idle keep-alive connections are kept ``server.keepalive_timeout`` (uvicorn's own default is 5 s, the same as
+the idle expiry of httpx's pool, so a client reusing a connection idle for about 5 s races the close).
 
 The body's own deadline is kept by the body reader (``admission.read_body``); the concurrency slot is taken
 only once the body is in (``chat.py``), so slow bodies never hold slots.
@@ -22,9 +29,10 @@ import asyncio
 import http
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from routeproxy.api.app import ProxyApp
+from routeproxy.api.cycle import ResponseCycle
 from routeproxy.errors import HeadTooLarge, RequestTimeout, RouteproxyError
 from routeproxy.settings import ServerConfig, Settings
 
@@ -39,10 +47,15 @@ def raw_error_response(error: RouteproxyError) -> bytes:
     return head.encode("ascii") + body
 
 
+LINGER_IDLE_S = 5.0  # nginx's lingering_timeout
+LINGER_MAX_S = 30.0  # nginx's lingering_time
+LINGER_BODIES = 4  # bytes dropped at most: this many times server.max_body_bytes
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline and size limits on the request head, and a bounded drain
-    of a body that is still arriving after the response was sent. The limits are the served app's settings
-    (a class, not an instance, is what uvicorn takes, and it must pickle for ``--workers N``)."""
+    """uvicorn's httptools protocol with a deadline and size limits on the request head, a lingering close after
+    an early answer, and ``ResponseCycle`` for every request. The limits are the served app's settings (a class,
+    not an instance, is what uvicorn takes, and it must pickle for ``--workers N``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -50,8 +63,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         while not isinstance(app, ProxyApp):  # uvicorn's own middlewares keep the app they wrap in .app
             app = app.app
         self.limits: ServerConfig = app.settings.server
+        self.timeout_keep_alive = self.limits.keepalive_timeout  # type: ignore[assignment]  # call_later takes a float
         self._head_timer: asyncio.TimerHandle | None = None
-        self._drain_timer: asyncio.TimerHandle | None = None
+        self._linger_timers: list[asyncio.TimerHandle] = []
+        self._linger_left = -1  # bytes still to drop; -1 while not lingering
         self._head_bytes = 0
         self._head_lines = 0
         self._refusal: RouteproxyError | None = None
@@ -61,11 +76,23 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._arm_head_timer()  # a connection that never sends a byte is a slow head too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._head_timer, self._drain_timer):
+        for timer in (self._head_timer, *self._linger_timers):
             if timer is not None:
                 timer.cancel()
-        self._head_timer = self._drain_timer = None
+        self._head_timer = None
+        self._linger_timers = []
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._linger_left < 0:
+            super().data_received(data)
+            return
+        self._linger_left -= len(data)  # dropped, unparsed: nothing after an early answer is served
+        if self._linger_left < 0:
+            self._close()
+            return
+        self._linger_timers[1].cancel()
+        self._linger_timers[1] = self.loop.call_later(LINGER_IDLE_S, self._close)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -86,19 +113,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._head_timer.cancel()
             self._head_timer = None
         super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        if self._drain_timer is not None:  # the rest of the body came after all: the connection may be reused
-            self._drain_timer.cancel()
-            self._drain_timer = None
-        super().on_message_complete()
+        cycle = self.cycle
+        # uvicorn made this request's cycle just now and its ASGI task has not run yet (an upgrade makes none).
+        if cycle is not None and cycle.scope is self.scope and type(cycle) is RequestResponseCycle:
+            cycle.__class__ = ResponseCycle
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
         cycle = self.cycle
-        if cycle is not None and cycle.more_body and not self.transport.is_closing():
-            # Answered before the whole body came (413): keep reading and dropping it, for a bounded time.
-            self._drain_timer = self.loop.call_later(self.limits.body_timeout, self._close)
+        if isinstance(cycle, ResponseCycle) and cycle.linger and not self.transport.is_closing():
+            self.server_state.total_requests += 1
+            self._linger()
+            return
+        super().on_response_complete()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request the parser refused; ours when the refusal was a limit of ours."""
@@ -146,10 +172,25 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _answer_and_close(self, error: RouteproxyError) -> None:
         if not self.transport.is_closing():
             self.transport.write(raw_error_response(error))
-            self.transport.close()
+            self._linger()
+
+    def _linger(self) -> None:
+        """The answer is out: shut the write side and drop what the client still sends, within the bounds."""
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self._unset_keepalive_if_required()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()  # after what is buffered: the client reads the answer, then the end
+        self._linger_left = LINGER_BODIES * self.limits.max_body_bytes
+        total = min(LINGER_MAX_S, self.limits.body_timeout)
+        self._linger_timers = [
+            self.loop.call_later(total, self._close),
+            self.loop.call_later(LINGER_IDLE_S, self._close),
+        ]
+        self.flow.resume_reading()  # paused when the unread body filled uvicorn's buffer
 
     def _close(self) -> None:
-        self._drain_timer = None
         if not self.transport.is_closing():
             self.transport.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -139,6 +140,33 @@ def spawn(name: str, args: Sequence[str], env: dict[str, str], cpus: set[int], r
                 proc.stop()
                 raise RuntimeError(f"{name} did not answer within 30 s: {proc.output()}") from None
             time.sleep(0.05)
+
+
+def spawn_redis(cpus: set[int]) -> Proc:
+    """A private redis-server on a free loopback port (from PATH, no persistence), pinned to ``cpus``: a Redis that
+    does not take its CPU time from the proxy's core, as one on another machine would not."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ValueError("--redis-url local needs redis-server on PATH")
+    port = free_port()
+    log = tempfile.TemporaryFile()  # noqa: SIM115  (closed by Proc.stop)
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    os.sched_setaffinity(process.pid, cpus)
+    proc = Proc("redis-server", process, port, log)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return proc
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            proc.stop()
+            raise RuntimeError(f"redis-server did not answer: {proc.output()}")
+        time.sleep(0.05)
 
 
 def proxy_env(upstreams: dict[str, str], redis_url: str | None, **extra: str) -> dict[str, str]:

@@ -96,6 +96,39 @@ def measure(
     return {"path": target.label, "concurrency": concurrency, **summarise(result, proxy, cpu, peak)}
 
 
+def measure_alternating(
+    targets: Sequence[Target], body: dict[str, Any], *, rounds: int, requests: int, duration: float
+) -> list[dict[str, Any]]:
+    """Each target at concurrency 1, in turn, ``rounds`` times (``requests`` and ``duration`` shared out over the
+    rounds), so a machine whose speed drifts during the run (other work, frequency) weighs on each target alike;
+    one summary per target over all its rounds."""
+    requests_each, duration_each = max(1, requests // rounds), duration / rounds
+    merged = {target.label: LoadResult() for target in targets}
+    cpu = dict.fromkeys(merged, 0.0)
+    for target in targets:  # warm up pools, caches and the proxy's first flush
+        run_async(run_load(target.host, target.port, target.request(body, _FAST), concurrency=1, max_requests=200,
+                           max_duration=5))  # fmt: skip
+    for _ in range(rounds):
+        for target in targets:
+            before = target.proxy.cpu_s() if target.proxy else 0.0
+            result = run_async(
+                run_load(target.host, target.port, target.request(body, _FAST), concurrency=1,
+                         max_requests=requests_each, max_duration=duration_each)
+            )  # fmt: skip
+            cpu[target.label] += target.proxy.cpu_s() - before if target.proxy else 0.0
+            into = merged[target.label]
+            into.samples += result.samples
+            into.sent += result.sent
+            into.failures += result.failures
+            into.elapsed_s += result.elapsed_s
+            into.first_failure = into.first_failure or result.first_failure
+    peaks = {t.label: t.proxy.memory_kb("VmHWM") if t.proxy else 0 for t in targets}
+    return [
+        {"path": t.label, "concurrency": 1, **summarise(merged[t.label], t.proxy, cpu[t.label], peaks[t.label])}
+        for t in targets
+    ]
+
+
 def measure_wrk(target: Target, body: bytes, *, concurrency: int, requests: int, duration: float) -> dict[str, Any]:
     """Plain non-streaming throughput with wrk (one thread), stopped after ``requests`` answers or ``duration``."""
     script = (

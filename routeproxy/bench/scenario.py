@@ -106,7 +106,7 @@ def scenario_proxy(session: Session, **env: str) -> Proc:
         hold_ms = str(max(1, round(int(SETTINGS_BY_KEY["cascade.hold_ms"].default) / session.options.speed)))
         environment = proxy_env(
             scenario_upstreams(session),
-            session.options.redis_url,
+            session.redis_url,
             ROUTEPROXY_RULES="poultry",
             ROUTEPROXY_CASCADE_HOLD_MS=hold_ms,
             # The scenario switches ratio and mode and resets between runs, from loopback, without a token.

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from routeproxy.bench.loadgen import check_loopback
-from routeproxy.bench.procs import Cores, Proc, proxy_env, spawn
+from routeproxy.bench.procs import Cores, Proc, proxy_env, spawn, spawn_redis
 from routeproxy.bench.run import Target
 
 WORKLOADS = ("latency", "throughput", "stream", "paced", "memory", "classifier", "scenario", "cascade", "cache")
@@ -23,7 +23,7 @@ class BenchOptions:
     duration: float | None = None  # seconds per run; overrides each workload's own cap
     concurrency: tuple[int, ...] = ()
     workers: int = 1
-    redis_url: str | None = None
+    redis_url: str | None = None  # "local": a private redis-server this bench starts
     upstream: str | None = None
     speed: float = 10.0  # scenario: the seed's latencies divided by this
     rules: str = "general"  # classifier workload's rule set
@@ -72,12 +72,22 @@ class Session:
         )
         return "127.0.0.1", self.procs[kind].port, "/v1", description
 
-    def proxy(self, kind: str, *, workers: int = 1, fresh: bool = False) -> Proc:
-        key = f"proxy:{kind}:{workers}"
+    @property
+    def redis_url(self) -> str | None:
+        """The Redis the proxies count into (``--redis-url``; ``local`` starts one on first use), None: memory."""
+        if self.options.redis_url != "local":
+            return self.options.redis_url
+        if "redis" not in self.procs:
+            self.procs["redis"] = self._keep(spawn_redis(self.cores.rest))
+        return f"redis://127.0.0.1:{self.procs['redis'].port}/0"
+
+    def proxy(self, kind: str, *, workers: int = 1, fresh: bool = False, memory: bool = False) -> Proc:
+        """The proxy in front of the ``kind`` upstream; ``memory``: with in-memory counters even with a Redis."""
+        key = f"proxy:{kind}:{workers}:{'memory' if memory else 'default'}"
         if fresh or key not in self.procs:
             host, port, base, _ = self.upstream(kind)
             url = f"http://{host}:{port}{base}"
-            env = proxy_env({"small": url, "large": url}, self.options.redis_url)
+            env = proxy_env({"small": url, "large": url}, None if memory else self.redis_url)
             cpus = self.cores.proxy(workers)
             args = ["routeproxy", "serve", "--workers", str(workers)]
             proc = self._keep(spawn(f"proxy ({workers} worker(s))", args, env, cpus, "/healthz"))

@@ -28,7 +28,7 @@ import orjson
 from routeproxy.bench.cache import workload_cache
 from routeproxy.bench.cascade import workload_cascade
 from routeproxy.bench.loadgen import LoadResult, run_async, run_load
-from routeproxy.bench.run import _FAST, Target, measure, measure_wrk
+from routeproxy.bench.run import _FAST, Target, measure, measure_alternating, measure_wrk
 from routeproxy.bench.scenario import workload_scenario
 from routeproxy.bench.session import WORKLOADS, BenchOptions, Session, parse_upstream
 from routeproxy.bench.table import Table
@@ -106,6 +106,8 @@ def _error_notes(runs: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def workload_latency(session: Session) -> Table:
+    if session.options.redis_url:
+        return _latency_side_by_side(session)
     requests, duration = session.cap(2000, 15.0)
     direct, proxy, upstream = session.targets("sim")
     body = chat_body(stream=False)
@@ -122,6 +124,39 @@ def workload_latency(session: Session) -> Table:
         *_error_notes(runs),
     ]
     table.data = {"direct": runs[0], "proxy": runs[1], "added_ms": added}
+    return table
+
+
+ROUNDS = 3  # side by side: each target runs this many times, in turn
+
+
+def _latency_side_by_side(session: Session) -> Table:
+    """Direct, through a proxy counting in memory and through one counting into Redis, in alternating rounds:
+    what counting into Redis adds to the latency, measured against the same machine at the same time."""
+    requests, duration = session.cap(3000, 30.0)
+    direct, with_redis, upstream = session.targets("sim")
+    memory_proc = session.proxy("sim", memory=True)
+    in_memory = Target("proxy, counters in memory", "127.0.0.1", memory_proc.port, with_redis.path, "auto", memory_proc)
+    with_redis = Target("proxy, counters in Redis", with_redis.host, with_redis.port, with_redis.path, "auto",
+                        with_redis.proxy)  # fmt: skip
+    runs = measure_alternating(
+        (direct, in_memory, with_redis), chat_body(stream=False), rounds=ROUNDS, requests=requests, duration=duration
+    )
+    added = {run["path"]: {q: run[f"{q}_ms"] - runs[0][f"{q}_ms"] for q in ("p50", "p99")} for run in runs[1:]}
+    memory_added, redis_added = added[in_memory.label], added[with_redis.label]
+    ratio = redis_added["p99"] / memory_added["p99"] if memory_added["p99"] > 0 else math.nan
+    table = Table("latency: concurrency 1, non-streaming, counters side by side", _RUN_COLUMNS,
+                  [_run_row(run) for run in runs])  # fmt: skip
+    for label, values in added.items():
+        table.rows.append((f"added by {label}", "", "", "", values["p50"], values["p99"], "", "", ""))
+    table.notes += [
+        f"upstream: {upstream}; 17-token answer, no delay",
+        f"{ROUNDS} alternating rounds per path; added = proxy percentile - direct percentile",
+        f"added p99 with Redis / added p99 in memory: {ratio:.2f}",
+        "Redis: " + ("a private redis-server on the other cores" if session.options.redis_url == "local" else "given"),
+        *_error_notes(runs),
+    ]
+    table.data = {"runs": runs, "added_ms": added, "p99_ratio_redis_to_memory": ratio}
     return table
 
 

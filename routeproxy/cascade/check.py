@@ -11,13 +11,18 @@ Which signals: a structured answer (tool calls, or JSON asked for) is judged by 
 (routeproxy.cascade.structure), prose by routeproxy.cascade.prose; both by token log-probabilities when the upstream
 sends them (routeproxy.cascade.logprobs), and by whatever the plug-in signals measured (``extra``: a verifier's
 reading, routeproxy.cascade.signals), which the exchange passes in.
+
+Bounded: the check reads the first ``MAX_CHECKED_CHARS`` of an answer and of each tool call's arguments (and as
+much of the prompt, its start and its end), so its time has a ceiling whatever a client sends; every signal has its
+answer well within that (length saturates at about 400 words). A longer answer is judged as a held prefix is, on
+what a prefix can show: what only the whole can show (valid JSON, arguments against their schema) is not judged.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from routeproxy.cascade.logprobs import statistic
@@ -27,9 +32,11 @@ from routeproxy.cascade.structure import requested_structure, structure_faults
 from routeproxy.cascade.view import AnswerView, StreamAnswer, answer_from_body
 
 __all__ = ["AnswerCheck", "AnswerView", "CheckRules", "StreamAnswer", "answer_from_body", "check_answer"]
-__all__ += ["answer_activations", "answer_signals", "load_check_rules"]
+__all__ += ["CHECK_INLINE_CHARS", "MAX_CHECKED_CHARS", "answer_activations", "answer_signals", "load_check_rules"]
 
 LOW_LOGPROBS = "low_logprobs"  # the reason every logprobs term reports under
+MAX_CHECKED_CHARS = 65_536
+CHECK_INLINE_CHARS = 4096  # a longer answer is checked off the event loop (wire.offload): up to ~80 ms of work
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +71,12 @@ def check_answer(
 
 def answer_activations(request_body: Mapping[str, Any], answer: AnswerView, rules: CheckRules) -> dict[str, float]:
     """Every signal the check computes itself -> its activation (0 when it did not fire)."""
+    truncated = answer.complete and answer.finish_reason == "length"
+    answer = _bounded(answer)
     structure = requested_structure(request_body)
     found = {name: 1.0 for name in structure_faults(structure, answer)}
     if structure.structured(answer):
-        if answer.complete and answer.finish_reason == "length":
+        if truncated:
             found["truncated"] = 1.0
     else:
         found |= prose_activations(request_body, answer, rules)
@@ -82,6 +91,24 @@ def answer_signals(request_body: Mapping[str, Any], answer: AnswerView, rules: C
         (name, rules.weight(name) * activation)
         for name, activation in answer_activations(request_body, answer, rules).items()
     ]
+
+
+def _bounded(answer: AnswerView) -> AnswerView:
+    """The answer as the check reads it: whole, or past ``MAX_CHECKED_CHARS`` its prefix, judged as a held one."""
+    long_arguments = any(
+        len(str((call.get("function") or {}).get("arguments") or "")) > MAX_CHECKED_CHARS for call in answer.tool_calls
+    )
+    if len(answer.text) <= MAX_CHECKED_CHARS and not long_arguments:
+        return answer
+    calls = tuple(_bounded_call(call) for call in answer.tool_calls)
+    return replace(answer, text=answer.text[:MAX_CHECKED_CHARS], complete=False, tool_calls=calls)
+
+
+def _bounded_call(call: Mapping[str, Any]) -> Mapping[str, Any]:
+    function = call.get("function")
+    if not isinstance(function, Mapping) or not isinstance(function.get("arguments"), str):
+        return call
+    return {**call, "function": {**function, "arguments": function["arguments"][:MAX_CHECKED_CHARS]}}
 
 
 def _logprob_activations(logprobs: tuple[float, ...], rules: CheckRules) -> dict[str, float]:

@@ -34,11 +34,20 @@ from typing import Any
 import orjson
 from starlette.types import Send
 
-from routeproxy.cascade.check import AnswerCheck, AnswerView, CheckRules, StreamAnswer, answer_from_body, check_answer
+from routeproxy.cascade.check import (
+    CHECK_INLINE_CHARS,
+    AnswerCheck,
+    AnswerView,
+    CheckRules,
+    StreamAnswer,
+    answer_from_body,
+    check_answer,
+)
 from routeproxy.cascade.signals import Signal, SignalReading, read_signals
 from routeproxy.errors import UpstreamError
 from routeproxy.settings import Tier
 from routeproxy.tasks import spawn
+from routeproxy.wire.offload import Offload
 from routeproxy.wire.relay import CascadeOutcome, Exchange, Prepare, RelayResult, event_too_large
 from routeproxy.wire.sse import (
     DONE,
@@ -64,6 +73,7 @@ class CascadePlan:
     strip_logprobs: bool  # the small tier was asked for logprobs the client did not ask for
     signals: tuple[Signal, ...] = ()  # plug-in signals read before the check (routeproxy.cascade.signals)
     explore: bool = False  # this request is in cascade.explore_share: kept on the small tier whatever the check says
+    offload: Offload | None = None  # a long answer is checked off the event loop
 
 
 def decorate(headers: RawHeaders, check: AnswerCheck, *, escalated: bool, explored: bool = False) -> RawHeaders:
@@ -283,7 +293,12 @@ class CascadeExchange(Exchange):
     async def _check(self, view: AnswerView) -> AnswerCheck:
         """The plug-in signals' readings (each under its deadline), then the check on the view and on them."""
         extra, self.readings = await read_signals(self.plan.signals, self.plan.request, view)
-        check = check_answer(self.plan.request, view, self.plan.rules, extra)
+        plan = self.plan
+        if plan.offload is None:
+            check = check_answer(plan.request, view, plan.rules, extra)
+        else:
+            inline = len(view.text) <= CHECK_INLINE_CHARS
+            check = await plan.offload.run(inline, check_answer, plan.request, view, plan.rules, extra)
         self.explored = check.escalate and self.plan.explore
         return check
 

@@ -72,7 +72,7 @@ def prose_activations(request: Mapping[str, Any], answer: AnswerView, rules: Che
     if rules.weight("wrong_arithmetic") and wrong_sums(text, rules.arithmetic_tolerance):
         found["wrong_arithmetic"] = 1.0
     if answer.complete:
-        prompt = last_user_text(request.get("messages"))
+        prompt = bounded_prompt(last_user_text(request.get("messages")))
         reference = rules.reference_words
         if rules.short_question_words and short_question(prompt):
             reference = rules.short_question_words
@@ -82,6 +82,15 @@ def prose_activations(request: Mapping[str, Any], answer: AnswerView, rules: Che
     else:
         found["short"] = _shortfall(max(words, _unfinished_words(answer, rules)), rules.reference_words, rules)
     return found
+
+
+def bounded_prompt(prompt: str, limit: int = 65_536) -> str:
+    """The prompt as the check reads it: whole, or its start and its end (where instructions are written), so the
+    check's time has a ceiling whatever a client sends."""
+    if len(prompt) <= limit:
+        return prompt
+    half = limit // 2
+    return prompt[:half] + "\n" + prompt[-half:]
 
 
 def short_question(prompt: str) -> bool:

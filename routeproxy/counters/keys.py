@@ -24,11 +24,11 @@ the tier's label (`tiers.small.label`, `tiers.large.label`: `3b`, `8b` by defaul
 | key | type | holds |
 | --- | --- | --- |
 | `{routeproxy}:period` | string | the current A/B period; a reset increments it |
-| `{routeproxy}:epoch` | string | a random id of this Redis dataset, made when Redis is found empty |
 | `{routeproxy}:since:<p>` | string | when period `<p>` starts counting (ms since 1970 on Redis's clock) |
-| `{routeproxy}:stats:<p>` | hash | the counters of period `<p>` (fields below) |
+| `{routeproxy}:stats:<p>` | hash | the counters of period `<p>` (fields below): the sum of its writers' totals |
+| `{routeproxy}:totals:<p>:<writer>` | hash | one writer's own totals in period `<p>` (same fields) |
+| `{routeproxy}:writers:<p>` | hash | `<writer>` -> the version of its totals last written |
 | `{routeproxy}:replicas:<p>` | set | ids of the replicas that flushed counts in period `<p>` |
-| `{routeproxy}:seq` | hash | `<replica id>:<process token>` -> last applied flush number |
 | `{routeproxy}:config` | hash | shared runtime settings `ab_test_ratio`, `enable_model_routing`, `routing_mode` |
 | `{routeproxy}:live` | sorted set | replica ids, scored by their last flush (ms on Redis's clock) |
 | `{routeproxy}:replica:<id>` | string | that replica's own routing settings (JSON), expiring unless it flushes |
@@ -38,7 +38,8 @@ the tier's label (`tiers.small.label`, `tiers.large.label`: `3b`, `8b` by defaul
 
 In `{routeproxy}:config`, `enable_model_routing` is `true` or `false`, `routing_mode` is `classify` or
 `cascade`; a missing field means each
-replica's own setting. Keys of a period that a reset left behind expire after 7 days. `<id>` is the
+replica's own setting. A `<writer>` is one proxy process: `<replica id>:<process token>` (a restarted replica
+is a new writer). Keys of a period that a reset left behind expire after 7 days. `<id>` is the
 `x-routeproxy-request-id` routeproxy returned; a decision expires after `quality.decision_ttl_s`. `<key>` is a blake2b
 hex of the A/B sticky key and the query; it expires after `quality.regeneration_window_s`. The rollout state
 holds step, paused, step_since, feedback_at_step, period and history; the controller writes it and
@@ -99,23 +100,30 @@ Read them with `redis-cli GET '{routeproxy}:period'`, then `redis-cli HGETALL '{
 )
 
 PERIOD_RULES_MARKDOWN = """\
+- Every replica process (a writer) keeps its own totals for the period it counts in and writes them to Redis as
+  they stand, not as increments: its `totals:<p>:<writer>` hash, with a version number, and the difference
+  from what it had written into `stats:<p>`, in one atomic step. Writing the same totals twice changes nothing,
+  and an older version arriving late is ignored, so a flush retried after a timeout or a lost reply is counted
+  once. `stats:<p>` is always the sum of the writers' totals (plus the feedback and regeneration counts the
+  quality feature adds there).
 - A period starts at a time on Redis's clock (`since:<p>`). A reset announces the next period to start one
   second ahead (two flush intervals) and answers once it has started; every replica learns of it at its next
   flush and switches at that instant, using its estimate of Redis's clock (taken at every flush), so a
   request that ends after the reset answered is counted in the new period on every replica, and one that
-  ended before it in the old one.
-- Every batch of counts carries the period and the Redis dataset (`epoch`) it was recorded under and the
-  times of its first and last outcome. The flush script files it under its own period when that is current,
-  or when the batch ended before the next period started; under the current period when the batch began
-  after the current period started (a replica that learned late, or one that counted before Redis first
-  answered); otherwise nowhere: it is dropped and the replica logs `counters.dropped`. Counts are never
-  filed under a period they were not recorded in.
-- A Redis found empty (no `epoch`: restarted without persistence, or flushed) gets a new epoch. If a replica
-  knew an earlier period, a new period numbered above every period it knew is announced as after a reset, so
-  the period never goes back and a reused number never meets stale keys. Counts recorded under the lost
-  dataset (before and during the outage) are dropped, not filed in the new period: it shows exactly the
-  requests that ended after it started. A replica that knew a period at least as new as the one the empty
-  Redis was given moves it on once more.
+  ended before it in the old one. A replica that learns of a new period only after it started (it could not
+  reach Redis in time) files what it counted since its last flush by time: in the old period when it all
+  ended before the new period started, in the new one when it all began after, otherwise nowhere: it is
+  dropped and the replica logs `counters.dropped`. Counts are never filed under a period they were not
+  recorded in.
+- A Redis that lost its data (restarted without persistence, flushed, or failed over to a copy that missed
+  writes) is refilled by the replicas: the first flush that finds it knowing an older period than the replica
+  (or none) restores the replica's period and its start, so the period never goes back; a writer whose
+  totals Redis no longer has (its version is missing or older than the one it last wrote) writes all its
+  totals again at once. Within two flush intervals the stats show every request the live replicas counted in
+  the period, each once. What Redis alone held is lost: the totals of writers that had exited, crashed or
+  restarted before the loss, the periods that had ended, feedback and regeneration counts, and the shared runtime
+  config (while it is gone each replica routes no higher than the last ratio it saw, and the rollout controller
+  writes its last known step back: see the quality page).
 - `stale: true` in the stats means Redis did not answer this snapshot's flush or read; a request arriving
   during a flush does not make the stats stale.
 """
@@ -136,16 +144,8 @@ class RedisKeys:
         return self.prefix + "period"
 
     @property
-    def epoch(self) -> str:
-        return self.prefix + "epoch"
-
-    @property
     def config(self) -> str:
         return self.prefix + "config"
-
-    @property
-    def seq(self) -> str:
-        return self.prefix + "seq"
 
     @property
     def live(self) -> str:
@@ -163,73 +163,96 @@ class RedisKeys:
     def replicas(self, period: int) -> str:
         return f"{self.prefix}replicas:{period}"
 
+    def writers(self, period: int) -> str:
+        return f"{self.prefix}writers:{period}"
 
-# One round trip per flush: settles the epoch and the period (PERIOD_RULES_MARKDOWN), applies one batch at most
-# once (the writer's sequence number is checked and stored in the same atomic step), files it by the rules, and
-# answers with what the replica needs to know: the epoch, the current period and its start, Redis's clock and the
-# runtime config. Every key shares the namespace's hash tag (one cluster slot); those named by period are built
-# here from the prefix, since the current period is only known inside the script.
+    def totals(self, period: int, writer: str) -> str:
+        return f"{self.prefix}totals:{period}:{writer}"
+
+
+# One round trip per flush: restores the period a replica knows when Redis knows an older one (or none), writes
+# one writer's absolute totals for one period (a field's difference from what this writer had written goes into
+# the period's sum in the same atomic step; a version at or below the stored one changes nothing), and answers
+# with what the replica needs: whether Redis lacks this writer's earlier totals (then it writes them all at
+# once), the current period and its start, Redis's clock and the runtime config. Every key shares the
+# namespace's hash tag (one cluster slot); those named by period are built here from the prefix.
+# KEYS: period, config, live.
+# ARGV: 1 prefix, 2 writer, 3 replica id, 4 about (JSON or ''), 5 live ms, 6 old period ttl s,
+#       7 known period (-1 none), 8 its start ms, 9 announced period (-1 none), 10 its start ms,
+#       11, 12 the first and last outcome not yet acknowledged (ms; 0 none; the very first period starts at the
+#       first), 13 period of the totals (-1: none sent), 14 their version, 15 the version last acknowledged,
+#       16 '1' when these are all the writer's totals, then field, value, field, value...
+# Answer: {status, period, its start, now, config}; status 0 nothing sent, 1 written (or already), 2 Redis lacks
+# this writer's earlier totals (write them all), 3 not written: outcomes in them may be from after the next
+# period started (the replica learns of it and files them by time first).
 FLUSH_LUA = """
 local prefix = ARGV[1]
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local announce = tonumber(ARGV[13])
-local epoch = redis.call('GET', KEYS[2])
 local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
-local known = tonumber(ARGV[10])
-local function start_period(p, at)
+local function set_period(p, at)
   redis.call('SET', KEYS[1], p)
   redis.call('SET', prefix .. 'since:' .. p, at)
   current = p
 end
-if not epoch then
-  epoch = ARGV[12]
-  redis.call('SET', KEYS[2], epoch)
-  if current < 0 and known >= 0 then
-    start_period(known + 1, now + announce)
-  elseif current < 0 then
-    -- the very first period: it began with the first outcome counted, by a replica that came up before Redis
-    local first = tonumber(ARGV[6])
-    start_period(0, (tonumber(ARGV[3]) > 0 and ARGV[4] == '' and first < now) and first or now)
-  end
-elseif ARGV[11] ~= '' and ARGV[11] ~= epoch and known >= current then
-  start_period(known + 1, now + announce)
+local known, announced = tonumber(ARGV[7]), tonumber(ARGV[9])
+if known >= 0 and known >= current and (known > current or redis.call('EXISTS', prefix .. 'since:' .. known) == 0) then
+  redis.call('SET', prefix .. 'since:' .. known, ARGV[8])
+  if known > current then redis.call('SET', KEYS[1], known) current = known end
+end
+if announced > current then set_period(announced, ARGV[10]) end
+if current < 0 then
+  local first = tonumber(ARGV[11])
+  set_period(0, (first > 0 and first < now) and first or now)
 end
 local current_start = tonumber(redis.call('GET', prefix .. 'since:' .. current) or '0') or 0
-local filed = -2
-local seq = tonumber(ARGV[3])
-if seq > 0 and seq > tonumber(redis.call('HGET', KEYS[4], ARGV[2]) or '0') then
-  redis.call('HSET', KEYS[4], ARGV[2], seq)
-  redis.call('EXPIRE', KEYS[4], ARGV[9])
-  local period, first, last = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-  filed = -1
-  if ARGV[4] == epoch and period == current then
-    filed = current
-  elseif ARGV[4] == epoch and period >= 0 and period < current
-      and last < (tonumber(redis.call('GET', prefix .. 'since:' .. (period + 1)) or '0') or 0) then
-    filed = period
-  elseif first >= current_start then
-    filed = current
-  end
-  if filed >= 0 then
-    local stats, replicas = prefix .. 'stats:' .. filed, prefix .. 'replicas:' .. filed
-    for i = 16, #ARGV, 2 do
-      redis.call('HINCRBY', stats, ARGV[i], ARGV[i + 1])
-    end
-    redis.call('SADD', replicas, ARGV[8])
-    if filed ~= current then
-      for _, key in ipairs({stats, replicas}) do
-        if redis.call('TTL', key) == -1 then redis.call('EXPIRE', key, ARGV[9]) end
+local status = 0
+local period = tonumber(ARGV[13])
+local next_start = tonumber(redis.call('GET', prefix .. 'since:' .. (period + 1)) or '0') or 0
+if period >= 0 and period < current and tonumber(ARGV[12]) > 0 and tonumber(ARGV[12]) >= next_start then
+  status = 3
+elseif period >= 0 then
+  local writers = prefix .. 'writers:' .. period
+  local stored = tonumber(redis.call('HGET', writers, ARGV[2]) or '0')
+  local version = tonumber(ARGV[14])
+  if ARGV[16] ~= '1' and stored < tonumber(ARGV[15]) then
+    status = 2
+  else
+    status = 1
+    if version > stored then
+      local totals, stats = prefix .. 'totals:' .. period .. ':' .. ARGV[2], prefix .. 'stats:' .. period
+      local names = {}
+      for i = 17, #ARGV, 2 do names[#names + 1] = ARGV[i] end
+      if #names > 0 then
+        local old = redis.call('HMGET', totals, unpack(names))
+        local changed = {}
+        for j, name in ipairs(names) do
+          local new, before = tonumber(ARGV[16 + 2 * j]), tonumber(old[j] or '0')
+          if new ~= before or not old[j] then  -- a field counted at 0 exists, as HINCRBY by 0 makes it
+            redis.call('HINCRBY', stats, name, new - before)
+            changed[#changed + 1] = name
+            changed[#changed + 1] = new
+          end
+        end
+        if #changed > 0 then redis.call('HSET', totals, unpack(changed)) end
+      end
+      redis.call('HSET', writers, ARGV[2], version)
+      local replicas = prefix .. 'replicas:' .. period
+      redis.call('SADD', replicas, ARGV[3])
+      if period ~= current then
+        for _, key in ipairs({stats, replicas, totals, writers}) do
+          if redis.call('TTL', key) == -1 then redis.call('EXPIRE', key, ARGV[6]) end
+        end
       end
     end
   end
 end
-if ARGV[14] ~= '' then
-  redis.call('ZADD', KEYS[5], now, ARGV[8])
-  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - 3600000)
-  redis.call('SET', prefix .. 'replica:' .. ARGV[8], ARGV[14], 'PX', ARGV[15])
+if ARGV[4] ~= '' then
+  redis.call('ZADD', KEYS[3], now, ARGV[3])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 3600000)
+  redis.call('SET', prefix .. 'replica:' .. ARGV[3], ARGV[4], 'PX', ARGV[5])
 end
-return {filed, epoch, current, current_start, now, redis.call('HGETALL', KEYS[3])}
+return {status, current, current_start, now, redis.call('HGETALL', KEYS[2])}
 """
 
 # Announces period current + 1 to start ``ARGV[2]`` ms from now, unless a period is already announced and not yet
@@ -241,8 +264,11 @@ local prefix = ARGV[1]
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 local start = tonumber(redis.call('GET', prefix .. 'since:' .. current) or '0') or 0
 if start <= now then
-  for _, name in ipairs({'stats:', 'replicas:', 'since:'}) do
+  for _, name in ipairs({'stats:', 'replicas:', 'since:', 'writers:'}) do
     redis.call('EXPIRE', prefix .. name .. current, ARGV[3])
+  end
+  for _, writer in ipairs(redis.call('HKEYS', prefix .. 'writers:' .. current)) do
+    redis.call('EXPIRE', prefix .. 'totals:' .. current .. ':' .. writer, ARGV[3])
   end
   current = current + 1
   start = now + tonumber(ARGV[2])

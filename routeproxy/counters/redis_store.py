@@ -1,23 +1,23 @@
 """The Redis counter store, shared by every replica: its client and the replica's side of the period rules.
 
-What is stored where, and the Lua scripts, are in ``keys.py``.
+What is stored where, and the Lua scripts, are in ``keys.py``; the rules are ``keys.PERIOD_RULES_MARKDOWN``.
 
-Failure policy. Counting is off the request path: ``record`` is synchronous, does no I/O and adds an
-outcome to a local delta. A background task flushes the delta every ``flush_interval`` seconds with one
-Lua script call (short socket timeouts, no client-side retries). When Redis is slow or down nothing
-fails and nothing waits: the delta keeps accumulating locally and goes out when Redis answers again.
+Failure policy. Counting is off the request path: ``record`` is synchronous, does no I/O and adds an outcome to
+this process's own totals (``totals.PeriodTotals``). A background task writes them to Redis every
+``flush_interval`` seconds with one Lua script call (short socket timeouts, no client-side retries). When Redis
+is slow or down nothing fails and nothing waits: the totals keep growing locally and go out when Redis answers.
 
-* Bounded backlog: a delta is a map from field name to integer, so its size is bounded by the number of
-  distinct fields (see ``field_count()``, a few hundred), not by the number of outcomes or the length of
-  an outage. At most one batch is in flight, plus one delta per A/B period seen during an outage.
-* Idempotent flushes: each batch carries this process's writer id and a sequence number. The script
-  applies it only if the sequence is above the last one stored for that writer, and stores it in the
-  same atomic step. A batch whose reply was lost is retried unchanged with the same number until it is
-  acknowledged, so it is applied exactly once while Redis keeps its data.
-* Periods (the rules: ``keys.PERIOD_RULES_MARKDOWN``, also in the README): a period starts at a time
-  on Redis's clock, announced ahead, so every replica switches at the same instant without asking Redis per
-  request; every batch carries the period and the Redis dataset (epoch) it was recorded under, and the time
-  span of its outcomes; the flush script files it in the period whose span holds it, or drops it.
+* State, not increments: a write carries this writer's totals as they stand (the fields changed since Redis last
+  acknowledged them), with a version; Redis adds each field's difference from what the writer had written to
+  the period's sum. So a write whose answer was lost is simply superseded by the next one, a retry counts once,
+  and a Redis that lost its data is refilled by the live writers (each writes all its totals again when Redis
+  no longer has them).
+* Bounded: the totals are maps from field name to integer, bounded by the number of distinct fields (see
+  ``field_count()``, a few hundred), not by the number of outcomes or the length of an outage; a replica keeps
+  the current period's and, until Redis has them, the previous one's.
+* Periods: a period starts at a time on Redis's clock, announced ahead, so every replica switches at the same
+  instant without asking Redis per request; what a replica counted since its last flush is filed by its time
+  span when it learns of a switch only afterwards.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import contextlib
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -51,6 +50,7 @@ from routeproxy.counters.keys import (
 )
 from routeproxy.counters.stats import Outcome, Snapshot, outcome_fields
 from routeproxy.counters.store import CounterStore, now_utc
+from routeproxy.counters.totals import NO_PERIOD, Drop, Period, PeriodTotals, WriterTotals
 from routeproxy.errors import CounterStoreUnavailable
 from routeproxy.settings import Tier
 from routeproxy.settings.redaction import redacted_url
@@ -60,34 +60,9 @@ from routeproxy.tasks import Repeating
 log = structlog.get_logger("routeproxy.counters.store")
 
 REDIS_TIMEOUT_S = 0.5  # a paused Redis stalls one flush for this long, never a request
-MAX_BATCHES_PER_FLUSH = 4  # so a flush under constant load still ends and the loop refreshes on time
+MAX_WRITES_PER_FLUSH = 4  # so a flush under constant load still ends and the loop refreshes on time
 
-
-_NO_PERIOD = -1
-
-
-@dataclass(slots=True)
-class _Delta:
-    """Counts recorded under one (epoch, period), and when (ms on this replica's estimate of Redis's clock)."""
-
-    first_ms: int
-    last_ms: int
-    counts: dict[str, int]
-
-
-@dataclass(slots=True)
-class _Batch:
-    seq: int
-    epoch: str
-    period: int
-    delta: _Delta
-
-
-@dataclass(frozen=True, slots=True)
-class _Upcoming:
-    epoch: str
-    period: int
-    start_ms: int
+_WRITTEN, _LACKS_EARLIER, _PERIOD_OVER = 1, 2, 3  # the flush script's answers about a write
 
 
 _REDIS_FAILURES = (RedisError, OSError, TimeoutError)
@@ -144,19 +119,14 @@ class RedisCounterStore(CounterStore):
         self._client = redis_client(url)
         self._flush_script = self._client.register_script(FLUSH_LUA)
         self._reset_script = self._client.register_script(RESET_LUA)
-        # One id per process: a restarted replica with the same replica_id starts its sequence afresh.
+        # One writer per process: a restarted replica with the same replica_id writes its own totals afresh.
         self._writer = f"{self.replica_id}:{uuid.uuid4().hex[:12]}"
         self._about = orjson.dumps(about).decode() if about is not None else ""
-        self._seq = 0
-        self._epoch = ""  # the Redis dataset this replica counts into; "" until Redis first answered
-        self._period = _NO_PERIOD
-        self._upcoming: _Upcoming | None = None  # a period announced to start later
+        self._version = 0  # of this writer's writes, across periods
+        self._own = WriterTotals(self.labels.values())
         self._offset_ms = 0.0  # Redis's clock minus ours, measured at every flush
-        self._pending: dict[tuple[str, int], _Delta] = {}
-        self._inflight: _Batch | None = None  # sent at least once, not acknowledged: resent unchanged
-        self._local: dict[str, int] = {}  # this replica's outcomes in its current period (the stale view)
-        self._local_since = now_utc()
-        self.dropped = 0  # counts the rules dropped (see PERIOD_RULES_MARKDOWN), since start
+        self._started = now_utc()
+        self.dropped = 0  # requests the period rules dropped (PERIOD_RULES_MARKDOWN), since start
         self._lock = asyncio.Lock()
         self._loop = Repeating(self.flush, flush_interval, f"counters-flush:{self.replica_id}")
         self._healthy = True
@@ -164,40 +134,32 @@ class RedisCounterStore(CounterStore):
     def _now_ms(self) -> int:
         return int(time.time() * 1000 + self._offset_ms)
 
-    def _switch_if_due(self, now_ms: int) -> None:
-        upcoming = self._upcoming
-        if upcoming is not None and now_ms >= upcoming.start_ms:
-            self._upcoming = None
-            self._epoch, self._period = upcoming.epoch, upcoming.period
-            self._local = {}
-            self._local_since = datetime.fromtimestamp(upcoming.start_ms / 1000, UTC)
+    def _dropped(self, drops: list[Drop]) -> None:
+        for drop in drops:
+            self.dropped += drop.requests
+            log.warning(
+                "counters.dropped",
+                period=drop.period,
+                requests=drop.requests,
+                why="counted across the start of a period this replica learned of too late",
+            )
 
     def record(self, outcome: Outcome) -> None:
         self._add(outcome_fields(outcome, self.labels), None)
 
     @property
     def period(self) -> int:
-        return max(self._period, 0)
+        return max(self._own.current.number, 0)
 
     def add_fields(self, fields: Iterable[tuple[str, int]], period: int) -> None:
         self._add(fields, period)
 
     def _add(self, fields: Iterable[tuple[str, int]], period: int | None) -> None:
-        """Into the delta of the period counting now; ``period`` given: only if that is the one (a period that is
+        """Into the totals of the period counting now; ``period`` given: only if that is the one (a period that is
         over has its totals already, and feedback about its requests is dropped)."""
-        now = self._now_ms()
-        self._switch_if_due(now)
-        if period is not None and period != max(self._period, 0):
-            return
-        slot = (self._epoch, self._period)
-        delta = self._pending.get(slot)
-        if delta is None:
-            delta = self._pending[slot] = _Delta(now, now, {})
-        delta.last_ms = now
-        counts, local = delta.counts, self._local
-        for name, increment in fields:
-            counts[name] = counts.get(name, 0) + increment
-            local[name] = local.get(name, 0) + increment
+        drops = self._own.add(fields, self._now_ms(), period)
+        if drops:
+            self._dropped(drops)
 
     @property
     def healthy(self) -> bool:
@@ -209,9 +171,8 @@ class RedisCounterStore(CounterStore):
 
     @property
     def backlog_fields(self) -> int:
-        """Fields not yet acknowledged by Redis (bounded by field_count() per period, plus one batch)."""
-        inflight = len(self._inflight.delta.counts) if self._inflight else 0
-        return inflight + sum(len(delta.counts) for delta in self._pending.values())
+        """Fields Redis has not acknowledged yet (bounded by field_count() per period kept)."""
+        return self._own.backlog_fields
 
     async def start(self) -> None:
         if self._loop.running:
@@ -225,75 +186,64 @@ class RedisCounterStore(CounterStore):
 
     async def close(self) -> None:
         await self._loop.stop()
-        # Twice, so a batch whose reply was lost in the first attempt is confirmed by the second.
+        # Twice, so a write whose answer was lost in the first attempt is confirmed by the second.
         if not await self.flush() and not await self.flush():
             log.warning("counters.lost_on_close", fields=self.backlog_fields)
         await self._client.aclose()
 
-    def _seal(self) -> _Batch | None:
-        """The oldest pending delta as the next batch (never the current one while older ones wait)."""
-        slots = [slot for slot, delta in self._pending.items() if delta.counts]
-        if not slots:
-            self._pending.clear()
-            return None
-        slot = min(slots, key=lambda key: self._pending[key].first_ms)
-        self._seq += 1
-        return _Batch(self._seq, slot[0], slot[1], self._pending.pop(slot))
-
-    async def _call(self, batch: _Batch | None) -> None:
-        upcoming = self._upcoming
-        # The newest period and dataset this replica has heard of (an announced period counts).
-        known, known_epoch = (upcoming.period, upcoming.epoch) if upcoming else (self._period, self._epoch)
+    async def _call(self, totals: PeriodTotals | None, values: dict[str, int], version: int) -> tuple[int, Period, int]:
+        """One flush script call: the status of the write (0: none sent), the period Redis says is current, and
+        Redis's clock (ms)."""
+        current, upcoming = self._own.current, self._own.upcoming
+        unknown = self._own.by_period[NO_PERIOD]
+        span = (totals.first_ms, totals.last_ms) if totals else (unknown.first_ms, unknown.last_ms)
         args: list[str | int] = [
-            self.keys.prefix, self._writer, batch.seq if batch else 0, batch.epoch if batch else "",
-            batch.period if batch else _NO_PERIOD, batch.delta.first_ms if batch else 0,
-            batch.delta.last_ms if batch else 0, self.replica_id, OLD_PERIOD_TTL_S, known, known_epoch,
-            uuid.uuid4().hex, round(ANNOUNCE_S * 1000), self._about, round(LIVE_WINDOW_S * 1000),
+            self.keys.prefix, self._writer, self.replica_id, self._about, round(LIVE_WINDOW_S * 1000),
+            OLD_PERIOD_TTL_S, current.number, current.start_ms, upcoming.number if upcoming else NO_PERIOD,
+            upcoming.start_ms if upcoming else 0, *span, totals.period if totals else NO_PERIOD, version,
+            totals.version if totals else 0, "1" if totals and totals.full else "0",
         ]  # fmt: skip
-        if batch:
-            for name, increment in batch.delta.counts.items():
-                args += (name, increment)
-        keys = [self.keys.period, self.keys.epoch, self.keys.config, self.keys.seq, self.keys.live]
+        for name, value in values.items():
+            args += (name, value)
         sent = time.time() * 1000
-        filed, epoch, current, start_ms, redis_now, config = await self._flush_script(keys=keys, args=args)
+        reply = await self._flush_script(keys=[self.keys.period, self.keys.config, self.keys.live], args=args)
+        status, period, start_ms, redis_now, config = reply
         self._offset_ms = int(redis_now) - (sent + time.time() * 1000) / 2
-        if batch is not None and int(filed) == -1:
-            requests = sum(batch.delta.counts.get(f"requests:{label}", 0) for label in self.labels.values())
-            self.dropped += requests
-            log.warning(
-                "counters.dropped",
-                period=batch.period,
-                epoch=batch.epoch or None,
-                requests=requests,
-                why="recorded outside the span of any period this Redis knows (reset missed, or Redis lost its data)",
-            )
-        self._learn(str(epoch), int(current), int(start_ms), int(redis_now))
         self._runtime = parse_runtime(config)
+        return int(status), Period(int(period), int(start_ms)), int(redis_now)
 
-    def _learn(self, epoch: str, period: int, start_ms: int, redis_now: int) -> None:
-        if (epoch, period) == (self._epoch, self._period):
-            self._upcoming = None
-            return
-        self._upcoming = _Upcoming(epoch, period, start_ms)
-        if self._epoch == "" and self._period == _NO_PERIOD and start_ms > redis_now:
-            return  # a fresh replica counts under no period until the announced one starts
-        self._switch_if_due(redis_now)
+    def _learn(self, period: Period, redis_now: int) -> None:
+        self._dropped(self._own.learn(period, redis_now))
+
+    async def _write(self, totals: PeriodTotals) -> None:
+        """Write these totals until Redis has them (at most twice: all of them, when it lacked earlier ones)."""
+        for _ in range(3):
+            values = totals.batch()
+            self._version += 1
+            version, sent_pending, sent_ms = self._version, dict(totals.pending), self._now_ms()
+            totals.unsure |= values.keys()
+            status, period, redis_now = await self._call(totals, values, version)
+            if status == _LACKS_EARLIER:
+                totals.full = True
+            elif status == _WRITTEN:
+                totals.acknowledge(version, values, sent_pending, sent_ms)
+            self._learn(period, redis_now)
+            if status == _WRITTEN:
+                return
+            if status == _PERIOD_OVER and totals.pending and totals.period != self._own.current.number:
+                self._dropped([self._own.drop(totals)])  # counted across the start of a period not counting now
 
     async def _flush(self) -> bool:
-        """Push what is pending; True when Redis answered (whatever was recorded meanwhile still waits)."""
+        """Write what Redis does not have; True when Redis answered (whatever was recorded meanwhile still waits)."""
         async with self._lock:
             try:
-                sent = False
-                for _ in range(MAX_BATCHES_PER_FLUSH):
-                    if self._inflight is None:
-                        self._inflight = self._seal()
-                        if self._inflight is None:
-                            break
-                    await self._call(self._inflight)
-                    self._inflight = None
-                    sent = True
-                if not sent:
-                    await self._call(None)  # nothing to send: still refresh the period and runtime config
+                written = self._own.to_write()[:MAX_WRITES_PER_FLUSH]
+                for totals in written:
+                    await self._write(totals)
+                if not written:
+                    _, period, redis_now = await self._call(None, {}, 0)  # still learn the period and the config
+                    self._learn(period, redis_now)
+                self._own.forget_done()
             except _REDIS_FAILURES as exc:
                 if self._healthy:
                     log.warning(
@@ -313,12 +263,12 @@ class RedisCounterStore(CounterStore):
         return True
 
     async def flush(self) -> bool:
-        return await self._flush() and self._inflight is None and not any(d.counts for d in self._pending.values())
+        return await self._flush() and self._own.all_written
 
     async def snapshot(self) -> Snapshot:
         if await self._flush():
-            self._switch_if_due(self._now_ms())
-            period = self._period
+            self._dropped(self._own.switch_if_due(self._now_ms()))
+            period = self._own.current.number
             try:
                 async with self._client.pipeline(transaction=False) as pipe:
                     pipe.hgetall(self.keys.stats(period))
@@ -335,11 +285,13 @@ class RedisCounterStore(CounterStore):
                     replicas=tuple(sorted(replicas)),
                     store=self.store_name,
                 )
+        current = self._own.current
+        own = self._own.by_period[current.number].counts()
         return Snapshot(
-            counts=dict(self._local),
-            period=max(self._period, 0),
-            since=self._local_since,
-            replicas=(self.replica_id,) if self._local else (),
+            counts=own,
+            period=max(current.number, 0),
+            since=datetime.fromtimestamp(current.start_ms / 1000, UTC) if current.start_ms else self._started,
+            replicas=(self.replica_id,) if own else (),
             store=self.store_name,
             stale=True,
         )
@@ -354,10 +306,10 @@ class RedisCounterStore(CounterStore):
             )
         except _REDIS_FAILURES as exc:
             raise CounterStoreUnavailable(f"cannot reset the counters: Redis did not answer ({exc})") from exc
-        self._upcoming = _Upcoming(self._epoch, int(period), int(start_ms))
+        self._own.upcoming = Period(int(period), int(start_ms))
         # Past the start on Redis's clock, plus the error of our estimate of it.
         await asyncio.sleep(max(0.0, (int(start_ms) - int(redis_now)) / 1000) + 0.005)
-        self._switch_if_due(max(self._now_ms(), int(start_ms)))
+        self._dropped(self._own.switch_if_due(max(self._now_ms(), int(start_ms))))
 
     async def runtime(self) -> RuntimeConfig:
         """The shared runtime config as Redis holds it now (the last known copy if Redis does not answer)."""

@@ -46,6 +46,7 @@ WHERE: dict[str, str] = {
     "routeproxy.quality.controller": "`PUT /v1/model-routing/config` with `rollout`",
     "routeproxy.quality.redis_rollout": "`PUT /v1/model-routing/config` with `rollout`, while Redis is down",
     "routeproxy.counters.redis_store": "reset and config changes while Redis is down",
+    "routeproxy.api.app": "any POST a page could send cross-site without a preflight, from another origin",
     "routeproxy.cache.controls": "cacheable endpoints: the `x-routeproxy-cache` header or the body's `cache` field",
 }
 

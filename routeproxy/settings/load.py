@@ -65,6 +65,7 @@ class ServerConfig:
     admin_loopback_without_token: bool = False
     cors_origins: tuple[str, ...] = ()
     dashboard: bool = True
+    keepalive_timeout: float = 75.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +296,7 @@ def load_settings(
             admin_loopback_without_token=values["server.admin_loopback_without_token"],
             cors_origins=values["server.cors_origins"],
             dashboard=values["server.dashboard"],
+            keepalive_timeout=values["server.keepalive_timeout"],
         ),
         routing=RoutingConfig(
             enabled=values["routing.enabled"],

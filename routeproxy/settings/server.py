@@ -46,7 +46,16 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
         60.0,
         _positive,
         "Seconds a client has to send a whole request body; past it, 408. After an early answer (413) the rest "
-        "of the body is read and dropped for at most this long, then the connection is closed.",
+        "of the body is read and dropped for at most this long (30 s at most), then the connection is closed.",
+    ),
+    Setting(
+        "server.keepalive_timeout",
+        "ROUTEPROXY_KEEPALIVE_TIMEOUT",
+        75.0,
+        _positive,
+        "Seconds an idle keep-alive connection is kept open between requests. Keep it above the idle timeout "
+        "of whatever pools connections to the proxy (a load balancer, nginx, an SDK), or a request it sends on "
+        "a connection the proxy is just closing fails with a reset.",
     ),
     Setting(
         "server.max_header_bytes",

@@ -3,7 +3,8 @@
 Admin rule: a configured ``server.admin_token`` is the only way in. Without one, reset and runtime changes are
 refused to everyone, because a loopback peer is not the operator behind a service mesh (Istio's sidecar
 connects to the app from 127.0.0.6) or in the sidecar layout. ``server.admin_loopback_without_token`` (local
-development, and what ``serve --simulate`` turns on) lets loopback peers in when no token is set.
+development, and what ``serve --simulate`` turns on) lets loopback peers in when no token is set, when the
+request also names a loopback host and comes from no foreign browser page (``origin.py``).
 
 Keys are compared by their SHA-256 digest, so a key's length or prefix does not show in the time a check takes.
 """
@@ -18,6 +19,7 @@ from starlette.requests import Request
 
 from routeproxy.errors import Forbidden, Unauthorized
 from routeproxy.settings import ServerConfig
+from routeproxy.wire.origin import loopback_admin_refusal
 
 
 def digest(key: str) -> bytes:
@@ -74,4 +76,9 @@ def check_admin(request: Request, server: ServerConfig) -> None:
             f"{request.url.path} answers only clients on this host without an admin token, not {host or 'unknown'} "
             "(set ROUTEPROXY_ADMIN_TOKEN to allow others)",
             code="admin_loopback_only",
+        )
+    refusal = loopback_admin_refusal(request.headers, server.cors_origins)
+    if refusal is not None:
+        raise Forbidden(
+            f"{request.url.path}: {refusal} (set ROUTEPROXY_ADMIN_TOKEN to allow others)", code="admin_loopback_only"
         )

@@ -17,6 +17,7 @@ import orjson
 # end). EVENT_ENDS are the ways a chunk can end with one (the relay's fast path); _EVENT_END finds one anywhere.
 EVENT_ENDS = (b"\n\n", b"\r\r", b"\n\r", b"\n\r\n", b"\r\r\n")
 _EVENT_END = re.compile(rb"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r)")
+_LINE_END = re.compile(rb"(\r\n|\n|\r)")
 
 Usage = tuple[int, int]  # (prompt_tokens, completion_tokens)
 
@@ -138,17 +139,18 @@ def _drop_logprobs(document: Any) -> bool:
 
 
 def strip_logprobs_events(events: bytes) -> bytes:
-    """Complete SSE events with ``choices[*].logprobs`` nulled in each ``data:`` JSON; other bytes unchanged."""
+    """Complete SSE events with ``choices[*].logprobs`` nulled in each ``data:`` JSON; other bytes unchanged,
+    every line end (CRLF, LF or CR, which SSE allows alike) kept as it came."""
     if b'"logprobs"' not in events:
         return events
-    lines = events.split(b"\n")
-    for index, line in enumerate(lines):
+    parts = _LINE_END.split(events)  # line, its end, line, its end, ..., the last line
+    for index in range(0, len(parts), 2):
+        line = parts[index]
         if line.startswith(b"data:") and b'"logprobs"' in line:
-            ending = b"\r" if line.endswith(b"\r") else b""
             document = parse_event(line[5:].strip())
             if document is not None and _drop_logprobs(document):
-                lines[index] = b"data: " + orjson.dumps(document) + ending
-    return b"\n".join(lines)
+                parts[index] = b"data: " + orjson.dumps(document)
+    return b"".join(parts)
 
 
 def strip_logprobs_body(body: bytes) -> bytes:

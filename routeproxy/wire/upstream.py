@@ -11,7 +11,8 @@ Header policy (what crosses the proxy):
   vLLM rejects a duplicate id that is still running). When the tier has an api key it replaces the client's
   ``authorization``. Otherwise the client's credentials pass through (a per-user HF token, say), unless the proxy
   checks client keys itself: a routeproxy client key never leaves the proxy.
-- upstream -> client: everything except hop-by-hop headers, ``content-length`` and ``content-encoding``
+- upstream -> client: everything except hop-by-hop headers and those the upstream's ``Connection`` names,
+  ``content-length`` and ``content-encoding``
   of a body we re-frame, and any upstream ``x-request-id`` (the client gets its own id back).
 
 A POST is sent once. aiohttp retries a request on a fresh connection only for idempotent methods (the GET and
@@ -112,11 +113,18 @@ def root_prefix(base_path: bytes) -> bytes:
 
 
 def response_headers(upstream_headers: tuple[tuple[bytes, bytes], ...] | RawHeaders) -> RawHeaders:
-    """ASGI wants lower-case names; aiohttp keeps the upstream's spelling."""
+    """ASGI wants lower-case names; aiohttp keeps the upstream's spelling. The headers the upstream's
+    ``Connection`` header names are for its hop only (RFC 9110 section 7.6.1), like the hop-by-hop ones."""
+    named = {
+        token.strip().lower()
+        for name, value in upstream_headers
+        if name.lower() == b"connection"
+        for token in value.split(b",")
+    }
     headers = []
     for name, value in upstream_headers:
         lowered = name.lower()
-        if lowered not in _DROP_RESPONSE:
+        if lowered not in _DROP_RESPONSE and lowered not in named:
             headers.append((lowered, value))
     return headers
 

@@ -93,6 +93,12 @@ class _GuardedProtocol(ResponseHandler):
         super().set_response_params(**options)
 
     def data_received(self, data: bytes) -> None:
+        if not data:
+            # aiohttp resumes a parser it paused (its body buffer was full) with an empty read: the bytes it kept
+            # back, the end of a body included, are parsed now. Dropping this call left such a body unfinished
+            # until the upstream closed the connection.
+            super().data_received(data)
+            return
         if not self._awaiting:
             if data:  # an upstream writing out of turn: nothing it says can be trusted as the next answer
                 self._should_close = True

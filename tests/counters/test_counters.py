@@ -17,6 +17,7 @@ from routeproxy.counters.open import open_store
 from routeproxy.counters.redis_store import RedisCounterStore
 from routeproxy.counters.stats import BUCKETS_MS, Outcome, Snapshot, format_stats_table, outcome_fields, render_stats
 from routeproxy.counters.store import CounterStore
+from routeproxy.counters.totals import PeriodTotals
 from routeproxy.routing.classify import Complexity
 from routeproxy.settings import CounterConfig, Tier
 from routeproxy.settings.runtime import RuntimeConfig
@@ -346,8 +347,25 @@ async def test_a_lost_flush_reply_is_not_counted_twice(
 
     await eventually_async(applied_anyway)
     store.record(MIXED[2])
-    assert await store.flush()  # resends the same batch with the same number, then the new one
+    assert await store.flush()  # writes the totals as they stand: the lost write's fields again, and the new ones
     assert (await store.snapshot()).counts == totals(MIXED[:3])
+
+
+async def test_an_older_write_arriving_late_changes_nothing(
+    redis_server: RedisServer, open_redis_store: StoreFactory
+) -> None:
+    """A write delayed in the network (its retry went out and was applied first) must not set totals back."""
+    store = await open_redis_store(redis_server.url, "replica-1")
+    store.record(MIXED[0])
+    assert await store.flush()
+    stale = PeriodTotals(0, version=0)
+    stale.add(outcome_fields(MIXED[0], LABELS), 0)
+    stale_values = stale.batch()
+    store.record(MIXED[1])
+    assert await store.flush()
+    status, _, _ = await store._call(stale, stale_values, version=1)  # the first write, once more, late
+    assert status == 1  # taken as already applied
+    assert (await store.snapshot()).counts == totals(MIXED[:2])
 
 
 async def test_totals_survive_a_redis_restart_with_persistence(

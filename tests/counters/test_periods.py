@@ -1,6 +1,6 @@
 """The period rules on a real redis-server: a reset reaches every replica before it counts again, a Redis that
-comes back empty neither rolls the period back nor keeps counts from the lost dataset, and stats are stale only
-when Redis did not answer."""
+comes back empty is refilled by the replicas in the period they knew, and stats are stale only when Redis did
+not answer."""
 
 # ruff: noqa: F811  (pytest fixtures imported from redis_server are parameters of the tests below)
 from __future__ import annotations
@@ -51,7 +51,7 @@ async def test_a_replica_that_missed_the_reset_files_by_time_never_across_it(
     assert redis_server.cli("HGET", RedisKeys("rp-test").stats(0), "requests:3b").strip() == "2"
 
 
-async def test_a_redis_that_restarts_empty_moves_the_period_on_and_keeps_no_lost_counts(
+async def test_a_redis_that_restarts_empty_is_refilled_by_the_replicas_in_their_period(
     redis_server: RedisServer, open_redis_store: StoreFactory
 ) -> None:
     one = await open_redis_store(redis_server.url, "replica-1", flush_interval=0.1)
@@ -65,20 +65,64 @@ async def test_a_redis_that_restarts_empty_moves_the_period_on_and_keeps_no_lost
         one.record(item)
         two.record(item)
     redis_server.start()  # same port, no data: the restart of a Redis without persistence
+    expected = totals([MIXED[0], *(MIXED * 40)])
 
-    async def new_period_started() -> bool:
+    async def refilled() -> bool:
         first, second = await one.snapshot(), await two.snapshot()
-        return not first.stale and not second.stale and first.period == second.period > 1
+        return not first.stale and not second.stale and first.counts == second.counts == expected
 
-    await eventually_async(new_period_started, tries=100, interval=0.05)
-    one.record(MIXED[3])
-    two.record(MIXED[4])
-    assert await one.flush() and await two.flush()
-    first, second = await one.snapshot(), await two.snapshot()
-    assert first.counts == second.counts == totals(MIXED[3:5])  # nothing from before or during the outage
-    assert first.period == 2  # above every period the replicas knew, never back to 0
-    keys = redis_server.cli("--scan", "--pattern", "{rp-test}:stats:*").split()
-    assert keys == ["{rp-test}:stats:2"]  # the lost dataset's counts were not filed under a dead period
+    await eventually_async(refilled, tries=100, interval=0.05)
+    first = await one.snapshot()
+    assert first.period == 1  # the period the replicas knew, with its start: never back to 0, never a new one
+    keys = RedisKeys("rp-test")
+    assert redis_server.cli("--scan", "--pattern", "{rp-test}:stats:*").split() == [keys.stats(1)]
+    # The period's sum is the sum of what each writer holds.
+    writers = redis_server.cli("HKEYS", keys.writers(1)).split()
+    assert len(writers) == 2
+    held = [
+        dict(zip(*[iter(redis_server.cli("HGETALL", keys.totals(1, w)).split())] * 2, strict=True)) for w in writers
+    ]
+    assert {name: sum(int(one_held.get(name, 0)) for one_held in held) for name in expected} == expected
+
+
+async def test_a_flushed_redis_is_refilled_at_the_next_flush(
+    redis_server: RedisServer, open_redis_store: StoreFactory
+) -> None:
+    store = await open_redis_store(redis_server.url, "replica-1")
+    for item in MIXED:
+        store.record(item)
+    assert await store.flush()
+    redis_server.cli("FLUSHALL")
+    store.record(MIXED[0])
+    assert await store.flush()  # Redis no longer has this writer's totals: it writes them all again, at once
+    snapshot = await store.snapshot()
+    assert (snapshot.period, snapshot.stale) == (0, False)
+    assert snapshot.counts == totals([*MIXED, MIXED[0]])
+
+
+async def test_a_redis_that_lost_its_last_writes_is_brought_up_to_date(
+    redis_server: RedisServer, open_redis_store: StoreFactory
+) -> None:
+    """A copy that missed the last writes (a failover, or the last second an append-only file loses): the writer's
+    version in Redis is older than the one it last had acknowledged, so it writes all its totals again."""
+    store = await open_redis_store(redis_server.url, "replica-1")
+    keys = RedisKeys("rp-test")
+    store.record(MIXED[0])
+    assert await store.flush()
+    writer = redis_server.cli("HKEYS", keys.writers(0)).split()[0]
+    saved = {
+        key: redis_server.cli("HGETALL", key).split()
+        for key in (keys.stats(0), keys.totals(0, writer), keys.writers(0))
+    }
+    for item in MIXED[1:]:
+        store.record(item)
+    assert await store.flush()
+    for key, fields in saved.items():  # Redis goes back to what it held after the first write
+        redis_server.cli("DEL", key)
+        redis_server.cli("HSET", key, *fields)
+    store.record(MIXED[0])
+    assert await store.flush()
+    assert (await store.snapshot()).counts == totals([*MIXED, MIXED[0]])
 
 
 async def test_stats_are_stale_only_when_redis_does_not_answer(

@@ -309,6 +309,22 @@ def test_logprobs_asked_by_the_proxy_reach_the_check_and_not_the_client(cascade:
     assert proxy.large.requests[0].get("logprobs") is None
 
 
+@pytest.mark.parametrize("end", [b"\r\r", b"\r\n\r\n", b"\n\r"])
+def test_logprobs_asked_by_the_proxy_leave_events_of_any_line_framing(
+    cascade: CascadeFactory, scripted: Callable[..., tuple[Any, ThreadedServer]], end: bytes
+) -> None:
+    """SSE ends a line with CR, LF or CRLF alike; the removal must not depend on which the upstream uses."""
+    events = [event.replace(b"\n\n", end) for event in stream_events(HIGH, "small", with_logprobs=True, usage=False)]
+    small = scripted([(0.0, event) for event in events])[1]
+    proxy = cascade(HIGH, small_url=f"{small.url}/v1", **{"cascade.request_logprobs": True})
+    headers, body = proxy.stream(user(WATER))
+    assert headers["x-routeproxy-escalated"] == "false"
+    sent = [line for line in body.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n") if line]
+    chunks = [orjson.loads(line.removeprefix(b"data: ")) for line in sent if line != b"data: [DONE]"]
+    assert len(chunks) == len(events) - 1
+    assert all(choice["logprobs"] is None for chunk in chunks for choice in chunk["choices"])
+
+
 def test_logprobs_the_client_asked_for_are_kept(cascade: CascadeFactory) -> None:
     proxy = cascade(HIGH, **{"cascade.request_logprobs": True})
     response = proxy.post(user(WATER, logprobs=True))

@@ -6,12 +6,12 @@ import contextlib
 import select
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import orjson
 import pytest
 from support import http
-from support.upstreams import ProxyFactory, fast_profile, settings_for
+from support.upstreams import ProxyFactory, ScriptedUpstream, fast_profile, settings_for
 
 from routeproxy.api.app import create_app
 from routeproxy.api.server import GuardedHttpToolsProtocol
@@ -161,6 +161,22 @@ def test_headers_named_in_connection_are_not_forwarded(
     received = http.get(f"{sims[Tier.LARGE].url}/_sim/requests").json()[-1]["headers"]
     assert "x-hop-secret" not in received
     assert received["x-kept"] == "1"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_headers_the_upstream_names_in_connection_do_not_reach_the_client(
+    scripted: Callable[..., tuple[ScriptedUpstream, ThreadedServer]], start_proxy: ProxyFactory, stream: bool
+) -> None:
+    """RFC 9110 section 7.6.1, the other way: what the upstream's Connection header names is for its hop only."""
+    body = b'data: {"choices": []}\n\ndata: [DONE]\n\n' if stream else b'{"choices": []}'
+    content_type = b"text/event-stream" if stream else b"application/json"
+    headers = [(b"connection", b"X-Upstream-Hop"), (b"x-upstream-hop", b"internal"), (b"x-kept", b"1")]
+    servers = {tier: scripted([(0.0, body)], content_type=content_type, headers=headers)[1] for tier in Tier}
+    proxy = start_proxy({tier: f"{server.url}/v1" for tier, server in servers.items()})
+    response = http.post(f"{proxy.url}/v1/chat/completions", json={"model": "auto", "messages": SIMPLE})
+    assert response.status_code == 200
+    assert "x-upstream-hop" not in response.headers
+    assert response.headers["x-kept"] == "1"
 
 
 def test_json_nested_past_what_the_serializer_handles_is_400(limited: ThreadedServer) -> None:

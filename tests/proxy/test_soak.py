@@ -48,7 +48,10 @@ async def one(client: httpx.AsyncClient, url: str, kind: str) -> str:
     if kind == "dies_mid_stream":
         headers["x-sim-die-after"] = "2"
     if kind == "client_leaves":
-        headers.update({"x-sim-tokens": "50", "x-sim-token-ms": "20"})
+        # A minute of tokens: only the client's leaving can end this stream. With a shorter one (50 tokens, 1 s) a
+        # client on a saturated machine could get its first chunk after the proxy had relayed the whole answer, a
+        # stream that correctly counts as complete, not as a disconnect (the soak's old `253 == 254`).
+        headers.update({"x-sim-tokens": "3000", "x-sim-token-ms": "20"})
     if not body.get("stream"):
         response = await client.post(url, json=body, headers=headers)
         return f"status_{response.status_code}"

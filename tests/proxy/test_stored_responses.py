@@ -3,7 +3,8 @@ tier first, the other tier when it answers 404. Real upstreams on loopback and t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -11,7 +12,8 @@ import openai
 import pytest
 from support import http
 from support.stored_upstream import StoredResponsesUpstream
-from support.upstreams import ProxyFactory
+from support.upstreams import ProxyFactory, ScriptedUpstream
+from support.wait import eventually
 
 from routeproxy.api.responses import upstream_id
 from routeproxy.errors import InvalidRequest
@@ -117,6 +119,42 @@ def test_a_response_neither_tier_has_is_the_other_tiers_404_as_it_sent_it(
         client.responses.retrieve("resp_gone")
     assert "small: Response with id 'resp_gone' not found." in caught.value.message
     assert stats(proxy)["upstream_errors"] == {"3b": 0, "8b": 0}  # the upstream's own 404 is an answer
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/responses/resp_large", "/v1/responses/resp_small/input_items", "/v1/responses/resp_gone"]
+)
+def test_head_answers_what_get_answers_without_the_body(
+    stored: tuple[Upstreams, dict[Tier, ThreadedServer]], start_proxy: ProxyFactory, path: str
+) -> None:
+    upstreams = stored[0]
+    proxy = proxy_for(stored, start_proxy)
+    got = http.get(f"{proxy.url}{path}")
+    head = http.request("HEAD", f"{proxy.url}{path}")
+    assert head.status_code == got.status_code
+    assert head.content == b""
+    assert int(head.headers["content-length"]) == len(got.content) > 0
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert head.headers["x-routeproxy-tier"] == got.headers["x-routeproxy-tier"]
+    methods = {request["method"] for upstream in upstreams.values() for request in upstream.requests}
+    assert methods == {"GET"}  # an upstream is asked what the client's GET would ask
+
+
+def test_head_of_a_streamed_retrieve_answers_the_headers_and_closes_the_stream(
+    scripted: Callable[..., tuple[ScriptedUpstream, ThreadedServer]], start_proxy: ProxyFactory
+) -> None:
+    """The stream would go on until its gate opens (never, here): a HEAD must not wait for it, nor count the
+    stream it closed as an upstream failure."""
+    events = [(0.0, b'data: {"type": "response.created"}\n\n'), (0.0, b'data: {"type": "response.done"}\n\n')]
+    servers = {tier: scripted(events, gates=[threading.Event()])[1] for tier in Tier}
+    proxy = start_proxy({tier: f"{server.url}/v1" for tier, server in servers.items()})
+    head = http.request("HEAD", f"{proxy.url}/v1/responses/resp_1?stream=true")
+    assert head.status_code == 200
+    assert head.headers["content-type"] == "text/event-stream"
+    assert "content-length" not in head.headers
+    assert head.content == b""
+    counted = eventually(lambda: stats(proxy) if stats(proxy)["total_requests"] == 1 else None, what="counted")
+    assert counted["upstream_errors"] == {"3b": 0, "8b": 0}
 
 
 def test_cancel_passes_its_body_as_it_came_and_a_body_on_get_or_delete_is_not_sent(

@@ -144,6 +144,27 @@ def test_a_body_far_past_the_read_buffer_is_relayed_byte_exact(start_proxy: Prox
             assert b"".join(stream.iter_raw()) == body
 
 
+def test_a_large_chunked_answer_ends_when_its_last_chunk_comes(start_proxy: ProxyFactory) -> None:
+    """9 MB in one write, the last chunk with it, the connection kept open: the reader pauses the parser past its
+    high-water mark, and must let it finish the body when it resumes (aiohttp resumes it with an empty read), or
+    the answer waits for a close that never comes. Four requests on one kept-alive connection."""
+    content = b"x" * 9_000_000
+    answer = b'{"id": "chatcmpl-1", "object": "chat.completion", "choices": [], "pad": "' + content + b'"}'
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+
+    def handler(upstream: RawUpstream, conn: socket.socket) -> None:
+        while upstream.read_request(conn):
+            conn.sendall(head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(answer), answer))
+
+    with raw_upstream(handler) as upstream:
+        proxy = start_proxy(both_tiers(upstream.url))
+        for _ in range(4):
+            answered = chat(proxy.url)
+            assert answered.status_code == 200
+            assert answered.content == answer
+        assert upstream.connections == 1
+
+
 @pytest.mark.parametrize("extra", ["garbage", "a whole response", "a response written later"])
 def test_bytes_after_a_content_length_body_are_dropped(start_proxy: ProxyFactory, extra: str) -> None:
     forged = response(b'{"forged":true}')

@@ -40,8 +40,17 @@ def chunk(logprobs: object) -> bytes:
         (b"data: " + chunk(None) + b"\n\ndata: [DONE]\n\n", b"data: " + chunk(None) + b"\n\ndata: [DONE]\n\n"),
         (b': "logprobs" in a comment\n\n', b': "logprobs" in a comment\n\n'),
         (b'data: {"logprobs": broken\n\n', b'data: {"logprobs": broken\n\n'),
+        (b"data: " + chunk(LOGPROBS) + b"\r\r", b"data: " + chunk(None) + b"\r\r"),
+        (
+            b"data: " + chunk(LOGPROBS) + b"\r\rdata: " + chunk(LOGPROBS) + b"\r\rdata: [DONE]\r\r",
+            b"data: " + chunk(None) + b"\r\rdata: " + chunk(None) + b"\r\rdata: [DONE]\r\r",
+        ),
+        (
+            b"data: " + chunk(LOGPROBS) + b"\r\n\ndata: " + chunk(LOGPROBS) + b"\n\rdata: " + chunk(LOGPROBS) + b"\r\r",
+            b"data: " + chunk(None) + b"\r\n\ndata: " + chunk(None) + b"\n\rdata: " + chunk(None) + b"\r\r",
+        ),
     ],
-    ids=["lf", "crlf", "none-to-strip", "comment", "not-json"],
+    ids=["lf", "crlf", "none-to-strip", "comment", "not-json", "cr", "cr-several", "mixed"],
 )
 def test_strip_logprobs_events_nulls_them_and_leaves_every_other_byte(events: bytes, expected: bytes) -> None:
     assert strip_logprobs_events(events) == expected

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -155,6 +156,22 @@ def test_bench_latency_reports_direct_and_proxy_figures() -> None:
     assert latency["proxy"]["proxy_peak_rss_mb"] > 0
     assert set(latency["added_ms"]) == {"p50", "p99"}
     assert report["machine"]["counters"] == "in-memory"
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not on PATH")
+def test_bench_latency_puts_in_memory_and_redis_counters_side_by_side() -> None:
+    command = [sys.executable, "-m", "routeproxy", "bench", "--workload", "latency", "--redis-url", "local"]
+    completed = subprocess.run(
+        [*command, "--requests", "300", "--json"], capture_output=True, cwd=ROOT, timeout=120, check=False
+    )
+    assert completed.returncode == 0, completed.stderr.decode()
+    latency = orjson.loads(completed.stdout)["workloads"]["latency"]
+    paths = [run["path"] for run in latency["runs"]]
+    assert paths == ["direct", "proxy, counters in memory", "proxy, counters in Redis"]
+    for run in latency["runs"]:
+        assert (run["sent"], run["answered"], run["ok"], run["failures"]) == (300, 300, 300, 0)
+    assert set(latency["added_ms"]) == set(paths[1:])
+    assert latency["p99_ratio_redis_to_memory"] > 0
 
 
 def _collector_under_load(*flags: str) -> dict[str, object]:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,20 +19,34 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class Served:
+    """A routeproxy process whose log (stderr) is read as it comes: a pipe nobody reads fills after 64 KiB, and a
+    proxy whose log line cannot be written stalls its event loop (a few hundred requests at log level info)."""
+
     def __init__(self, process: subprocess.Popen[bytes], url: str) -> None:
         self.process = process
         self.url = url
+        self._log: list[bytes] = []
+        self._reader = threading.Thread(target=self._read_log, name=f"log of {url}", daemon=True)
+        self._reader.start()
+
+    def _read_log(self) -> None:
+        stream = self.process.stderr
+        assert stream is not None
+        with stream:
+            for chunk in iter(lambda: os.read(stream.fileno(), 65536), b""):
+                self._log.append(chunk)
 
     def stop(self) -> str:
         """Stop the process like Ctrl-C does and return what it logged."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
         try:
-            _, stderr = self.process.communicate(timeout=15)
+            self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            _, stderr = self.process.communicate()
-        return stderr.decode()
+            self.process.wait()
+        self._reader.join()
+        return b"".join(self._log).decode()
 
 
 def serve(*args: str, env: dict[str, str] | None = None) -> Served:

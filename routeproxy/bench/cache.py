@@ -5,16 +5,13 @@ coalescing and with the cache off; the memory store's bound under 100,000 distin
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import time
 import uuid
 from typing import Any
 
 import httpx
 
 from routeproxy.bench.loadgen import percentile, run_async, run_load
-from routeproxy.bench.procs import Proc, free_port, proxy_env, spawn
+from routeproxy.bench.procs import Proc, proxy_env, spawn, spawn_redis
 from routeproxy.bench.run import _FAST, Target, measure
 from routeproxy.bench.session import Session
 from routeproxy.bench.table import Table
@@ -35,30 +32,10 @@ def _redis(session: Session) -> str | None:
     """The run's Redis: --redis-url, else a redis-server of its own when one is on PATH (None: no Redis rows)."""
     if session.options.redis_url:
         return session.options.redis_url
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         return None
-    port = free_port()
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def stop() -> None:
-        process.terminate()
-        process.wait(10)
-
-    session.stack.callback(stop)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    return f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("the bench's redis-server did not answer PING within 10 s")
-        time.sleep(0.05)  # poll interval while it starts
+    proc = session._keep(spawn_redis(None))  # not pinned: it shares the cores as the upstream does
+    return f"redis://127.0.0.1:{proc.port}/0"
 
 
 def _proxy(session: Session, label: str, upstream: str, redis_url: str | None, **env: str) -> Proc:

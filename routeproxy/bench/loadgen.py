@@ -8,7 +8,7 @@ connects to loopback addresses.
 The static upstream answers any POST with a fixed chat completion, or (when the body asks for ``"stream":true``)
 a fixed 20-event SSE stream, one HTTP chunk per event, optionally ``x-sim-token-ms`` apart. It is there
 because the Starlette simulator cannot keep up with the proxy on one core; it is not a model.
-Run it with ``python -m routeproxy.bench.loadgen --port P``.
+Run it with ``python -m routeproxy.bench.loadgen --port P`` (0: the OS picks one; the first line names it).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import ipaddress
 import math
+import sys
 import time
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -317,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     async def forever() -> None:
         server = await serve_static_upstream(args.host, args.port)
+        port = server.sockets[0].getsockname()[1]  # --port 0: the one the OS picked
+        print(f"the benchmark's static upstream on http://{args.host}:{port}", file=sys.stderr, flush=True)
         async with server:
             await server.serve_forever()
 

@@ -89,11 +89,15 @@ class Proc:
                 self.process.wait()
         self.log.close()
 
-    def output(self) -> str:
+    def logged(self) -> bytes:
+        """Everything the process has written so far."""
         self.log.flush()
         self.log.seek(0)
-        text: str = self.log.read().decode(errors="replace")
-        return text[-2000:]
+        data: bytes = self.log.read()
+        return data
+
+    def output(self) -> str:
+        return self.logged().decode(errors="replace")[-2000:]
 
 
 class Cores:
@@ -117,56 +121,93 @@ class Cores:
         return f"proxy on cores {sorted(proxy)}; upstream and load generator on {sorted(set(self.all) - proxy)}"
 
 
+# The line a spawned server prints once it has bound its port: uvicorn's start-up line (``routeproxy serve``), the
+# simulator's and the static upstream's first line. Never port 0: that is the summary's configured address.
+_BOUND = re.compile(rb" on http://127\.0\.0\.1:([1-9][0-9]*)")
+_REDIS_ATTEMPTS = 5
+
+
 def spawn(name: str, args: Sequence[str], env: dict[str, str], cpus: set[int], ready_path: str) -> Proc:
-    port = free_port()
+    """``python -m *args --port 0``, pinned to ``cpus``; returned once it answers ``ready_path``. The OS picks the
+    port and the server says which: a port picked here as free could be another program's by the time the server
+    binds it, and the bench would then measure that program."""
     log = tempfile.TemporaryFile()  # noqa: SIM115  (closed by Proc.stop)
-    command = [sys.executable, "-m", *args, "--port", str(port)]
+    command = [sys.executable, "-m", *args, "--port", "0"]
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     os.sched_setaffinity(process.pid, cpus)  # before it starts any worker process, which inherits it
-    proc = Proc(name, process, port, log)
+    proc = Proc(name, process, 0, log)
     deadline = time.monotonic() + 30
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"{name} exited at start-up: {proc.output()}")
+        if not proc.port:
+            bound = _BOUND.search(proc.logged())
+            proc.port = int(bound.group(1)) if bound else 0
         try:
-            if ready_path == "tcp":
+            if not proc.port:
+                pass
+            elif ready_path == "tcp":
                 with httpx.Client(trust_env=False) as client:
-                    client.post(f"http://127.0.0.1:{port}/", content=b"{}", timeout=1)
+                    client.post(f"http://127.0.0.1:{proc.port}/", content=b"{}", timeout=1)
+                return proc
             else:
-                httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=1, trust_env=False).raise_for_status()
-            return proc
+                url = f"http://127.0.0.1:{proc.port}{ready_path}"
+                httpx.get(url, timeout=1, trust_env=False).raise_for_status()
+                return proc
         except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                proc.stop()
-                raise RuntimeError(f"{name} did not answer within 30 s: {proc.output()}") from None
-            time.sleep(0.05)
+            pass
+        if time.monotonic() > deadline:
+            proc.stop()
+            raise RuntimeError(f"{name} did not answer within 30 s: {proc.output()}")
+        time.sleep(0.05)  # poll interval while it starts
 
 
-def spawn_redis(cpus: set[int]) -> Proc:
-    """A private redis-server on a free loopback port (from PATH, no persistence), pinned to ``cpus``: a Redis that
-    does not take its CPU time from the proxy's core, as one on another machine would not."""
+def spawn_redis(cpus: set[int] | None) -> Proc:
+    """A private redis-server on a free loopback port (from PATH, no persistence), pinned to ``cpus`` when given:
+    a Redis that does not take its CPU time from the proxy's core, as one on another machine would not.
+
+    redis-server cannot be given port 0, so the port is picked here; if another program binds it first, another
+    port is tried, and the server counts as up only when it answers with its own process id."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise ValueError("--redis-url local needs redis-server on PATH")
-    port = free_port()
-    log = tempfile.TemporaryFile()  # noqa: SIM115  (closed by Proc.stop)
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    os.sched_setaffinity(process.pid, cpus)
-    proc = Proc("redis-server", process, port, log)
+    for _ in range(_REDIS_ATTEMPTS):
+        port = free_port()
+        log = tempfile.TemporaryFile()  # noqa: SIM115  (closed by Proc.stop)
+        command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if cpus:
+            os.sched_setaffinity(process.pid, cpus)
+        proc = Proc("redis-server", process, port, log)
+        if _redis_up(proc):
+            return proc
+        proc.stop()
+    raise RuntimeError(f"{_REDIS_ATTEMPTS} free ports in a row were taken before redis-server could bind them")
+
+
+def _redis_up(proc: Proc) -> bool:
+    """Wait until this redis-server answers as itself; False when it could not bind its port."""
     deadline = time.monotonic() + 30
+    own = f"process_id:{proc.pid}\r\n".encode()
     while True:
+        if proc.process.poll() is not None:
+            if b"Address already in use" in proc.logged():
+                return False
+            raise RuntimeError(f"redis-server exited at start-up: {proc.output()}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    return proc
+            with socket.create_connection(("127.0.0.1", proc.port), timeout=1) as sock:
+                sock.sendall(b"INFO server\r\n")
+                reply = b""
+                while b"\r\n\r\n" not in reply[-8:] and (chunk := sock.recv(65536)):
+                    reply += chunk
+                if own in reply:
+                    return True
         except OSError:
             pass
-        if process.poll() is not None or time.monotonic() > deadline:
+        if time.monotonic() > deadline:
             proc.stop()
             raise RuntimeError(f"redis-server did not answer: {proc.output()}")
-        time.sleep(0.05)
+        time.sleep(0.05)  # poll interval while it starts
 
 
 def proxy_env(upstreams: dict[str, str], redis_url: str | None, **extra: str) -> dict[str, str]:

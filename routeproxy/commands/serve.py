@@ -5,11 +5,13 @@ environment."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +48,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _serve(
     args: argparse.Namespace, settings: Settings, overrides: dict[str, Any], simulators: list[ThreadedServer]
 ) -> int:
-    import structlog
     import uvicorn
 
     from routeproxy.api.app import create_app
@@ -59,38 +60,36 @@ def _serve(
         if SETTINGS_BY_KEY["server.admin_loopback_without_token"].env not in os.environ:
             overrides["server.admin_loopback_without_token"] = True
         settings = settings_for(args, overrides)
-    _announce(settings, simulate=args.simulate)
-    if settings.server.admin_token is None and settings.server.admin_loopback_without_token:
-        structlog.get_logger("routeproxy").warning(
-            "admin_open_on_loopback",
-            note="no admin token: reset and config changes answer any loopback peer (local development only)",
-        )
     options = uvicorn_options(settings)
     # After a graceful shutdown uvicorn restores the handlers it found and raises the signal again; with the
     # default SIGTERM handler that would end the process with status 143. A drained shutdown is a clean exit.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     if settings.server.workers == 1:
-        app = create_app(settings)
+        config = uvicorn.Config(create_app(settings), **options)
         settle_heap()
-        uvicorn.run(app, **options)
-    else:
-        # Child processes build their own app from the environment: hand them the same inputs.
-        if args.config:
-            os.environ["ROUTEPROXY_CONFIG"] = str(Path(args.config).resolve())
-        for key, value in overrides.items():
-            env = SETTINGS_BY_KEY[key].env
-            if env:
-                os.environ[env] = "" if value is None else str(value)
-        # The workers share their Prometheus series through files here (prometheus_client's multiprocess mode,
-        # which reads this variable when the workers import it).
-        metrics_dir = tempfile.mkdtemp(prefix="routeproxy-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-        try:
-            uvicorn.run(
-                "routeproxy.api.app:app_from_environment", factory=True, workers=settings.server.workers, **options
-            )
-        finally:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        # Bound before the summary, so the summary names the port (with --port 0, the one the OS picked).
+        listening = config.bind_socket()
+        _announce(replace(settings, server=replace(settings.server, port=listening.getsockname()[1])), args)
+        server = uvicorn.Server(config)
+        with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run
+            server.run(sockets=[listening])
+        return 0 if server.started else 3  # as uvicorn.run: 3 when the app's start-up failed
+    # Child processes build their own app from the environment: hand them the same inputs.
+    if args.config:
+        os.environ["ROUTEPROXY_CONFIG"] = str(Path(args.config).resolve())
+    for key, value in overrides.items():
+        env = SETTINGS_BY_KEY[key].env
+        if env:
+            os.environ[env] = "" if value is None else str(value)
+    # The workers share their Prometheus series through files here (prometheus_client's multiprocess mode, which
+    # reads this variable when the workers import it).
+    metrics_dir = tempfile.mkdtemp(prefix="routeproxy-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    _announce(settings, args)  # uvicorn's supervisor binds the socket it hands to the workers
+    try:
+        uvicorn.run("routeproxy.api.app:app_from_environment", factory=True, workers=settings.server.workers, **options)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
@@ -122,14 +121,15 @@ def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {key: getattr(args, flag) for flag, key in _SERVE_FLAGS if getattr(args, flag, None) is not None}
 
 
-def _announce(settings: Settings, *, simulate: bool) -> None:
-    """The start-up summary: readable lines on a console, one ``startup`` event in JSON logs."""
+def _announce(settings: Settings, args: argparse.Namespace) -> None:
+    """The start-up summary (readable lines on a console, one ``startup`` event in JSON logs), then the notes and
+    warnings on the configuration."""
     import structlog
 
     from routeproxy.api.logs import console_format
     from routeproxy.api.startup import summary, summary_lines
 
-    fields = summary(settings, simulate=simulate)
+    fields = summary(settings, simulate=args.simulate)
     log = structlog.get_logger("routeproxy")
     if settings.logging.level in ("debug", "info"):  # an info event, like the JSON one, which the level filters out
         if console_format(settings.logging):
@@ -141,6 +141,11 @@ def _announce(settings: Settings, *, simulate: bool) -> None:
             log.warning("config_warning", problem=note.message)
         else:
             log.info("config_note", note=note.message)
+    if settings.server.admin_token is None and settings.server.admin_loopback_without_token:
+        log.warning(
+            "admin_open_on_loopback",
+            note="no admin token: reset and config changes answer any loopback peer (local development only)",
+        )
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
@@ -201,13 +206,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         profile = replace(profile, **changes)
-    print(
-        f"routeproxy simulator (a demo/load-test upstream, not a model): {profile.model} as {profile.dialect} "
-        f"on http://{args.host}:{args.port}/v1",
-        file=sys.stderr,
-    )
     logging.getLogger("uvicorn.error").addFilter(DeliberateFaults(any_thread=True))
-    uvicorn.run(
+    config = uvicorn.Config(
         create_simulator_app(profile),
         host=args.host,
         port=args.port,
@@ -217,7 +217,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         log_level="warning",
         log_config=None,  # its warnings and errors in the same format as the proxy's (logs.configure_logging)
     )
-    return 0
+    listening = config.bind_socket()  # bound first, so the line below names the port (--port 0: the one picked)
+    print(
+        f"routeproxy simulator (a demo/load-test upstream, not a model): {profile.model} as {profile.dialect} "
+        f"on http://{args.host}:{listening.getsockname()[1]}/v1",
+        file=sys.stderr,
+        flush=True,
+    )
+    server = uvicorn.Server(config)
+    server.run(sockets=[listening])
+    return 0 if server.started else 3  # as uvicorn.run: the app's start-up failed
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -16,7 +16,13 @@ from routeproxy.settings.declaration import (
 
 SERVER_SETTINGS: tuple[Setting, ...] = (
     Setting("server.host", "ROUTEPROXY_HOST", "127.0.0.1", _text, "Address to listen on."),
-    Setting("server.port", "ROUTEPROXY_PORT", 8001, _int_in(0, 65535), "Port to listen on."),
+    Setting(
+        "server.port",
+        "ROUTEPROXY_PORT",
+        8001,
+        _int_in(0, 65535),
+        "Port to listen on (0: a free one the OS picks; the start-up log names it).",
+    ),
     Setting("server.workers", "ROUTEPROXY_WORKERS", 1, _int_in(1, 256), "Worker processes."),
     Setting(
         "server.max_body_bytes",

@@ -101,7 +101,9 @@ def _function(tool: object) -> Mapping[str, Any] | None:
 
 def chosen_tool(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The function the answer calls under ``tool_choice``, or None for a text answer."""
-    functions = [function for tool in body.get("tools") or () if (function := _function(tool)) is not None]
+    tools = body.get("tools")
+    offered = tools if isinstance(tools, list) else ()  # a dialect that accepts another type offers no tool
+    functions = [function for tool in offered if (function := _function(tool)) is not None]
     if not functions:
         return None
     choice = body.get("tool_choice", "auto")

@@ -71,6 +71,8 @@ class VllmWire(Wire):
             ("stream_options", "dictionary", (dict,)),
             ("max_tokens", "integer", (int,)),
             ("max_completion_tokens", "integer", (int,)),
+            ("tools", "list", (list,)),
+            ("response_format", "dictionary", (dict,)),
         ):
             value = body.get(field)
             if value is not None and (not isinstance(value, ok) or (kind == "integer" and isinstance(value, bool))):

@@ -11,7 +11,7 @@ import openai
 import orjson
 import pytest
 from support import http
-from support.ports import free_port
+from support.ports import refused_port
 from support.upstreams import LARGE_MODEL, SMALL_MODEL, ProxyFactory, ScriptedUpstream
 from support.wait import eventually
 
@@ -157,7 +157,7 @@ def test_passthrough_to_an_unreachable_tier_is_502_without_fallback(
     simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFactory
 ) -> None:
     proxy = start_proxy(
-        {Tier.SMALL: f"{simulators[Tier.SMALL].url}/v1", Tier.LARGE: f"http://127.0.0.1:{free_port()}/v1"},
+        {Tier.SMALL: f"{simulators[Tier.SMALL].url}/v1", Tier.LARGE: f"http://127.0.0.1:{refused_port()}/v1"},
         **{"routing.fallback_large_to_small": True},
     )
     response = http.post(f"{proxy.url}/v1/embeddings", json={"model": "auto", "input": "x"})

@@ -20,12 +20,15 @@ _ENV = {
     "MODEL_8B_KIND": "vllm",
 }
 
-# uvicorn.run replaced by a probe of the collector's state at the moment the server would start.
+# uvicorn's Server.run replaced by a probe of the collector's state at the moment the server would start.
 _SERVE = """
 import gc, json, sys, uvicorn
-uvicorn.run = lambda app, **options: print(json.dumps([gc.get_threshold(), gc.get_freeze_count()]))
+def run(server, sockets=None):
+    print(json.dumps([gc.get_threshold(), gc.get_freeze_count()]))
+    server.started = True
+uvicorn.Server.run = run
 from routeproxy.cli import main
-sys.exit(main(["serve", "--port", "9"]))
+sys.exit(main(["serve", "--port", "0"]))
 """
 _FACTORY = """
 import gc, json

@@ -11,7 +11,7 @@ import openai
 import pytest
 from support import http
 from support.clients import streamed_chunks
-from support.ports import free_port
+from support.ports import refused_port
 from support.upstreams import LARGE_MODEL, SMALL_MODEL, ProxyFactory, fast_profile
 from support.wait import eventually
 
@@ -217,7 +217,7 @@ def test_upstream_error_status_and_body_pass_through(
 
 
 def test_unreachable_upstream_is_502_envelope(start_proxy: ProxyFactory) -> None:
-    dead = f"http://127.0.0.1:{free_port()}/v1"
+    dead = f"http://127.0.0.1:{refused_port()}/v1"
     proxy = start_proxy({Tier.SMALL: dead, Tier.LARGE: dead})
     response = http.post(f"{proxy.url}/v1/chat/completions", json={"model": "auto", "messages": MESSAGES})
     assert response.status_code == 502

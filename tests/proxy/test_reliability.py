@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import http
 from support.clients import streamed_chunks
-from support.ports import free_port
+from support.ports import refused_port
 from support.processes import Served, serve
 from support.redis_server import RedisServer
 from support.upstreams import ProxyFactory
@@ -37,7 +37,7 @@ SIMPLE = [{"role": "user", "content": "Write a haiku about rain"}]  # SIMPLE: ro
 
 
 def dead_url() -> str:
-    return f"http://127.0.0.1:{free_port()}/v1"
+    return f"http://127.0.0.1:{refused_port()}/v1"
 
 
 @contextlib.contextmanager
@@ -368,13 +368,18 @@ def test_sigterm_during_50_open_streams_lets_all_finish_then_exits_0(
     assert fields == "50"
 
 
-# serve --simulate with uvicorn.run standing in for a proxy that has served and drained: which of the simulators'
-# threads are still alive when serve returns, i.e. when the interpreter would start to finalise.
+# serve --simulate with uvicorn's Server.run standing in for a proxy that has served and drained: which of the
+# simulators' threads are still alive when serve returns, i.e. when the interpreter would start to finalise.
 _SIMULATE_AND_RETURN = """
 import sys, threading, uvicorn
-uvicorn.run = lambda app, **options: None
+simulators_run = uvicorn.Server.run  # the simulators' servers run; the proxy's (given its socket) does not
+def run(server, sockets=None):
+    if sockets is None:
+        return simulators_run(server)
+    server.started = True
+uvicorn.Server.run = run
 from routeproxy.cli import main
-code = main(["serve", "--simulate", "--port", "9"])
+code = main(["serve", "--simulate", "--port", "0"])
 print(sorted(t.name for t in threading.enumerate() if t.name.startswith("simulator")))
 sys.exit(code)
 """

@@ -6,21 +6,17 @@ replica, one of them restarted, agrees on the step."""
 from __future__ import annotations
 
 import itertools
-import os
-import subprocess
 import sys
 from typing import Any
 
 import httpx
-from support.ports import free_port
-from support.processes import ROOT, Served, serve
+from support.processes import Served, launch, serve
 from support.redis_server import RedisServer
-from support.wait import answers, eventually
+from support.wait import eventually
 
-# Loose thresholds, so a few hundred ratings decide (the maths is tested on its own); quiet logs (pipes stay small).
+# Loose thresholds, so a few hundred ratings decide (the maths is tested on its own).
 ROLLOUT_ENV = {
     "ENABLE_MODEL_ROUTING": "true",
-    "ROUTEPROXY_LOG_LEVEL": "warning",
     "ROUTEPROXY_REDIS_NAMESPACE": "rp-faults",
     "ROUTEPROXY_ROLLOUT": "true",
     "ROUTEPROXY_ROLLOUT_SCHEDULE": "0.4,0.5,0.6",
@@ -42,28 +38,7 @@ _questions = itertools.count()
 
 
 def serve_skewed(ahead_s: float, env: dict[str, str]) -> Served:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            SKEWED_SERVE,
-            str(ahead_s),
-            "serve",
-            "--port",
-            str(port),
-            "--simulate",
-            "--speed",
-            "1000",
-        ],
-        env={**os.environ, "ROUTEPROXY_LOG_FORMAT": "json", **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-    )
-    served = Served(process, f"http://127.0.0.1:{port}")
-    eventually(lambda: answers(f"{served.url}/healthz"), tries=600, interval=0.05, what="the skewed replica")
-    return served
+    return launch([sys.executable, "-c", SKEWED_SERVE, str(ahead_s), "serve", "--simulate", "--speed", "1000"], env)
 
 
 def rollout(url: str) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import pytest
 from support.ports import free_port
 
 START_TIMEOUT_S = 10.0
+START_ATTEMPTS = 5
 
 
 def find_redis_server() -> str | None:
@@ -86,6 +87,7 @@ class RedisServer:
         self.port = _free_cluster_port() if cluster else free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.paused = False
+        self.started = False  # once: later starts keep the port
 
     @property
     def url(self) -> str:
@@ -105,17 +107,41 @@ class RedisServer:
         return args
 
     def start(self) -> None:
+        """Start redis-server and wait until it answers. A port is only free when it is picked: another program
+        (another test run's servers) may bind it before redis-server does, so at the first start a port taken
+        meanwhile is replaced by a new one; a start after a stop keeps its port (it comes back where its clients
+        are)."""
+        for _ in range(START_ATTEMPTS):
+            if self._start_once():
+                self.started = True
+                break
+            if self.started:
+                raise RuntimeError(f"another program took port {self.port} while redis-server was stopped")
+            self.port = _free_cluster_port() if self.cluster else free_port()
+        else:
+            raise RuntimeError(f"{START_ATTEMPTS} free ports in a row were taken before redis-server could bind them")
+        if self.cluster:
+            self._own_every_slot()
+
+    def _start_once(self) -> bool:
+        """True once this redis-server (its process id, not just any Redis on the port) answers; False when it
+        could not bind its port."""
+        log = self.workdir / "redis.log"
+        seen = log.stat().st_size if log.exists() else 0  # a restart appends to the same log
         self.process = subprocess.Popen(self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not _ping(self.port):
+        while not (
+            _ping(self.port) and f"process_id:{self.process.pid}\r\n".encode() in _command(self.port, "INFO", "server")
+        ):
             if self.process.poll() is not None:
-                log = (self.workdir / "redis.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}: {log}")
+                logged = log.read_bytes()[seen:].decode(errors="replace")
+                if "Address already in use" in logged:
+                    return False
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}: {logged[-2000:]}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not answer PING on port {self.port}")
             time.sleep(0.01)  # poll interval, not a start-up guess
-        if self.cluster:
-            self._own_every_slot()
+        return True
 
     def _own_every_slot(self) -> None:
         """A one-node Redis Cluster: this node serves all 16,384 slots once CLUSTER INFO says ok."""

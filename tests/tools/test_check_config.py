@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.ports import free_port
+from support.ports import refused_port
 from support.processes import Served, serve
 
 from routeproxy.sim.profile import SimProfile
@@ -104,7 +104,7 @@ def test_probe_names_the_served_id_when_the_configured_one_is_not(upstreams: dic
 
 
 def test_probe_reports_a_missing_key_and_a_port_with_nothing(upstreams: dict[str, ThreadedServer]) -> None:
-    nothing = f"http://127.0.0.1:{free_port()}"
+    nothing = f"http://127.0.0.1:{refused_port()}"
     result = run_cli("check-config", "--probe", env=tiers(nothing, upstreams["keyed"].url))
     assert result.returncode == 1
     lines = result.stdout.splitlines()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -144,43 +145,46 @@ def test_eval_reports_router_metrics_against_random(tmp_path: Path) -> None:
     assert {"apgr", "cpt50", "cpt80", "random_apgr_low", "random_apgr_high", "share_large"} <= set(overall)
 
 
-@pytest.mark.parametrize(("dialect", "done_line"), [("tgi-legacy", b"data:[DONE]"), ("vllm", b"data: [DONE]")])
-def test_simulate_command_serves_the_chosen_dialect(dialect: str, done_line: bytes) -> None:
-    port = free_port()
+def simulator(*flags: str) -> tuple[subprocess.Popen[bytes], str]:
+    """``routeproxy simulate`` on a port the OS picks, and its base URL, read from its first line."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "routeproxy", "simulate", "--port", str(port), "--dialect", dialect, "--speed", "1000"],
+        [sys.executable, "-m", "routeproxy", "simulate", "--port", "0", "--speed", "1000", *flags],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         cwd=ROOT,
     )
+    assert process.stderr is not None
+    first = process.stderr.readline().decode()  # printed once the port is bound; empty if the process died
+    named = re.search(r"on (http://127\.0\.0\.1:(\d+))/v1$", first.strip())
+    if named is None or int(named.group(2)) == 0:
+        process.kill()
+        raise AssertionError(f"routeproxy simulate did not name its address: {first!r}")
+    return process, named.group(1)
+
+
+@pytest.mark.parametrize(("dialect", "done_line"), [("tgi-legacy", b"data:[DONE]"), ("vllm", b"data: [DONE]")])
+def test_simulate_command_serves_the_chosen_dialect(dialect: str, done_line: bytes) -> None:
+    process, base = simulator("--dialect", dialect)
     try:
-        eventually(lambda: answers(f"http://127.0.0.1:{port}/health"), tries=400, interval=0.05, what="simulator up")
+        eventually(lambda: answers(f"{base}/health"), tries=400, interval=0.05, what="simulator up")
         body = {
             "model": "meta-llama/Llama-3.2-3B-Instruct",
             "messages": [{"role": "user", "content": "hi"}],
             "stream": True,
         }
-        response = http.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=10)
+        response = http.post(f"{base}/v1/chat/completions", json=body, timeout=10)
         assert response.headers["x-simulator"] == "routeproxy"
         assert response.content.rstrip().endswith(done_line)
     finally:
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=15)
-    assert b"simulator" in stderr
+        process.communicate(timeout=15)
 
 
 def test_simulate_flags_shape_the_simulated_upstream() -> None:
-    port = free_port()
-    flags = ["--tokens", "3", "--api-key", "sim-key", "--ttft", "0", "--tokens-per-second", "1000"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "routeproxy", "simulate", "--port", str(port), "--speed", "1000", *flags],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-    )
+    process, base = simulator("--tokens", "3", "--api-key", "sim-key", "--ttft", "0", "--tokens-per-second", "1000")
     try:
-        eventually(lambda: answers(f"http://127.0.0.1:{port}/health"), tries=400, interval=0.05, what="simulator up")
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        eventually(lambda: answers(f"{base}/health"), tries=400, interval=0.05, what="simulator up")
+        url = f"{base}/v1/chat/completions"
         body = {"model": "meta-llama/Llama-3.2-3B-Instruct", "messages": [{"role": "user", "content": "hi"}]}
         assert http.post(url, json=body, timeout=10).status_code == 401  # --api-key: the key is required
         answer = http.post(url, json=body, headers={"authorization": "Bearer sim-key"}, timeout=10).json()

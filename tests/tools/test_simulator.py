@@ -224,6 +224,19 @@ def test_vllm_rejects_stream_options_without_stream_and_missing_messages(serve: 
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "body.messages"
 
 
+@pytest.mark.parametrize("dialect", list(Dialect))
+def test_tools_or_response_format_of_the_wrong_type_are_a_4xx_in_every_dialect(serve: Serve, dialect: Dialect) -> None:
+    """Never a 500 from the simulator: a proxy test relaying it would blame the proxy."""
+    server = serve(dialect)
+    model = MODEL if dialect in (Dialect.VLLM, Dialect.HF) else "tgi"
+    for odd in ({"tools": True}, {"tools": "search"}, {"response_format": "json"}):
+        response = chat(server, request(model=model, **odd))
+        assert 400 <= response.status_code < 500 or response.status_code == 200, (odd, response.text)
+    if dialect == Dialect.VLLM:
+        refused = chat(server, request(tools=True))
+        assert (refused.status_code, refused.json()["error"]["param"]) == (400, "body.tools")
+
+
 def test_tgi_type_mismatch_is_plain_text_422(serve: Serve) -> None:
     # §2.3: `"stop": "\n"` (a string; TGI expects a list) -> 422 "Failed to deserialize the JSON body ..."
     response = chat(serve(Dialect.TGI), request(model="tgi", stop="\n"))

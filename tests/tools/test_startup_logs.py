@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import openai
 import orjson
-from support.ports import free_port
+from support.ports import refused_port
 from support.processes import Served, serve
 from support.wait import eventually
 
@@ -84,7 +84,7 @@ def test_stats_prints_the_table_and_nothing_on_stderr(served: list[Served]) -> N
 
 
 def test_an_unreachable_redis_is_named_without_its_passwords(served: list[Served]) -> None:
-    url = f"redis://app:hunter2@127.0.0.1:{free_port()}/0?password=hunter3&db=0"
+    url = f"redis://app:hunter2@127.0.0.1:{refused_port()}/0?password=hunter3&db=0"
     proxy = serve("--simulate", "--speed", "500", "--redis-url", url)
     served.append(proxy)
 
@@ -133,7 +133,7 @@ def test_the_summary_names_the_mode_and_what_the_rollout_controller_sets() -> No
 
 
 def test_stats_names_an_unreachable_redis_without_its_passwords() -> None:
-    url = f"redis://app:hunter2@127.0.0.1:{free_port()}/0?password=hunter3"
+    url = f"redis://app:hunter2@127.0.0.1:{refused_port()}/0?password=hunter3"
     environ = {key: value for key, value in os.environ.items() if "REDIS_URL" not in key}
     result = subprocess.run(
         [sys.executable, "-m", "routeproxy", "stats", "--redis-url", url],

@@ -215,6 +215,13 @@ def test_termination_grace_outlasts_the_drain() -> None:
         assert grace > drain_s + pre_stop_s, f"{workload['metadata']['name']}: {grace} s"
 
 
+def test_routeproxy_pods_get_no_service_links() -> None:
+    """A Service named `routeproxy` would otherwise put ROUTEPROXY_PORT=tcp://<ip>:8001 and more ROUTEPROXY_*
+    variables into every pod of the namespace, next to routeproxy's own settings."""
+    for workload, _ in routeproxy_containers():
+        assert pod_spec(workload).get("enableServiceLinks") is False, workload["metadata"]["name"]
+
+
 @pytest.mark.parametrize("workload", workloads(), ids=lambda workload: workload["metadata"]["name"])
 def test_containers_run_as_non_root_with_resource_limits(workload: dict[str, Any]) -> None:
     spec = pod_spec(workload)

@@ -23,7 +23,7 @@ import httpx
 import orjson
 
 from routeproxy.bench.loadgen import LoadResult, build_request, run_async, run_load
-from routeproxy.bench.procs import free_port, proxy_env
+from routeproxy.bench.procs import bound_port, proxy_env
 
 FAST_HEADERS = {"x-sim-tokens": "17", "x-sim-ttft-ms": "0", "x-sim-token-ms": "0"}
 CHAT_BODY = {"model": "auto", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
@@ -74,20 +74,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args(argv)
-    upstream_port, proxy_port = free_port(), free_port()
     out_dir = tempfile.mkdtemp(prefix="callgrind-")
+    upstream_log, proxy_log = tempfile.TemporaryFile(), tempfile.TemporaryFile()  # noqa: SIM115  (closed below)
+    # Both on --port 0: each server names the port it bound (a port picked here could be taken meanwhile).
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "routeproxy.bench.loadgen", "--port", "0"],
+        cwd=out_dir,
+        stdout=upstream_log,
+        stderr=upstream_log,
+    )
+    upstream_port = bound_port(upstream_log, upstream, 30)
     url = f"http://127.0.0.1:{upstream_port}/v1"
     env = proxy_env({"small": url, "large": url}, None)
     env["ROUTEPROXY_LOG_LEVEL"] = "info"  # the default, as users run it (older checkouts' benchmark pinned warning)
-    upstream = subprocess.Popen(
-        [sys.executable, "-m", "routeproxy.bench.loadgen", "--port", str(upstream_port)], cwd=out_dir
-    )
     valgrind = ["valgrind", "--tool=callgrind", "--dump-instr=no", f"--callgrind-out-file={out_dir}/callgrind.out.%p"]
-    serve = [sys.executable, "-m", "routeproxy", "serve", "--port", str(proxy_port)]
+    serve = [sys.executable, "-m", "routeproxy", "serve", "--port", "0"]
     proxy = subprocess.Popen(
-        [*valgrind, *serve], env=env, cwd=out_dir, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+        [*valgrind, *serve], env=env, cwd=out_dir, stderr=proxy_log, stdout=proxy_log
     )  # cwd: not a checkout, so `python -m` imports the routeproxy this Python has installed
     try:
+        proxy_port = bound_port(proxy_log, proxy, 300)
         wait_answering(f"http://127.0.0.1:{upstream_port}/", upstream, 30)
         wait_answering(f"http://127.0.0.1:{proxy_port}/healthz", proxy, 300)
         plain = build_request("127.0.0.1", proxy_port, "/v1/chat/completions", orjson.dumps(CHAT_BODY), FAST_HEADERS)
@@ -107,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
         upstream.terminate()
         proxy.wait(60)
         upstream.wait(10)
+        upstream_log.close()
+        proxy_log.close()
     print(
         f"instructions per non-streaming request: {per_request / 1000:,.1f} k ({args.requests} at c={args.concurrency})"
     )

@@ -23,9 +23,9 @@ import orjson
 
 from routeproxy.bench.callgrind import CHAT_BODY, FAST_HEADERS, load_exactly, wait_answering
 from routeproxy.bench.loadgen import build_request
-from routeproxy.bench.procs import free_port, proxy_env
+from routeproxy.bench.procs import bound_port, proxy_env
 
-# Run as `python -c PROBE serve --port P`: the timer, the two signals, then routeproxy's own command line.
+# Run as `python -c PROBE serve --port 0`: the timer, the two signals, then routeproxy's own command line.
 _PROBE = """
 import gc, json, os, signal, sys, time
 counts, spent, started = [0, 0, 0], [0.0], [0.0]
@@ -65,22 +65,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--default-gc", action="store_true", help="leave CPython's collector as it is (no heap.py)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = parser.parse_args(argv)
-    upstream_port, proxy_port = free_port(), free_port()
     work = tempfile.mkdtemp(prefix="gcstats-")
     out = Path(work) / "gc.json"
+    upstream_log, proxy_log = tempfile.TemporaryFile(), tempfile.TemporaryFile()  # noqa: SIM115  (closed below)
+    # Both on --port 0: each server names the port it bound (a port picked here could be taken meanwhile).
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "routeproxy.bench.loadgen", "--port", "0"], stdout=upstream_log, stderr=upstream_log
+    )
+    upstream_port = bound_port(upstream_log, upstream, 30)
     url = f"http://127.0.0.1:{upstream_port}/v1"
     env = proxy_env({"small": url, "large": url}, None, GCSTATS_OUT=str(out))
     if args.default_gc:
         env["GCSTATS_DEFAULT_GC"] = "1"
-    upstream = subprocess.Popen([sys.executable, "-m", "routeproxy.bench.loadgen", "--port", str(upstream_port)])
     proxy = subprocess.Popen(
-        [sys.executable, "-c", _PROBE, "serve", "--port", str(proxy_port)],
+        [sys.executable, "-c", _PROBE, "serve", "--port", "0"],
         env=env,
         cwd=work,  # not a checkout: the routeproxy this Python has installed
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=proxy_log,
+        stderr=proxy_log,
     )
     try:
+        proxy_port = bound_port(proxy_log, proxy, 60)
         wait_answering(f"http://127.0.0.1:{upstream_port}/", upstream, 30)
         wait_answering(f"http://127.0.0.1:{proxy_port}/healthz", proxy, 60)
         request = build_request("127.0.0.1", proxy_port, "/v1/chat/completions", orjson.dumps(CHAT_BODY), FAST_HEADERS)
@@ -98,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
         upstream.terminate()
         proxy.wait(60)
         upstream.wait(10)
+        upstream_log.close()
+        proxy_log.close()
     per_thousand = [count * 1000 / args.requests for count in figures["collections"]]
     if args.json:
         summary = {**figures, "requests": args.requests, "proxy_cpu_seconds": cpu, "default_gc": args.default_gc}

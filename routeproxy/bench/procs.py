@@ -137,28 +137,41 @@ def spawn(name: str, args: Sequence[str], env: dict[str, str], cpus: set[int], r
     os.sched_setaffinity(process.pid, cpus)  # before it starts any worker process, which inherits it
     proc = Proc(name, process, 0, log)
     deadline = time.monotonic() + 30
+    try:
+        proc.port = bound_port(log, process, 30)
+    except RuntimeError as exc:
+        proc.stop()
+        raise RuntimeError(f"{name} {exc}: {proc.output()}") from None
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"{name} exited at start-up: {proc.output()}")
-        if not proc.port:
-            bound = _BOUND.search(proc.logged())
-            proc.port = int(bound.group(1)) if bound else 0
         try:
-            if not proc.port:
-                pass
-            elif ready_path == "tcp":
+            if ready_path == "tcp":
                 with httpx.Client(trust_env=False) as client:
                     client.post(f"http://127.0.0.1:{proc.port}/", content=b"{}", timeout=1)
-                return proc
             else:
-                url = f"http://127.0.0.1:{proc.port}{ready_path}"
-                httpx.get(url, timeout=1, trust_env=False).raise_for_status()
-                return proc
+                httpx.get(f"http://127.0.0.1:{proc.port}{ready_path}", timeout=1, trust_env=False).raise_for_status()
+            return proc
         except httpx.HTTPError:
-            pass
+            if time.monotonic() > deadline:
+                proc.stop()
+                raise RuntimeError(f"{name} did not answer within 30 s: {proc.output()}") from None
+            time.sleep(0.05)  # poll interval while it starts
+
+
+def bound_port(log: Any, process: subprocess.Popen[bytes], seconds: float) -> int:
+    """The port a server started with ``--port 0`` says it bound, read from ``log`` (the file its output goes to)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        log.flush()
+        log.seek(0)
+        found = _BOUND.search(log.read())
+        if found is not None:
+            return int(found.group(1))
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode} before it listened")
         if time.monotonic() > deadline:
-            proc.stop()
-            raise RuntimeError(f"{name} did not answer within 30 s: {proc.output()}")
+            raise RuntimeError(f"did not say which port it bound within {seconds:g} s")
         time.sleep(0.05)  # poll interval while it starts
 
 

@@ -140,8 +140,9 @@ def spawn(name: str, args: Sequence[str], env: dict[str, str], cpus: set[int], r
     try:
         proc.port = bound_port(log, process, 30)
     except RuntimeError as exc:
+        output = proc.output()
         proc.stop()
-        raise RuntimeError(f"{name} {exc}: {proc.output()}") from None
+        raise RuntimeError(f"{name} {exc}: {output}") from None
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"{name} exited at start-up: {proc.output()}")
@@ -154,8 +155,9 @@ def spawn(name: str, args: Sequence[str], env: dict[str, str], cpus: set[int], r
             return proc
         except httpx.HTTPError:
             if time.monotonic() > deadline:
+                output = proc.output()
                 proc.stop()
-                raise RuntimeError(f"{name} did not answer within 30 s: {proc.output()}") from None
+                raise RuntimeError(f"{name} did not answer within 30 s: {output}") from None
             time.sleep(0.05)  # poll interval while it starts
 
 
@@ -218,8 +220,9 @@ def _redis_up(proc: Proc) -> bool:
         except OSError:
             pass
         if time.monotonic() > deadline:
+            output = proc.output()
             proc.stop()
-            raise RuntimeError(f"redis-server did not answer: {proc.output()}")
+            raise RuntimeError(f"redis-server did not answer: {output}")
         time.sleep(0.05)  # poll interval while it starts
 
 

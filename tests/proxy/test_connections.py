@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 
 import httpx
 import openai
 import orjson
 import pytest
+from support.sockets import raw, read_until_closed
 from support.upstreams import ProxyFactory
 
 from routeproxy.settings import Tier, load_settings
@@ -68,25 +66,11 @@ def test_a_refusal_before_the_body_is_read_reaches_a_client_still_sending(
         assert answer.code == 401
 
 
-@contextlib.contextmanager
-def raw(port: int) -> Iterator[socket.socket]:
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.settimeout(WAIT_S)
-        yield sock
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    received = b""
-    while chunk := sock.recv(65536):
-        received += chunk
-    return received
-
-
 def test_an_http_1_0_client_gets_a_stream_delimited_by_the_close(proxy: ThreadedServer) -> None:
     """HTTP/1.0 has no chunked coding (RFC 9112 section 6.1): the stream's bytes come as they are, then the close."""
     body = orjson.dumps({"model": "auto", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
     head = b"POST /v1/chat/completions HTTP/1.0\r\nhost: x\r\ncontent-type: application/json\r\n"
-    with raw(proxy.port) as sock:
+    with raw(proxy.port, WAIT_S) as sock:
         sock.sendall(head + b"content-length: %d\r\n\r\n" % len(body) + body)
         response = read_until_closed(sock)
     status_head, _, payload = response.partition(b"\r\n\r\n")
@@ -104,7 +88,7 @@ def test_an_http_1_0_client_gets_a_stream_delimited_by_the_close(proxy: Threaded
 def test_an_http_1_0_client_still_gets_whole_answers_with_their_length(proxy: ThreadedServer) -> None:
     body = orjson.dumps({"model": "auto", "messages": [{"role": "user", "content": "hi"}]})
     head = b"POST /v1/chat/completions HTTP/1.0\r\nhost: x\r\ncontent-type: application/json\r\n"
-    with raw(proxy.port) as sock:
+    with raw(proxy.port, WAIT_S) as sock:
         sock.sendall(head + b"content-length: %d\r\n\r\n" % len(body) + body)
         response = read_until_closed(sock)
     status_head, _, payload = response.partition(b"\r\n\r\n")
@@ -126,7 +110,7 @@ def test_the_proxy_closes_a_connection_idle_past_its_keepalive_timeout(
     simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFactory
 ) -> None:
     proxy = start_proxy(upstreams(simulators), **{"server.keepalive_timeout": 0.2})
-    with raw(proxy.port) as sock:
+    with raw(proxy.port, WAIT_S) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
         answered = sock.recv(65536)
         assert answered.startswith(b"HTTP/1.1 200")

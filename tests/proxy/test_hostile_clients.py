@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import select
-import socket
 import time
 from collections.abc import Callable, Iterator
 
 import orjson
 import pytest
 from support import http
+from support.sockets import raw, read_what_comes
 from support.upstreams import ProxyFactory, ScriptedUpstream, fast_profile, settings_for
 
 from routeproxy.api.app import create_app
@@ -46,22 +46,6 @@ def limited(sims: dict[Tier, ThreadedServer]) -> Iterator[ThreadedServer]:
         yield server
 
 
-@contextlib.contextmanager
-def raw(port: int) -> Iterator[socket.socket]:
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.settimeout(WAIT_S)
-        yield sock
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes; an OSError (timeout, reset) ends it with what came."""
-    received = b""
-    with contextlib.suppress(OSError):
-        while chunk := sock.recv(65536):
-            received += chunk
-    return received
-
-
 def status_and_error(response: bytes) -> tuple[int, dict[str, object]]:
     head, _, body = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 "), response[:200]
@@ -76,9 +60,9 @@ def status_and_error(response: bytes) -> tuple[int, dict[str, object]]:
 def test_a_request_head_that_does_not_arrive_in_time_gets_408_and_the_connection_closes(
     limited: ThreadedServer, sent: bytes
 ) -> None:
-    with raw(limited.port) as sock:
+    with raw(limited.port, WAIT_S) as sock:
         sock.sendall(sent)
-        status, error = status_and_error(read_until_closed(sock))
+        status, error = status_and_error(read_what_comes(sock))
     assert status == 408
     assert error["code"] == "header_timeout"
 
@@ -94,9 +78,9 @@ def test_a_request_head_that_does_not_arrive_in_time_gets_408_and_the_connection
 def test_header_floods_get_431_and_the_proxy_keeps_serving(
     limited: ThreadedServer, extra_headers: bytes, code: str
 ) -> None:
-    with raw(limited.port) as sock:
+    with raw(limited.port, WAIT_S) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n" + extra_headers + b"\r\n")
-        status, error = status_and_error(read_until_closed(sock))
+        status, error = status_and_error(read_what_comes(sock))
     assert status == 431
     assert error["code"] == code
     within = http.get(f"{limited.url}/healthz", headers={f"x-ok-{index}": "1" for index in range(90)})
@@ -108,7 +92,7 @@ def test_slow_bodies_hold_no_concurrency_slot(sims: dict[Tier, ThreadedServer], 
     proxy = start_proxy(upstreams(sims), **{"server.max_concurrent_requests": 2})
     with contextlib.ExitStack() as stack:
         for _ in range(3):
-            sock = stack.enter_context(raw(proxy.port))
+            sock = stack.enter_context(raw(proxy.port, WAIT_S))
             sock.sendall(CHAT_HEAD + b"content-length: 1000\r\n\r\n" + b'{"model": "au')
         # Each trickling body has reached the app (its head is complete); none of them may hold a slot.
         response = http.post(
@@ -119,9 +103,9 @@ def test_slow_bodies_hold_no_concurrency_slot(sims: dict[Tier, ThreadedServer], 
 
 
 def test_a_body_that_does_not_arrive_in_time_gets_408(limited: ThreadedServer) -> None:
-    with raw(limited.port) as sock:
+    with raw(limited.port, WAIT_S) as sock:
         sock.sendall(CHAT_HEAD + b"content-length: 1000\r\n\r\n" + b'{"model": "au')
-        status, error = status_and_error(read_until_closed(sock))
+        status, error = status_and_error(read_what_comes(sock))
     assert status == 408
     assert error["code"] == "body_timeout"
 
@@ -131,7 +115,7 @@ def test_a_413_reaches_a_client_still_sending_and_the_drain_is_bounded(limited: 
     the 413 rather than a reset, and the proxy stops reading the rest once the body deadline has passed."""
     received = b""
     closed = False
-    with raw(limited.port) as sock:
+    with raw(limited.port, WAIT_S) as sock:
         sock.sendall(CHAT_HEAD + b"content-length: 1000000000\r\n\r\n")
         deadline = time.monotonic() + WAIT_S
         while not closed and time.monotonic() < deadline:

@@ -11,6 +11,19 @@ from routeproxy.bench.rollout import Case, DemoRefused, run_case
 from routeproxy.settings import Tier
 from routeproxy.sim.threadserver import ThreadedServer
 
+# A proxy whose rollout decides within a few hundred ratings.
+QUICK_ROLLOUT = {
+    "routing.enabled": True,
+    "routing.rollout.enabled": True,
+    "routing.rollout.min_hold_s": 0.2,
+    "routing.rollout.min_feedback": 100,
+    "routing.rollout.interval_s": 0.1,
+}
+
+
+def upstreams(simulators: dict[Tier, ThreadedServer]) -> dict[Tier, str]:
+    return {tier: f"{server.url}/v1" for tier, server in simulators.items()}
+
 
 def test_demo_rolls_a_clearly_worse_small_tier_back_to_zero() -> None:
     lines: list[str] = []
@@ -25,16 +38,7 @@ def test_demo_rolls_a_clearly_worse_small_tier_back_to_zero() -> None:
 def test_demo_drives_a_running_proxy_with_the_rollout_on(
     simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFactory
 ) -> None:
-    proxy = start_proxy(
-        {tier: f"{server.url}/v1" for tier, server in simulators.items()},
-        **{
-            "routing.enabled": True,
-            "routing.rollout.enabled": True,
-            "routing.rollout.min_hold_s": 0.2,
-            "routing.rollout.min_feedback": 100,
-            "routing.rollout.interval_s": 0.1,
-        },
-    )
+    proxy = start_proxy(upstreams(simulators), **QUICK_ROLLOUT)
     lines: list[str] = []
     result = run_case(Case("worse", 0.60, 0.95), max_requests=1500, out=lines.append, proxy_url=proxy.url)
     assert lines[0].endswith(f"at {proxy.url}, at most 1500 requests")
@@ -48,17 +52,7 @@ def test_demo_drives_a_running_proxy_with_the_rollout_on(
 def test_fresh_runs_the_demo_again_on_the_same_proxy(
     simulators: dict[Tier, ThreadedServer], start_proxy: ProxyFactory
 ) -> None:
-    proxy = start_proxy(
-        {tier: f"{server.url}/v1" for tier, server in simulators.items()},
-        **{
-            "routing.enabled": True,
-            "routing.rollout.enabled": True,
-            "routing.rollout.min_hold_s": 0.2,
-            "routing.rollout.min_feedback": 100,
-            "routing.rollout.interval_s": 0.1,
-            "server.admin_token": "admin-token-for-the-demo",
-        },
-    )
+    proxy = start_proxy(upstreams(simulators), **QUICK_ROLLOUT, **{"server.admin_token": "admin-token-for-the-demo"})
     worse = Case("worse", 0.60, 0.95)
     first = run_case(worse, max_requests=1500, out=lambda line: None, proxy_url=proxy.url)
     assert first.final["step_index"] == -1

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from routeproxy.bench.loadgen import (
     run_load,
     serve_static_upstream,
 )
+from routeproxy.bench.procs import spawn
 from routeproxy.bench.scenario import scenario_mix
 from routeproxy.bench.session import parse_upstream
 from routeproxy.cli import main
@@ -194,3 +196,16 @@ def test_the_settled_heap_collects_a_tenth_as_often_under_load() -> None:
     default_young, settled_young = default["collections"][0], settled["collections"][0]  # type: ignore[index]
     assert default_young >= 10  # the probe sees the collections it is there to count
     assert settled_young * 10 <= default_young
+
+
+def test_a_bench_server_is_measured_on_the_port_it_bound_and_a_failed_start_says_why() -> None:
+    cores = sorted(os.sched_getaffinity(0))
+    upstream = spawn("static upstream", ["routeproxy.bench.loadgen"], dict(os.environ), set(cores), "tcp")
+    try:
+        assert upstream.port > 0 and f"127.0.0.1:{upstream.port}".encode() in upstream.logged()
+    finally:
+        upstream.stop()
+    with pytest.raises(RuntimeError) as refused:
+        spawn("proxy", ["routeproxy", "serve", "--speed", "10"], dict(os.environ), set(cores), "/healthz")
+    assert "exited with 2 before it listened" in str(refused.value)
+    assert "--speed applies only with --simulate" in str(refused.value)  # the process's own words

@@ -66,18 +66,23 @@ def test_the_request_line_names_the_answer_id_the_client_got(served: list[Served
     assert whole.id.startswith("chatcmpl-")
 
 
-def test_stats_prints_the_table_and_nothing_on_stderr(served: list[Served]) -> None:
-    proxy = serve("--simulate", "--speed", "500")
-    served.append(proxy)
+def stats(*args: str) -> subprocess.CompletedProcess[str]:
+    """``routeproxy stats *args`` with JSON logs and no Redis URL from this machine's environment."""
     environ = {key: value for key, value in os.environ.items() if "REDIS_URL" not in key}
-    result = subprocess.run(
-        [sys.executable, "-m", "routeproxy", "stats", "--proxy", proxy.url],
+    return subprocess.run(
+        [sys.executable, "-m", "routeproxy", "stats", *args],
         env={**environ, "ROUTEPROXY_LOG_FORMAT": "json"},
         capture_output=True,
         text=True,
         timeout=60,
         cwd=ROOT,
     )
+
+
+def test_stats_prints_the_table_and_nothing_on_stderr(served: list[Served]) -> None:
+    proxy = serve("--simulate", "--speed", "500")
+    served.append(proxy)
+    result = stats("--proxy", proxy.url)
     assert result.returncode == 0
     assert "tier" in result.stdout and "requests" in result.stdout
     assert result.stderr == ""
@@ -134,15 +139,7 @@ def test_the_summary_names_the_mode_and_what_the_rollout_controller_sets() -> No
 
 def test_stats_names_an_unreachable_redis_without_its_passwords() -> None:
     url = f"redis://app:hunter2@127.0.0.1:{refused_port()}/0?password=hunter3"
-    environ = {key: value for key, value in os.environ.items() if "REDIS_URL" not in key}
-    result = subprocess.run(
-        [sys.executable, "-m", "routeproxy", "stats", "--redis-url", url],
-        env={**environ, "ROUTEPROXY_LOG_FORMAT": "json"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    result = stats("--redis-url", url)
     assert result.returncode == 1
     shown = url.replace("hunter2", "***").replace("hunter3", "***")
     assert f"routeproxy stats: cannot read {shown}: " in result.stderr

@@ -11,6 +11,7 @@ import httpx
 import pytest
 import redis
 from support import redis_server as redis_module
+from support.ports import free_port
 from support.processes import Served, serve
 from support.redis_server import RedisServer, find_redis_server
 
@@ -20,7 +21,7 @@ def test_a_redis_port_taken_before_redis_binds_it_is_replaced_and_the_server_is_
 ) -> None:
     """The first port the fixture picks is one another Redis (which answers PING like ours) listens on."""
     picks = iter([redis_server.port])
-    monkeypatch.setattr(redis_module, "free_port", lambda: next(picks, 0) or _os_port())
+    monkeypatch.setattr(redis_module, "free_port", lambda: next(picks, 0) or free_port())
     binary = find_redis_server()
     assert binary is not None
     workdir = tmp_path / "second"
@@ -48,9 +49,3 @@ def test_a_served_routeproxy_is_reached_on_the_port_it_bound(served: list[Served
     assert httpx.post(f"{replica.url}/v1/chat/completions", json=body, timeout=10).status_code == 200
     stats = httpx.get(f"{replica.url}/v1/model-routing/stats", timeout=10).json()
     assert stats["replicas"] == [f"{socket.gethostname()}-{replica.process.pid}"]
-
-
-def _os_port() -> int:
-    from support.ports import free_port
-
-    return free_port()

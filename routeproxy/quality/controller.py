@@ -15,8 +15,10 @@ When Redis comes back empty (restarted without persistence, flushed), the reques
 last ratio it saw (``fallback_ratio``), and the controller writes the state back at the lower of its last known
 step and the step of that ratio, with the hold started again and an audit entry saying so (compare-and-set against
 what is stored, so one replica writes it and the others load it). Versions only grow, so a stored state older than
-one a replica knew is also a lost one: the replica that knew most writes its history back at its next look. A
-replica that knows nothing (started while Redis was empty) starts the rollout at its first step.
+one a replica knew is also a lost one: the replica that knew most writes its history back at its next look. So is
+a stored state of the version a replica knew whose last change is another one: written back by a replica that had
+missed that change (say an operator's rollback); the replica that saw it writes its own history back, one version
+higher. A replica that knows nothing (started while Redis was empty) starts the rollout at its first step.
 """
 
 from __future__ import annotations
@@ -99,6 +101,21 @@ class MemoryRolloutStore(RolloutStore):
         return True
 
 
+def _superseded(stored: RolloutState, known: RolloutState) -> bool:
+    """Whether ``stored`` is what is left of a lost state this replica knew: an older version, or the same version
+    with another last change (every change appends its audit entry: time, step and reason tell two apart)."""
+    if stored.version != known.version:
+        return stored.version < known.version
+    return _last_change(stored) != _last_change(known)
+
+
+def _last_change(state: RolloutState) -> tuple[str, int, str] | None:
+    """The last audit entry as the store keeps it: its time as stored (to the microsecond), so a state this replica
+    wrote and the same state read back compare equal."""
+    entry = state.history[-1] if state.history else None
+    return None if entry is None else (entry.to_json()["at"], entry.to_step, entry.why)
+
+
 @dataclass(frozen=True, slots=True)
 class Action:
     """An operator's change: pause, resume, or a step (OFF = -1 allowed)."""
@@ -154,8 +171,9 @@ class RolloutController:
         state, now = await self.store.read()
         self._clock = (now, time.monotonic())
         self.state = state
-        # Versions only grow: a stored state older than one this replica saw is what is left of a lost one.
-        if state is not None and (self.known is None or state.version >= self.known.version):
+        # Versions only grow: a stored state older than one this replica saw, or of the same version but another
+        # last change, is what is left of a lost one (``tick`` writes this replica's history back).
+        if state is not None and (self.known is None or not _superseded(state, self.known)):
             self.known = state
         return state
 
@@ -201,6 +219,8 @@ class RolloutController:
             known, step=step, step_since=now, feedback_at_step=evidence.feedback, period=evidence.period,
             history=(*known.history, entry)[-MAX_HISTORY:], version=known.version + 1,
         )  # fmt: skip
+        if stored is not None and stored.version >= resumed.version:
+            resumed = replace(resumed, version=stored.version + 1)  # above what is stored, or the others keep it
         # The write is compare-and-set against what is stored: one replica writes it, the others load it; a replica
         # that knew a later version than the one written back replaces it at its next look.
         return Outcome(resumed, entry, None, why)
@@ -219,7 +239,7 @@ class RolloutController:
         self.last_evidence = evidence
         state = await self._read()
         known, now = self.known, self.now()
-        if known is not None and (state is None or state.version < known.version):
+        if known is not None and (state is None or _superseded(state, known)):
             outcome = self._resumed(known, state, now, evidence)
         elif state is None:
             started = initial_state(now, feedback=evidence.feedback, period=evidence.period)

@@ -137,3 +137,30 @@ async def test_restart_keeps_the_step_and_the_history(replica: Factory) -> None:
     assert not resumed.paused and resumed.step == 2
     await restarted.operate(Action(step=OFF))
     assert await counters.flush() and counters.current_runtime.ab_test_ratio == 0.0
+
+
+async def test_a_change_one_replica_missed_survives_an_emptied_redis(
+    replica: Factory, redis_server: RedisServer
+) -> None:
+    """r1 misses the operator's rollback (version 3) that r2 made; Redis is emptied; r1 writes back the step it knew
+    as version 3 too. r2, which knew the rollback, finds another change under its version and writes its own
+    history back, one version higher: the rollback stands."""
+    (_, first), (second_counters, second) = await replica("r1"), await replica("r2")
+    await first.tick()  # version 1: the rollout starts
+    await first.operate(Action(step=3, why="operator raises it"))  # version 2
+    await second.tick()  # r2 reads version 2
+    await second.operate(Action(step=0, why="operator rolls back"))  # version 3; r1 does not look
+    redis.Redis.from_url(redis_server.url).flushall()
+
+    await first.tick()  # writes back what it knew: step 3, as version 3
+    assert first.describe()["step_index"] == 3 and first.describe()["version"] == 3
+    assert await second.tick() is not None  # another version 3 than its own: its history goes back, version 4
+    assert await first.tick() is None  # r1 loads version 4
+    states = [controller.describe() for controller in (first, second)]
+    assert [(state["step_index"], state["version"]) for state in states] == [(0, 4), (0, 4)]
+    whys = [entry["why"] for entry in states[1]["history"]]
+    assert whys[-2] == "operator rolls back" and whys[-1].startswith("the stored rollout state was lost")
+    assert "operator raises it" in whys and states[0]["history"] == states[1]["history"]
+    assert await second_counters.flush() and second_counters.current_runtime.ab_test_ratio == 0.1
+    # Read back unchanged, a replica's own state is never taken for another change.
+    assert await first.tick() is None and await second.tick() is None

@@ -5,7 +5,6 @@ original never failing its followers. Scripted upstreams on loopback, a real pro
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,7 +13,8 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 from support import http
-from support.chat_upstream import ChatUpstream, Script, words
+from support.chat_upstream import ChatUpstream, Script, serve_tiers, words
+from support.ports import refused_port
 from support.upstreams import ProxyFactory, read_request_body, serve_lifespan
 from support.wait import eventually, eventually_async
 
@@ -31,13 +31,6 @@ NO_FALLBACK = {"routing.fallback_small_to_large": False, "routing.fallback_large
 
 def body(question: str = QUESTION, **extra: Any) -> dict[str, Any]:
     return {"model": "auto", "messages": [{"role": "user", "content": question}], "temperature": 0, **extra}
-
-
-def unused_url() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
 
 
 class Setup:
@@ -67,11 +60,7 @@ def setup(start_proxy: ProxyFactory) -> Iterator[Callable[..., Setup]]:
             Tier.SMALL: small if isinstance(small, ChatUpstream) else ChatUpstream(small or Script(ANSWER), model="s"),
             Tier.LARGE: large if isinstance(large, ChatUpstream) else ChatUpstream(large or Script(LARGE), model="l"),
         }
-        urls = {}
-        for tier, upstream in upstreams.items():
-            server = ThreadedServer(upstream).start()
-            servers.append(server)
-            urls[tier] = f"{server.url}/v1"
+        urls = serve_tiers(upstreams, servers)
         if small_url is not None:
             urls[Tier.SMALL] = small_url
         proxy = start_proxy(urls, **{"cache.enabled": True, **overrides})
@@ -107,7 +96,8 @@ def test_a_stream_cut_short_is_not_stored(setup: Callable[..., Setup]) -> None:
 
 
 def test_an_answer_from_the_fallback_tier_is_not_stored(setup: Callable[..., Setup]) -> None:
-    proxy = setup(small_url=unused_url(), **{"routing.enabled": True, "routing.fallback_small_to_large": True})
+    down = f"http://127.0.0.1:{refused_port()}/v1"
+    proxy = setup(small_url=down, **{"routing.enabled": True, "routing.fallback_small_to_large": True})
     answers = [proxy.post(body()) for _ in range(2)]
     assert [answer.headers["x-routeproxy-fallback"] for answer in answers] == ["connect_error"] * 2
     assert [answer.headers["x-routeproxy-cache"] for answer in answers] == ["miss", "miss"]

@@ -17,7 +17,8 @@ import openai
 import orjson
 import pytest
 from support import http
-from support.chat_upstream import ChatUpstream, Script, completion, stream_events, words
+from support.chat_upstream import ChatUpstream, Script, completion, serve_tiers, stream_events, words
+from support.ports import refused_port
 from support.processes import Served, serve
 from support.upstreams import ProxyFactory, settings_for
 from support.wait import eventually, eventually_async
@@ -88,11 +89,7 @@ def cascade(start_proxy: ProxyFactory) -> Iterator[CascadeFactory]:
             Tier.SMALL: small if isinstance(small, ChatUpstream) else ChatUpstream(small, model="small"),
             Tier.LARGE: ChatUpstream(large or Script(LARGE_ANSWER), model="large"),
         }
-        urls = {}
-        for tier, upstream in upstreams.items():
-            server = ThreadedServer(upstream).start()
-            servers.append(server)
-            urls[tier] = f"{server.url}/v1"
+        urls = serve_tiers(upstreams, servers)
         if small_url is not None:
             urls[Tier.SMALL] = small_url
         settings = {"routing.enabled": True, "routing.mode": "cascade", **overrides}
@@ -102,14 +99,6 @@ def cascade(start_proxy: ProxyFactory) -> Iterator[CascadeFactory]:
     yield start
     for server in servers:
         server.stop()
-
-
-def unused_url() -> str:
-    """A loopback URL nothing listens on (connections are refused)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
 
 
 # -- non-streamed: the whole small answer is checked before anything is sent --
@@ -242,7 +231,7 @@ def test_a_client_leaving_during_the_hold_closes_the_small_request(cascade: Casc
 
 
 def test_a_small_tier_that_refuses_connections_is_a_fallback_not_an_escalation(cascade: CascadeFactory) -> None:
-    proxy = cascade(Script(GOOD), small_url=unused_url())
+    proxy = cascade(Script(GOOD), small_url=f"http://127.0.0.1:{refused_port()}/v1")
     response = proxy.post(user(WATER))
     assert response.content == completion(Script(LARGE_ANSWER), "large", with_logprobs=False)
     headers = response.headers

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableSequence, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from routeproxy.settings import Tier
+from routeproxy.sim.threadserver import ThreadedServer
 from support.upstreams import read_request_body, serve_lifespan
 
 
@@ -178,3 +180,14 @@ def stream_events(script: Script, model: str, with_logprobs: bool, usage: bool) 
         events.append(event([], usage={"prompt_tokens": 11, "completion_tokens": tokens, "total_tokens": 11 + tokens}))
     events.append(b"data: [DONE]\n\n")
     return events
+
+
+def serve_tiers(upstreams: Mapping[Tier, ChatUpstream], started: MutableSequence[ThreadedServer]) -> dict[Tier, str]:
+    """Each tier's upstream on a loopback server of its own (appended to ``started``, for the caller to stop); the
+    tiers' base URLs."""
+    urls = {}
+    for tier, upstream in upstreams.items():
+        server = ThreadedServer(upstream).start()
+        started.append(server)
+        urls[tier] = f"{server.url}/v1"
+    return urls
